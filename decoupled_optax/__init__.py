@@ -1,0 +1,58 @@
+"""decoupled_optax: the optimizers of "Decoupled Weight Decay Regularization" and AdamP.
+
+Composable optax transforms: decoupled weight decay in the paper's or
+PyTorch's convention, AdamP/SGDP's radial projection, SGDR warm restarts and
+the paper's normalized weight decay, and the aliases built from them.
+"""
+
+from decoupled_optax.aliases import (
+  adamp,
+  adamw,
+  decoupled_chain,
+  inject_hyperparams,
+  sgdp,
+  sgdw,
+)
+from decoupled_optax.directions import scale_by_adamp_nesterov
+from decoupled_optax.projection import (
+  RadialProjector,
+  detect_scale_invariance,
+  project_out_radial,
+  scale_invariance,
+)
+from decoupled_optax.schedules import (
+  RestartPosition,
+  cosine_warm_restart_schedule,
+  restart_position,
+)
+from decoupled_optax.weight_decay import (
+  AddDecoupledWeightDecayState,
+  WeightDecayConventionWarning,
+  add_decoupled_weight_decay,
+  normalized_weight_decay,
+  normalized_weight_decay_schedule,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+  "AddDecoupledWeightDecayState",
+  "RadialProjector",
+  "RestartPosition",
+  "WeightDecayConventionWarning",
+  "adamp",
+  "adamw",
+  "add_decoupled_weight_decay",
+  "cosine_warm_restart_schedule",
+  "decoupled_chain",
+  "detect_scale_invariance",
+  "inject_hyperparams",
+  "normalized_weight_decay",
+  "normalized_weight_decay_schedule",
+  "project_out_radial",
+  "restart_position",
+  "scale_by_adamp_nesterov",
+  "scale_invariance",
+  "sgdp",
+  "sgdw",
+]

@@ -1,0 +1,429 @@
+r"""AdamW, SGDW, AdamP and SGDP as thin chains of the library's blocks.
+
+All four share one construction, :func:`decoupled_chain`, and two
+conventions for the weight decay lambda:
+
+* **the paper's (default)**: ``update = -eta_t * (alpha * direction + lambda * theta)``,
+  with alpha = ``learning_rate`` and eta_t = ``schedule(t)`` (1 without a
+  schedule). lambda is NOT multiplied by alpha (Loshchilov & Hutter 2019,
+  Algorithms 1 and 2; the authors' code; MosaicML Composer).
+* **PyTorch / optax / timm / official AdamP** (``scale_weight_decay_by_lr=True``):
+  ``update = -alpha_t * eta_t * (direction + lambda * theta)``. Here
+  ``learning_rate`` may also be an optax schedule.
+
+The two agree when ``lambda_paper = alpha * lambda_torch``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import jax
+import optax
+
+from decoupled_optax._validation import (
+  check_non_negative,
+  check_unit_interval,
+)
+from decoupled_optax.directions import scale_by_adamp_nesterov
+from decoupled_optax.projection import AxisName, detect_scale_invariance, project_out_radial
+from decoupled_optax.weight_decay import (
+  MaskOrFn,
+  add_decoupled_weight_decay,
+  warn_if_torch_convention,
+)
+
+
+def _check_mask(mask: MaskOrFn) -> None:
+  if isinstance(mask, jax.Array) and mask.ndim == 0:
+    raise ValueError(
+      "mask is a scalar array. This happens when optax.inject_hyperparams treats a "
+      "callable mask as a schedule and evaluates it on the step count, which silently "
+      "disables weight decay. Pass static_args=('mask',) to optax.inject_hyperparams, "
+      "or use decoupled_optax.inject_hyperparams, which does it for you."
+    )
+
+
+def _scale_by_multiplier(
+  schedule: optax.ScalarOrSchedule | None, sign: float
+) -> optax.GradientTransformation:
+  """Scales by ``sign * schedule(t)``: the paper's eta_t, with the descent sign if asked."""
+  if schedule is None:
+    return optax.identity() if sign == 1 else optax.scale(sign)
+  if callable(schedule):
+    return optax.scale_by_schedule(lambda count: sign * schedule(count))
+  return optax.scale(sign * schedule)
+
+
+def decoupled_chain(
+  direction: optax.GradientTransformation,
+  *,
+  learning_rate: optax.ScalarOrSchedule,
+  weight_decay: optax.ScalarOrSchedule,
+  schedule: optax.ScalarOrSchedule | None = None,
+  mask: MaskOrFn = None,
+  scale_weight_decay_by_lr: bool = False,
+  project_radial: bool = False,
+) -> optax.GradientTransformation:
+  """Direction, optional radial projection, and decoupled decay, in either convention.
+
+  Args:
+    direction: the update direction (``optax.scale_by_adam()``, ``optax.trace(...)``, ...).
+    learning_rate: alpha, the base rate; an optax schedule only when
+      ``scale_weight_decay_by_lr=True``.
+    weight_decay: lambda, a scalar or a schedule.
+    schedule: eta_t, the paper's multiplier, evaluated at the update count
+      (the first update uses ``schedule(0)``); None means 1.
+    mask: which leaves are decayed, as in optax.
+    scale_weight_decay_by_lr: False for the paper's convention, True for
+      PyTorch / optax's.
+    project_radial: insert :func:`decoupled_optax.project_out_radial` after the
+      direction. The caller wraps the result in
+      :func:`decoupled_optax.detect_scale_invariance`.
+
+  Returns:
+    The chain, an :class:`optax.GradientTransformationExtraArgs`.
+  """
+  check_non_negative("learning_rate", learning_rate)
+  check_non_negative("weight_decay", weight_decay)
+  _check_mask(mask)
+  steps = [direction]
+  if project_radial:
+    steps.append(project_out_radial())
+  decay = add_decoupled_weight_decay(weight_decay, mask)
+  if scale_weight_decay_by_lr:
+    steps += [
+      decay,
+      optax.scale_by_learning_rate(learning_rate),
+      _scale_by_multiplier(schedule, 1.0),
+    ]
+  else:
+    if callable(learning_rate):
+      raise ValueError(
+        "learning_rate must be a scalar in the paper's convention; pass the schedule as "
+        "schedule=... (the multiplier eta_t), or set scale_weight_decay_by_lr=True."
+      )
+    warn_if_torch_convention(weight_decay, learning_rate)
+    steps += [optax.scale(learning_rate), decay, _scale_by_multiplier(schedule, -1.0)]
+  return optax.chain(*steps)
+
+
+def adamw(
+  learning_rate: optax.ScalarOrSchedule,
+  weight_decay: optax.ScalarOrSchedule,
+  *,
+  b1: float = 0.9,
+  b2: float = 0.999,
+  eps: float = 1e-8,
+  eps_root: float = 0.0,
+  mu_dtype: Any | None = None,
+  schedule: optax.ScalarOrSchedule | None = None,
+  mask: MaskOrFn = None,
+  nesterov: bool = False,
+  scale_weight_decay_by_lr: bool = False,
+) -> optax.GradientTransformation:
+  r"""AdamW with the paper's decoupled weight decay (Algorithm 2).
+
+  .. math::
+
+    \theta_t = \theta_{t-1} - \eta_t \left(\alpha \frac{\hat m_t}{\sqrt{\hat v_t} + \epsilon}
+               + \lambda \theta_{t-1}\right)
+
+  With ``scale_weight_decay_by_lr=True`` the decay is multiplied by alpha as
+  in ``torch.optim.AdamW`` and ``optax.adamw``; then
+  ``adamw(lr, wd, scale_weight_decay_by_lr=True) == optax.adamw(lr, weight_decay=wd)``.
+
+  Args:
+    learning_rate: alpha, the base learning rate.
+    weight_decay: lambda (a scalar or a schedule), in the convention chosen
+      by ``scale_weight_decay_by_lr``. In the paper's convention a value of
+      at least ``learning_rate`` warns once: it looks like a PyTorch value.
+    b1, b2, eps, eps_root, mu_dtype: as in ``optax.scale_by_adam``.
+    schedule: eta_t, the schedule multiplier (e.g.
+      :func:`decoupled_optax.cosine_warm_restart_schedule` for AdamWR).
+    mask: leaves to decay, as in optax (pytree of bools or callable).
+    nesterov: optax's NAdam direction.
+    scale_weight_decay_by_lr: use the PyTorch / optax convention.
+
+  Returns:
+    An optax ``GradientTransformation``.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> import decoupled_optax as dopt
+    >>> sched = dopt.cosine_warm_restart_schedule(1.0, first_period=100, period_mult=2)
+    >>> tx = dopt.adamw(1e-3, weight_decay=2.5e-4, schedule=sched)   # AdamWR
+    >>> params = {"w": jnp.ones(3)}
+    >>> updates, state = tx.update({"w": jnp.ones(3)}, tx.init(params), params)
+    >>> params = optax.apply_updates(params, updates)
+
+  Reference: Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019.
+  """
+  check_unit_interval("b1", b1)
+  check_unit_interval("b2", b2)
+  check_non_negative("eps", eps)
+  return decoupled_chain(
+    optax.scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov),
+    learning_rate=learning_rate,
+    weight_decay=weight_decay,
+    schedule=schedule,
+    mask=mask,
+    scale_weight_decay_by_lr=scale_weight_decay_by_lr,
+  )
+
+
+def _momentum_direction(
+  momentum: float, nesterov: bool, accumulator_dtype: Any | None
+) -> optax.GradientTransformation:
+  """PyTorch SGD momentum: a buffer of raw gradients, the rate applied afterwards."""
+  if isinstance(momentum, (int, float)) and momentum == 0 and not nesterov:
+    return optax.identity()
+  return optax.trace(decay=momentum, nesterov=nesterov, accumulator_dtype=accumulator_dtype)
+
+
+def sgdw(
+  learning_rate: optax.ScalarOrSchedule,
+  momentum: float = 0.0,
+  weight_decay: optax.ScalarOrSchedule = 0.0,
+  *,
+  nesterov: bool = False,
+  accumulator_dtype: Any | None = None,
+  schedule: optax.ScalarOrSchedule | None = None,
+  mask: MaskOrFn = None,
+  scale_weight_decay_by_lr: bool = False,
+) -> optax.GradientTransformation:
+  r"""SGD with momentum and decoupled weight decay (SGDW, Algorithm 1).
+
+  .. math::
+
+    b_t = \mu b_{t-1} + g_t, \quad d_t = b_t \text{ (or } g_t + \mu b_t
+    \text{ with Nesterov)}, \quad
+    \theta_t = \theta_{t-1} - \eta_t (\alpha d_t + \lambda \theta_{t-1})
+
+  The momentum buffer holds raw gradients and the learning rate is applied
+  afterwards, as in ``torch.optim.SGD``, optax and the authors' ``sgd.lua``.
+  The box of Algorithm 1 instead folds ``eta_t * alpha`` into the buffer
+  (``m_t = mu m_{t-1} + eta_t alpha g_t``); the two agree while eta_t is
+  constant and differ when the schedule changes.
+
+  Args:
+    learning_rate: alpha.
+    momentum: mu in [0, 1).
+    weight_decay: lambda, in the convention chosen by ``scale_weight_decay_by_lr``.
+    nesterov: PyTorch's Nesterov, ``d = g + mu * buf``.
+    accumulator_dtype: dtype of the momentum buffer.
+    schedule: eta_t, the schedule multiplier (SGDWR with warm restarts).
+    mask: leaves to decay, as in optax.
+    scale_weight_decay_by_lr: use the PyTorch / optax convention.
+
+  Returns:
+    An optax ``GradientTransformation``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import decoupled_optax as dopt
+    >>> tx = dopt.sgdw(0.1, momentum=0.9, weight_decay=5e-5)
+    >>> params = {"w": jnp.ones(2)}
+    >>> updates, _ = tx.update({"w": jnp.zeros(2)}, tx.init(params), params)
+    >>> [round(float(x), 8) for x in updates["w"]]   # -lambda * theta, not -alpha*lambda*theta
+    [-5e-05, -5e-05]
+
+  Reference: Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019.
+  """
+  check_unit_interval("momentum", momentum)
+  return decoupled_chain(
+    _momentum_direction(momentum, nesterov, accumulator_dtype),
+    learning_rate=learning_rate,
+    weight_decay=weight_decay,
+    schedule=schedule,
+    mask=mask,
+    scale_weight_decay_by_lr=scale_weight_decay_by_lr,
+  )
+
+
+def adamp(
+  learning_rate: optax.ScalarOrSchedule,
+  weight_decay: optax.ScalarOrSchedule,
+  *,
+  b1: float = 0.9,
+  b2: float = 0.999,
+  eps: float = 1e-8,
+  delta: float = 0.1,
+  wd_ratio: float = 0.1,
+  nesterov: bool = False,
+  channel_axis: int = -1,
+  axis_name: AxisName = None,
+  schedule: optax.ScalarOrSchedule | None = None,
+  mask: MaskOrFn = None,
+  scale_weight_decay_by_lr: bool = False,
+) -> optax.GradientTransformation:
+  r"""AdamP: Adam without the radial update component on scale-invariant weights.
+
+  For every weight with ``ndim > 1`` whose raw gradient is (nearly)
+  orthogonal to it, per output channel or as a whole (see
+  :func:`decoupled_optax.detect_scale_invariance`), the radial part of Adam's
+  direction is removed and the weight decay is multiplied by ``wd_ratio``:
+
+  .. math::
+
+    d_t = \Pi_{\theta}\left(\frac{\hat m_t}{\sqrt{\hat v_t} + \epsilon}\right), \quad
+    \theta_t = \theta_{t-1} - \eta_t (\alpha d_t + r \lambda \theta_{t-1})
+
+  With ``scale_weight_decay_by_lr=True`` this is the official ``adamp.AdamP``
+  (whose decay is ``p *= 1 - lr * wd * r``). ``nesterov=True`` uses the
+  official formula, see :func:`decoupled_optax.scale_by_adamp_nesterov`.
+
+  Args:
+    learning_rate: alpha.
+    weight_decay: lambda, in the convention chosen by ``scale_weight_decay_by_lr``.
+    b1, b2, eps: Adam's; ``eps`` also guards the projection's norms, as in
+      the official code.
+    delta: threshold of the scale-invariance test (official default 0.1).
+    wd_ratio: decay multiplier r on projected weights (official default 0.1;
+      timm's factory uses 0.01).
+    nesterov: the official AdamP Nesterov step.
+    channel_axis: output-channel axis; -1 for Flax layouts, 0 for PyTorch's.
+    axis_name: mapped axis name(s) to psum the projection's sums over when
+      params are sharded inside ``shard_map``/``pmap``.
+    schedule: eta_t, the schedule multiplier.
+    mask: leaves to decay, as in optax.
+    scale_weight_decay_by_lr: use the PyTorch / official-AdamP convention.
+
+  Returns:
+    An optax ``GradientTransformationExtraArgs``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> import decoupled_optax as dopt
+    >>> tx = dopt.adamp(1e-3, weight_decay=1e-5)
+    >>> params = {"kernel": jnp.ones((3, 3, 4, 8)), "bias": jnp.zeros(8)}
+    >>> grads = jax.tree.map(jnp.ones_like, params)
+    >>> updates, state = tx.update(grads, tx.init(params), params)
+
+  Reference: Heo et al., "AdamP: Slowing Down the Slowdown for Momentum
+  Optimizers on Scale-invariant Weights", ICLR 2021.
+  """
+  check_unit_interval("b1", b1)
+  check_unit_interval("b2", b2)
+  check_non_negative("eps", eps)
+  direction = scale_by_adamp_nesterov(b1, b2, eps) if nesterov else optax.scale_by_adam(b1, b2, eps)
+  chain = decoupled_chain(
+    direction,
+    learning_rate=learning_rate,
+    weight_decay=weight_decay,
+    schedule=schedule,
+    mask=mask,
+    scale_weight_decay_by_lr=scale_weight_decay_by_lr,
+    project_radial=True,
+  )
+  return detect_scale_invariance(
+    chain,
+    delta=delta,
+    wd_ratio=wd_ratio,
+    eps=eps,
+    channel_axis=channel_axis,
+    axis_name=axis_name,
+  )
+
+
+def sgdp(
+  learning_rate: optax.ScalarOrSchedule,
+  momentum: float = 0.0,
+  weight_decay: optax.ScalarOrSchedule = 0.0,
+  *,
+  nesterov: bool = False,
+  delta: float = 0.1,
+  wd_ratio: float = 0.1,
+  eps: float = 1e-8,
+  channel_axis: int = -1,
+  axis_name: AxisName = None,
+  accumulator_dtype: Any | None = None,
+  schedule: optax.ScalarOrSchedule | None = None,
+  mask: MaskOrFn = None,
+  scale_weight_decay_by_lr: bool = False,
+) -> optax.GradientTransformation:
+  r"""SGDP: momentum SGD without the radial update component on scale-invariant weights.
+
+  .. math::
+
+    b_t = \mu b_{t-1} + g_t, \quad d_t = \Pi_\theta(b_t \text{ or } g_t + \mu b_t), \quad
+    \theta_t = \theta_{t-1} - \eta_t \left(\alpha d_t + \frac{r \lambda}{1 - \mu} \theta_{t-1}\right)
+
+  The decay keeps the official ``1 / (1 - momentum)`` factor. Unlike the
+  official ``adamp.SGDP`` without Nesterov, the momentum buffer keeps the
+  unprojected momentum (clovaai's code projects it in place; timm fixed
+  this). Upstream defaults momentum to 0, so does this alias; timm's factory
+  uses ``nesterov=True``.
+
+  Args:
+    learning_rate: alpha.
+    momentum: mu in [0, 1).
+    weight_decay: lambda, in the convention chosen by ``scale_weight_decay_by_lr``.
+    nesterov: PyTorch's Nesterov, ``d = g + mu * buf``.
+    delta, wd_ratio, eps, channel_axis, axis_name: as in :func:`adamp`.
+    accumulator_dtype: dtype of the momentum buffer.
+    schedule: eta_t, the schedule multiplier.
+    mask: leaves to decay, as in optax.
+    scale_weight_decay_by_lr: use the PyTorch / official-SGDP convention.
+
+  Returns:
+    An optax ``GradientTransformationExtraArgs``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> import decoupled_optax as dopt
+    >>> tx = dopt.sgdp(0.1, momentum=0.9, weight_decay=1e-6, nesterov=True)
+    >>> params = {"kernel": jnp.ones((4, 8))}
+    >>> updates, state = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
+
+  Reference: Heo et al., ICLR 2021; official ``adamp`` package 0.3.0, ``SGDP``.
+  """
+  check_unit_interval("momentum", momentum)
+  check_non_negative("weight_decay", weight_decay)
+  if callable(weight_decay):
+    decay = lambda count: weight_decay(count) / (1.0 - momentum)  # noqa: E731
+  else:
+    decay = weight_decay / (1.0 - momentum)
+  chain = decoupled_chain(
+    _momentum_direction(momentum, nesterov, accumulator_dtype),
+    learning_rate=learning_rate,
+    weight_decay=decay,
+    schedule=schedule,
+    mask=mask,
+    scale_weight_decay_by_lr=scale_weight_decay_by_lr,
+    project_radial=True,
+  )
+  return detect_scale_invariance(
+    chain,
+    delta=delta,
+    wd_ratio=wd_ratio,
+    eps=eps,
+    channel_axis=channel_axis,
+    axis_name=axis_name,
+  )
+
+
+def inject_hyperparams(
+  inner_factory: Any,
+  static_args: str | tuple[str, ...] = (),
+  hyperparam_dtype: Any | None = None,
+) -> Any:
+  """``optax.inject_hyperparams`` that never mistakes a callable ``mask`` for a schedule.
+
+  optax treats every callable argument as a schedule unless it is listed in
+  ``static_args``; a callable mask would then be evaluated on the step count
+  and weight decay silently turned off. This adds ``'mask'`` to
+  ``static_args`` when the factory takes one.
+
+  Example:
+    >>> import decoupled_optax as dopt
+    >>> tx = dopt.inject_hyperparams(dopt.adamw)(
+    ...     learning_rate=1e-3, weight_decay=1e-4, mask=lambda p: {"w": True})
+  """
+  names = {static_args} if isinstance(static_args, str) else set(static_args)
+  if "mask" in inspect.signature(inner_factory).parameters:
+    names.add("mask")
+  return optax.inject_hyperparams(
+    inner_factory, static_args=tuple(sorted(names)), hyperparam_dtype=hyperparam_dtype
+  )

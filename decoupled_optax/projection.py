@@ -1,0 +1,298 @@
+"""AdamP/SGDP's projection: remove the radial part of updates to scale-invariant weights.
+
+Heo et al., "AdamP: Slowing Down the Slowdown for Momentum Optimizers on
+Scale-invariant Weights", ICLR 2021, https://arxiv.org/abs/2006.08217.
+
+Design. The test for scale invariance needs the *raw* gradient, but a
+projection placed after ``optax.scale_by_adam`` in a chain only sees Adam's
+direction, and the weight-decay step further down must learn which leaves
+were projected. So the work is split in two:
+
+* :func:`detect_scale_invariance` wraps a chain. It runs the cosine test on
+  the raw gradients and the params, and passes its findings to every
+  transform of the chain through optax's extra arguments:
+  ``radial_projectors`` (how to project each leaf) and
+  ``weight_decay_multipliers`` (``wd_ratio`` where a leaf was projected).
+* :func:`project_out_radial` sits anywhere in that chain, after the
+  direction transform (adam, momentum, lion, ...), and removes the radial
+  component using the projector. :func:`decoupled_optax.add_decoupled_weight_decay`
+  reads the multipliers.
+
+For example, AdamP is::
+
+  detect_scale_invariance(optax.chain(
+      optax.scale_by_adam(), project_out_radial(),
+      add_decoupled_weight_decay(wd), optax.scale_by_learning_rate(lr)))
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from decoupled_optax._validation import check_non_negative, check_range
+from decoupled_optax.weight_decay import WEIGHT_DECAY_MULTIPLIERS
+
+RADIAL_PROJECTORS = "radial_projectors"
+
+AxisName = str | Sequence[str] | None
+
+
+class RadialProjector(NamedTuple):
+  """How :func:`project_out_radial` projects one leaf; built by the detection.
+
+  The projection is ``u - w * c`` with, per output channel,
+  ``c = channel_weight * (w.u)_channel + whole_weight * (w.u)_total``. At
+  most one weight is non-zero: ``1 / (||w_channel|| + eps)^2`` if the channel
+  view is scale invariant, else ``1 / (||w|| + eps)^2`` if the whole tensor
+  is, else both are 0 and the update passes unchanged.
+
+  Attributes:
+    channel_weight: per-channel weights, shaped to broadcast against the leaf.
+    whole_weight: scalar weight of the whole-tensor view.
+    reduce_axes: every axis but the channel axis (static).
+    axis_name: mapped axes over which sums are psum'd, or None (static).
+  """
+
+  channel_weight: jax.Array
+  whole_weight: jax.Array
+  reduce_axes: tuple[int, ...]
+  axis_name: AxisName
+
+
+def _statistics_dtype(dtype: jnp.dtype) -> jnp.dtype:
+  return jnp.promote_types(dtype, jnp.float32)
+
+
+def _global_sum(x: jax.Array, axis_name: AxisName) -> jax.Array:
+  return x if axis_name is None else jax.lax.psum(x, axis_name)
+
+
+def _detect_leaf(
+  grad: jax.Array,
+  param: jax.Array,
+  *,
+  delta: float,
+  wd_ratio: Any,
+  eps: float,
+  channel_axis: int,
+  axis_name: AxisName,
+) -> tuple[RadialProjector | None, Any]:
+  """The official ``_projection`` test for one leaf; returns (projector, decay multiplier)."""
+  if param.ndim < 2 or param.size == 0:
+    # Biases and normalization scales are never projected (official code: p.ndim > 1).
+    return None, jnp.ones([], _statistics_dtype(param.dtype))
+  dtype = _statistics_dtype(param.dtype)
+  axis = channel_axis % param.ndim
+  reduce_axes = tuple(a for a in range(param.ndim) if a != axis)
+  g, w = grad.astype(dtype), param.astype(dtype)
+  # One pass over g and w gives the per-channel statistics both views need;
+  # the whole-tensor ones are their sums.
+  g_dot_w = _global_sum(jnp.sum(g * w, axis=reduce_axes, keepdims=True), axis_name)
+  g_sq = _global_sum(jnp.sum(g * g, axis=reduce_axes, keepdims=True), axis_name)
+  w_sq = _global_sum(jnp.sum(w * w, axis=reduce_axes, keepdims=True), axis_name)
+
+  def cosine(dot: jax.Array, a_sq: jax.Array, b_sq: jax.Array) -> jax.Array:
+    # torch.nn.functional.cosine_similarity clamps each norm by eps.
+    return jnp.abs(dot) / (jnp.maximum(jnp.sqrt(a_sq), eps) * jnp.maximum(jnp.sqrt(b_sq), eps))
+
+  row_length = param.size // param.shape[axis]
+  channel_invariant = jnp.max(cosine(g_dot_w, g_sq, w_sq)) < delta / math.sqrt(row_length)
+  w_sq_total = jnp.sum(w_sq)
+  whole_invariant = cosine(jnp.sum(g_dot_w), jnp.sum(g_sq), w_sq_total) < delta / math.sqrt(
+    param.size
+  )
+  zero = jnp.zeros([], dtype)
+  channel_weight = jnp.where(channel_invariant, 1.0 / (jnp.sqrt(w_sq) + eps) ** 2, zero)
+  whole_weight = jnp.where(
+    ~channel_invariant & whole_invariant, 1.0 / (jnp.sqrt(w_sq_total) + eps) ** 2, zero
+  )
+  multiplier = jnp.where(channel_invariant | whole_invariant, wd_ratio, 1.0).astype(dtype)
+  return RadialProjector(channel_weight, whole_weight, reduce_axes, axis_name), multiplier
+
+
+def scale_invariance(
+  grads: optax.Updates,
+  params: optax.Params,
+  *,
+  delta: float = 0.1,
+  wd_ratio: float = 0.1,
+  eps: float = 1e-8,
+  channel_axis: int = -1,
+  axis_name: AxisName = None,
+) -> tuple[Any, Any]:
+  """Runs AdamP's scale-invariance test on every leaf.
+
+  Returns:
+    ``(projectors, multipliers)``: trees with the structure of ``params``.
+    A projector is None for leaves that are never projected (ndim < 2 or
+    empty); a multiplier is ``wd_ratio`` where a view was found scale
+    invariant and 1 elsewhere.
+  """
+  is_none = lambda x: x is None  # noqa: E731
+  pairs = jax.tree.map(
+    lambda g, p: (
+      None
+      if g is None
+      else _detect_leaf(
+        g,
+        p,
+        delta=delta,
+        wd_ratio=wd_ratio,
+        eps=eps,
+        channel_axis=channel_axis,
+        axis_name=axis_name,
+      )
+    ),
+    grads,
+    params,
+    is_leaf=is_none,
+  )
+  treedef = jax.tree.structure(grads, is_leaf=is_none)
+  flat_pairs = treedef.flatten_up_to(pairs)
+  projectors = treedef.unflatten([None if pair is None else pair[0] for pair in flat_pairs])
+  multipliers = treedef.unflatten([None if pair is None else pair[1] for pair in flat_pairs])
+  return projectors, multipliers
+
+
+def detect_scale_invariance(
+  inner: optax.GradientTransformation,
+  *,
+  delta: float = 0.1,
+  wd_ratio: float = 0.1,
+  eps: float = 1e-8,
+  channel_axis: int = -1,
+  axis_name: AxisName = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Wraps ``inner`` and tells its transforms which leaves are scale invariant.
+
+  For every leaf with ``ndim > 1`` the official AdamP test runs on the raw
+  gradient ``g`` and the parameter ``w``: first the channel view (one row per
+  output channel), then the whole-tensor view. A view holds if
+
+  .. math:: \max_{rows} \frac{|g \cdot w|}{\max(\|g\|, \epsilon)\max(\|w\|, \epsilon)}
+            < \frac{\delta}{\sqrt{\text{row length}}}
+
+  and the first view that holds wins. The result reaches the transforms of
+  ``inner`` as two extra arguments: ``radial_projectors``, used by
+  :func:`project_out_radial`, and ``weight_decay_multipliers`` (``wd_ratio``
+  on projected leaves, 1 elsewhere), used by
+  :func:`decoupled_optax.add_decoupled_weight_decay`.
+
+  Args:
+    inner: the chain to wrap; it sees the same updates, state and params.
+    delta: threshold of the cosine test, > 0 (official default 0.1).
+    wd_ratio: >= 0, multiplies the weight decay of projected leaves.
+    eps: guards the norms, as in the official code.
+    channel_axis: the output-channel axis. The default -1 is Flax's layout
+      (conv kernels HWIO, dense kernels ``(in, out)``); PyTorch's is 0.
+    axis_name: under ``shard_map`` or ``pmap`` with params sharded across
+      devices, the mapped axis name(s) over which the per-channel sums are
+      psum'd. Without it the test and the projection use the local shard.
+
+  Returns:
+    An :class:`optax.GradientTransformationExtraArgs` with ``inner``'s state.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> import decoupled_optax as dopt
+    >>> sgdp = dopt.detect_scale_invariance(optax.chain(
+    ...     optax.trace(0.9), dopt.project_out_radial(), optax.scale(-0.1)))
+    >>> w = {"kernel": jnp.eye(2)}
+    >>> g = {"kernel": jnp.array([[0.0, 1.0], [-1.0, 0.0]])}  # orthogonal to w
+    >>> u, _ = sgdp.update(g, sgdp.init(w), w)
+    >>> float(jnp.sum(u["kernel"] * w["kernel"]))  # no radial component
+    0.0
+
+  Reference: Heo et al., ICLR 2021, Algorithm 1; official ``adamp`` package.
+  """
+  check_range("delta", delta, low=0.0, low_inclusive=False)
+  check_non_negative("wd_ratio", wd_ratio)
+  check_non_negative("eps", eps)
+  inner = optax.with_extra_args_support(inner)
+
+  def update_fn(
+    updates: optax.Updates,
+    state: optax.OptState,
+    params: optax.Params | None = None,
+    **extra_args: Any,
+  ) -> tuple[optax.Updates, optax.OptState]:
+    if params is None:
+      raise ValueError(optax.NO_PARAMS_MSG)
+    projectors, multipliers = scale_invariance(
+      updates,
+      params,
+      delta=delta,
+      wd_ratio=wd_ratio,
+      eps=eps,
+      channel_axis=channel_axis,
+      axis_name=axis_name,
+    )
+    extra_args[RADIAL_PROJECTORS] = projectors
+    extra_args[WEIGHT_DECAY_MULTIPLIERS] = multipliers
+    return inner.update(updates, state, params, **extra_args)
+
+  return optax.GradientTransformationExtraArgs(inner.init, update_fn)
+
+
+def _project_leaf(update: jax.Array, param: jax.Array, projector: RadialProjector) -> jax.Array:
+  dtype = _statistics_dtype(update.dtype)
+  u, w = update.astype(dtype), param.astype(dtype)
+  w_dot_u = _global_sum(
+    jnp.sum(w * u, axis=projector.reduce_axes, keepdims=True), projector.axis_name
+  )
+  coefficient = projector.channel_weight * w_dot_u + projector.whole_weight * jnp.sum(w_dot_u)
+  return (u - w * coefficient).astype(update.dtype)
+
+
+def project_out_radial() -> optax.GradientTransformationExtraArgs:
+  r"""Removes the radial component of the updates of scale-invariant leaves.
+
+  .. math:: u \leftarrow u - \hat w (\hat w \cdot u), \quad \hat w = w / (\|w\| + \epsilon)
+
+  per output channel or over the whole tensor, whichever view
+  :func:`detect_scale_invariance` found scale invariant; other leaves pass
+  unchanged. Place it inside a chain wrapped by :func:`detect_scale_invariance`,
+  after the transform that produces the direction (``optax.scale_by_adam``,
+  ``optax.trace``, ``optax.scale_by_lion``, ...). The projection is linear, so
+  it may come before or after a scaling by the learning rate.
+
+  Returns:
+    A stateless :class:`optax.GradientTransformationExtraArgs`.
+
+  Reference: Heo et al., ICLR 2021, Algorithm 1 (the projection Pi).
+  """
+
+  def init_fn(params: optax.Params) -> optax.EmptyState:
+    del params
+    return optax.EmptyState()
+
+  def update_fn(
+    updates: optax.Updates,
+    state: optax.EmptyState,
+    params: optax.Params | None = None,
+    **extra_args: Any,
+  ) -> tuple[optax.Updates, optax.EmptyState]:
+    projectors = extra_args.get(RADIAL_PROJECTORS)
+    if projectors is None:
+      raise ValueError(
+        "project_out_radial() needs the scale-invariance test of its chain: wrap the "
+        "chain in decoupled_optax.detect_scale_invariance(...)."
+      )
+    if params is None:
+      raise ValueError(optax.NO_PARAMS_MSG)
+    updates = jax.tree.map(
+      lambda u, w, projector: u if projector is None else _project_leaf(u, w, projector),
+      updates,
+      params,
+      projectors,
+      is_leaf=lambda x: x is None,
+    )
+    return updates, state
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)

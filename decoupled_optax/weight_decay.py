@@ -1,0 +1,234 @@
+"""Decoupled weight decay as an optax transform, and the paper's normalized decay.
+
+Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019,
+https://arxiv.org/abs/1711.05101.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from decoupled_optax._validation import check_non_negative, check_range, concrete_float
+from decoupled_optax.schedules import _check_restart_args, restart_position
+
+# Name of the extra argument through which a wrapper such as
+# :func:`decoupled_optax.detect_scale_invariance` scales the decay per leaf.
+WEIGHT_DECAY_MULTIPLIERS = "weight_decay_multipliers"
+
+MaskOrFn = Any | Callable[[optax.Params], Any] | None
+
+
+class AddDecoupledWeightDecayState(NamedTuple):
+  """State of :func:`add_decoupled_weight_decay`: the step of the decay schedule."""
+
+  count: jnp.ndarray  # int32 scalar
+
+
+def add_decoupled_weight_decay(
+  weight_decay: optax.ScalarOrSchedule,
+  mask: MaskOrFn = None,
+) -> optax.GradientTransformationExtraArgs:
+  r"""Adds ``weight_decay * params`` to the updates.
+
+  .. math:: u \leftarrow u + \lambda_t \, r \, \theta
+
+  where ``r`` is a per-leaf multiplier that a wrapper may pass through the
+  ``weight_decay_multipliers`` extra argument (AdamP's ``wd_ratio`` on
+  scale-invariant weights, see :func:`decoupled_optax.detect_scale_invariance`),
+  and 1 otherwise.
+
+  Where this sits in a chain decides which convention it implements:
+
+  * before the learning-rate scaling it is PyTorch / optax AdamW,
+    ``theta -= lr * (direction + lambda * theta)``;
+  * after scaling by the base rate alpha and before the schedule multiplier
+    eta_t it is the paper's Algorithm 2,
+    ``theta -= eta_t * (alpha * direction + lambda * theta)``.
+
+  Args:
+    weight_decay: lambda >= 0, a scalar or an optax schedule of the step.
+    mask: as in optax, a pytree of bools with the structure of (or a prefix
+      of) the params, or a callable that returns one from the params. Leaves
+      marked False are not decayed.
+
+  Returns:
+    An :class:`optax.GradientTransformationExtraArgs`.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> import decoupled_optax as dopt
+    >>> tx = optax.chain(optax.scale_by_adam(), dopt.add_decoupled_weight_decay(1e-2),
+    ...                  optax.scale_by_learning_rate(1e-3))  # == optax.adamw(1e-3, weight_decay=1e-2)
+    >>> params = {"w": jnp.ones(3)}
+    >>> updates, _ = tx.update({"w": jnp.zeros(3)}, tx.init(params), params)
+    >>> round(float(updates["w"][0]), 9)  # -lr * wd * w
+    -1e-05
+
+  Reference: Loshchilov & Hutter, ICLR 2019, Algorithms 1 and 2.
+  """
+  check_non_negative("weight_decay", weight_decay)
+
+  def init_fn(params: optax.Params) -> AddDecoupledWeightDecayState:
+    del params
+    return AddDecoupledWeightDecayState(count=jnp.zeros([], jnp.int32))
+
+  def update_fn(
+    updates: optax.Updates,
+    state: AddDecoupledWeightDecayState,
+    params: optax.Params | None = None,
+    **extra_args: Any,
+  ) -> tuple[optax.Updates, AddDecoupledWeightDecayState]:
+    if params is None:
+      raise ValueError(optax.NO_PARAMS_MSG)
+    decay = weight_decay(state.count) if callable(weight_decay) else weight_decay
+    multipliers = extra_args.get(WEIGHT_DECAY_MULTIPLIERS)
+
+    def decay_leaf(update: jax.Array, param: jax.Array, multiplier: Any = None) -> jax.Array:
+      if update is None:
+        return update
+      coefficient = decay if multiplier is None else decay * multiplier
+      return (update + coefficient * param).astype(update.dtype)
+
+    if multipliers is None:
+      updates = jax.tree.map(decay_leaf, updates, params, is_leaf=lambda x: x is None)
+    else:
+      updates = jax.tree.map(decay_leaf, updates, params, multipliers, is_leaf=lambda x: x is None)
+    return updates, AddDecoupledWeightDecayState(count=optax.safe_increment(state.count))
+
+  transform = optax.GradientTransformationExtraArgs(init_fn, update_fn)
+  if mask is None:
+    return transform
+  return optax.masked(transform, mask, mask_compatible_extra_args=True)
+
+
+def normalized_weight_decay(
+  lambda_norm: float,
+  batch_size: int,
+  num_train_points: int,
+  num_epochs: float,
+) -> float:
+  r"""The paper's normalized weight decay, Appendix B.1.
+
+  .. math:: \lambda = \lambda_{norm} \sqrt{\frac{b}{B \, T}}
+
+  with ``b`` the batch size, ``B`` the number of training points and ``T``
+  the number of epochs (with warm restarts, the length of the current
+  period: see :func:`normalized_weight_decay_schedule`). The authors found
+  ``lambda_norm`` of 0.025 to 0.05 good for both SGDW and AdamW. The result is
+  the paper's lambda: pass it with the default ``scale_weight_decay_by_lr=False``.
+
+  Example:
+    >>> import decoupled_optax as dopt
+    >>> round(dopt.normalized_weight_decay(0.05, batch_size=128, num_train_points=50_000, num_epochs=100), 7)
+    0.000253
+
+  Reference: Loshchilov & Hutter, ICLR 2019, Appendix B.1.
+  """
+  check_non_negative("lambda_norm", lambda_norm)
+  check_range("batch_size", batch_size, low=0, low_inclusive=False)
+  check_range("num_train_points", num_train_points, low=0, low_inclusive=False)
+  check_range("num_epochs", num_epochs, low=0, low_inclusive=False)
+  return lambda_norm * math.sqrt(batch_size / (num_train_points * num_epochs))
+
+
+def normalized_weight_decay_schedule(
+  lambda_norm: float,
+  batch_size: int,
+  num_train_points: int,
+  first_period: int,
+  period_mult: float = 1,
+  steps_per_epoch: float | None = None,
+  warmup_steps: int = 0,
+) -> optax.Schedule:
+  r"""Normalized weight decay that follows warm restarts, as the authors' code does.
+
+  .. math:: \lambda_t = \lambda_{norm} \sqrt{\frac{b}{B \, T_i}}
+
+  where ``T_i`` is the length in epochs of the restart period that step ``t``
+  falls in, so lambda shrinks by ``sqrt(period_mult)`` at every restart.
+  Periods are counted in steps exactly as in
+  :func:`decoupled_optax.cosine_warm_restart_schedule`; pass the same
+  ``first_period``, ``period_mult`` and ``warmup_steps`` to both. During
+  warmup the first period's value is used.
+
+  Args:
+    lambda_norm: the normalized decay (0.025 to 0.05 in the paper).
+    batch_size: b.
+    num_train_points: B.
+    first_period: T_0 in steps.
+    period_mult: T_mult.
+    steps_per_epoch: steps in one epoch, used to convert T_i to epochs;
+      defaults to ``num_train_points / batch_size``.
+    warmup_steps: steps before the first period starts.
+
+  Returns:
+    An optax schedule of the paper's lambda (``scale_weight_decay_by_lr=False``).
+
+  Example:
+    >>> import decoupled_optax as dopt
+    >>> wd = dopt.normalized_weight_decay_schedule(0.05, 100, 1000, first_period=10, period_mult=2)
+    >>> round(float(wd(0)) / float(wd(10)), 4)  # sqrt(2) at the first restart
+    1.4142
+
+  Reference: Loshchilov & Hutter, ICLR 2019, Appendix B.1.
+  """
+  check_non_negative("lambda_norm", lambda_norm)
+  check_range("batch_size", batch_size, low=0, low_inclusive=False)
+  check_range("num_train_points", num_train_points, low=0, low_inclusive=False)
+  _check_restart_args(first_period, period_mult, warmup_steps)
+  if steps_per_epoch is None:
+    steps_per_epoch = num_train_points / batch_size
+  check_range("steps_per_epoch", steps_per_epoch, low=0, low_inclusive=False)
+  first_period = int(first_period)
+  scale = lambda_norm * math.sqrt(batch_size * steps_per_epoch / num_train_points)
+
+  def schedule(count: jnp.ndarray | int) -> jnp.ndarray:
+    position = restart_position(
+      jnp.asarray(count, jnp.int32) - warmup_steps, first_period, period_mult
+    )
+    return scale * jax.lax.rsqrt(position.period)
+
+  return schedule
+
+
+# Paper-mode values at or above this many times the base learning rate would
+# be a PyTorch-convention decay of >= 1, which no common recipe uses.
+_SUSPICIOUS_DECAY_TO_LR_RATIO = 1.0
+_warned_conventions: set[tuple[float, float]] = set()
+
+
+class WeightDecayConventionWarning(UserWarning):
+  """A weight decay value looks like it was written for the other convention."""
+
+
+def warn_if_torch_convention(weight_decay: Any, learning_rate: Any) -> None:
+  """Warns once if a paper-convention lambda looks like a PyTorch-convention value.
+
+  The paper's lambda is the PyTorch one times the base learning rate alpha:
+  ``lambda_paper = alpha * lambda_torch``. A paper lambda at least alpha
+  therefore means a PyTorch decay of at least 1, which is almost surely a
+  PyTorch value used unconverted, decaying ``1 / alpha`` times too hard.
+  """
+  decay, rate = concrete_float(weight_decay), concrete_float(learning_rate)
+  if decay is None or rate is None or decay == 0 or rate <= 0:
+    return
+  if decay < _SUSPICIOUS_DECAY_TO_LR_RATIO * rate or (decay, rate) in _warned_conventions:
+    return
+  _warned_conventions.add((decay, rate))
+  warnings.warn(
+    f"weight_decay={decay:g} is used in the paper's convention, where it is NOT "
+    f"multiplied by learning_rate={rate:g}: every step shrinks the weights by "
+    f"{decay:g} * schedule(t). If this value comes from PyTorch, optax or timm, "
+    f"either pass scale_weight_decay_by_lr=True, or convert it: "
+    f"weight_decay={decay * rate:g} (= {decay:g} * {rate:g}) gives the same "
+    f"trajectory in the paper's convention.",
+    WeightDecayConventionWarning,
+    stacklevel=3,
+  )
