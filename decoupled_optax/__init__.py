@@ -14,6 +14,7 @@ from decoupled_optax.aliases import (
   sgdw,
 )
 from decoupled_optax.directions import scale_by_adamp_nesterov
+from decoupled_optax.masks import make_weight_decay_mask, weight_decay_mask
 from decoupled_optax.projection import (
   RadialProjector,
   detect_scale_invariance,
@@ -47,6 +48,7 @@ __all__ = [
   "decoupled_chain",
   "detect_scale_invariance",
   "inject_hyperparams",
+  "make_weight_decay_mask",
   "normalized_weight_decay",
   "normalized_weight_decay_schedule",
   "project_out_radial",
@@ -55,4 +57,5 @@ __all__ = [
   "scale_invariance",
   "sgdp",
   "sgdw",
+  "weight_decay_mask",
 ]

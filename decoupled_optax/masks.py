@@ -1,0 +1,148 @@
+"""Weight-decay masks: decay the kernels, not the biases and normalization scales.
+
+The common recipe (BERT, timm's ``filter_bias_and_bn``, the AdamP paper's
+``wd_ratio`` aside) decays only the weight matrices and convolution kernels.
+:func:`weight_decay_mask` builds that mask for
+
+* Flax linen params (nested dicts or ``FrozenDict``), e.g. ``variables["params"]``;
+* Flax NNX state, both ``nnx.state(model, nnx.Param)``, whose leaves sit in
+  ``nnx.Param`` nodes, and the pure arrays that ``nnx.Optimizer.update`` hands
+  to the optimizer. A mask built with ``jax.tree.map`` over the first does
+  not match the second (``nnx.Optimizer`` inits with ``Param`` nodes and
+  updates with pure arrays), so optax raises a pytree structure error; this
+  mask treats each ``nnx.Variable`` as one leaf and puts a single bool there,
+  which optax applies as a prefix to both forms;
+* any other pytree of arrays.
+
+Pass the function itself as the mask (it is called on the updates at every
+step), or the tree it returns::
+
+  tx = dopt.adamw(1e-3, 1e-5, mask=dopt.weight_decay_mask)
+  tx = dopt.adamw(1e-3, 1e-5, mask=dopt.weight_decay_mask(params))
+
+With ``optax.inject_hyperparams`` a callable mask needs
+``static_args=("mask",)``; :func:`decoupled_optax.inject_hyperparams` adds it.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Collection
+from typing import Any
+
+import jax
+
+#: Leaf names that are never decayed by default: Flax's biases and the
+#: scales of ``BatchNorm``, ``LayerNorm``, ``GroupNorm`` and ``RMSNorm``.
+DEFAULT_EXCLUDED_NAMES: tuple[str, ...] = ("bias", "scale")
+
+
+def _is_nnx_variable(x: Any) -> bool:
+  """True for an ``nnx.Variable`` (``nnx.Param``, ``nnx.BatchStat``, ...).
+
+  Flax is imported only if the caller already did: without it no leaf can be
+  a Variable.
+  """
+  if "flax" not in sys.modules:
+    return False
+  try:
+    from flax import nnx
+  except ImportError:  # pragma: no cover - flax partially installed
+    return False
+  return isinstance(x, nnx.Variable)
+
+
+def _leaf_ndim(x: Any) -> int:
+  if _is_nnx_variable(x):
+    x = x.get_value() if hasattr(x, "get_value") else x.value
+  return getattr(x, "ndim", 0)
+
+
+def _leaf_name(path: tuple[Any, ...]) -> str | None:
+  """The last dict key or attribute name of a key path, as a string."""
+  for key in reversed(path):
+    name = getattr(key, "key", None)
+    if name is None:
+      name = getattr(key, "name", None)
+    if name is None or name == "value":  # an unwrapped Variable's ``.value``
+      continue
+    return str(name)
+  return None
+
+
+def weight_decay_mask(
+  params: Any,
+  *,
+  exclude_names: Collection[str] = DEFAULT_EXCLUDED_NAMES,
+  min_ndim: int = 2,
+) -> Any:
+  """Mask that decays kernels and skips biases and normalization scales.
+
+  A leaf is decayed (``True``) when it has at least ``min_ndim`` dimensions
+  and its name (the last key of its path) is not in ``exclude_names``. With
+  the defaults, ``kernel`` of ``Dense``/``Conv``/``nnx.Linear``/``nnx.Conv``
+  and ``embedding`` are decayed; ``bias`` and every norm's ``scale`` (1-D)
+  are not.
+
+  Args:
+    params: Flax linen params, NNX state (with ``nnx.Param`` nodes or pure
+      arrays), an ``nnx.Module`` (its ``nnx.Param`` state is used) or any
+      pytree of arrays.
+    exclude_names: leaf names never decayed.
+    min_ndim: leaves with fewer dimensions are never decayed.
+
+  Returns:
+    A pytree of bools with the structure of ``params``, where every
+    ``nnx.Variable`` is replaced by a single bool; usable as ``mask=`` in any
+    optimizer of this library or in optax.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import decoupled_optax as dopt
+    >>> params = {"Dense_0": {"kernel": jnp.ones((3, 4)), "bias": jnp.ones(4)},
+    ...           "LayerNorm_0": {"scale": jnp.ones(4), "bias": jnp.zeros(4)}}
+    >>> dopt.weight_decay_mask(params)
+    {'Dense_0': {'bias': False, 'kernel': True}, 'LayerNorm_0': {'bias': False, 'scale': False}}
+  """
+  if "flax" in sys.modules:
+    from flax import nnx
+
+    if isinstance(params, nnx.Module):
+      params = nnx.state(params, nnx.Param)
+  if isinstance(params, (int, float)) or (hasattr(params, "ndim") and params.ndim == 0):
+    # optax.inject_hyperparams without static_args=("mask",) calls a callable
+    # mask on the step count as if it were a schedule; answering False would
+    # silently turn weight decay off.
+    raise TypeError(
+      "weight_decay_mask got a scalar instead of a params pytree. If you use "
+      "optax.inject_hyperparams, pass static_args=('mask',), or use "
+      "decoupled_optax.inject_hyperparams, which does it for you."
+    )
+  excluded = frozenset(exclude_names)
+
+  def decide(path: tuple[Any, ...], leaf: Any) -> bool:
+    if leaf is None:
+      return False
+    return _leaf_ndim(leaf) >= min_ndim and _leaf_name(path) not in excluded
+
+  return jax.tree_util.tree_map_with_path(decide, params, is_leaf=_is_nnx_variable)
+
+
+def make_weight_decay_mask(
+  *,
+  exclude_names: Collection[str] = DEFAULT_EXCLUDED_NAMES,
+  min_ndim: int = 2,
+) -> Callable[[Any], Any]:
+  """:func:`weight_decay_mask` with other defaults, as a callable mask.
+
+  Example:
+    >>> import decoupled_optax as dopt
+    >>> mask = dopt.make_weight_decay_mask(exclude_names=("bias", "scale", "embedding"))
+    >>> tx = dopt.adamw(1e-3, 1e-5, mask=mask)
+  """
+  names = tuple(exclude_names)
+
+  def mask(params: Any) -> Any:
+    return weight_decay_mask(params, exclude_names=names, min_ndim=min_ndim)
+
+  return mask
