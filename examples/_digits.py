@@ -1,0 +1,182 @@
+"""Shared by the examples and the reproductions: scikit-learn's digits, small CNNs, plots.
+
+The digits data set (1,797 grayscale 8x8 images of the ten digits) ships with
+scikit-learn, so nothing is downloaded. The CNNs are two 3x3 convolutions,
+each followed by BatchNorm and a ReLU, then global average pooling and a
+linear classifier: the convolution kernels are scale invariant (they precede
+a BatchNorm), which is what AdamP/SGDP act on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+if str(REPO_ROOT) not in sys.path:  # run from a checkout without `pip install -e .`
+  sys.path.insert(0, str(REPO_ROOT))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from flax import linen as nn  # noqa: E402
+from flax import nnx  # noqa: E402
+
+DOCS_DIR = REPO_ROOT / "docs"
+RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
+NUM_CLASSES = 10
+
+
+class Digits(NamedTuple):
+  """Train and test splits, images as (N, 8, 8, 1) float32 in [0, 1]."""
+
+  x_train: np.ndarray
+  y_train: np.ndarray
+  x_test: np.ndarray
+  y_test: np.ndarray
+
+
+def load_digits(seed: int = 0, test_fraction: float = 0.2) -> Digits:
+  """scikit-learn's digits, split at random (stratified) with ``seed``."""
+  from sklearn.datasets import load_digits as sk_load_digits
+  from sklearn.model_selection import train_test_split
+
+  data = sk_load_digits()
+  x = (data.images / 16.0).astype(np.float32)[..., None]
+  y = data.target.astype(np.int32)
+  x_train, x_test, y_train, y_test = train_test_split(
+    x, y, test_size=test_fraction, random_state=seed, stratify=y
+  )
+  return Digits(x_train, y_train, x_test, y_test)
+
+
+def epoch_batches(rng: np.random.Generator, num_points: int, batch_size: int) -> np.ndarray:
+  """A shuffled epoch as an array of index batches, (steps, batch_size); drops the rest."""
+  steps = num_points // batch_size
+  return rng.permutation(num_points)[: steps * batch_size].reshape(steps, batch_size)
+
+
+def batch_indices(seed: int, num_points: int, batch_size: int, num_steps: int) -> np.ndarray:
+  """``num_steps`` index batches over as many shuffled epochs as needed, (num_steps, batch_size)."""
+  rng = np.random.default_rng(seed)
+  epochs: list[np.ndarray] = []
+  total = 0
+  while total < num_steps:
+    epochs.append(epoch_batches(rng, num_points, batch_size))
+    total += len(epochs[-1])
+  return np.concatenate(epochs)[:num_steps]
+
+
+class LinenCNN(nn.Module):
+  """conv-BN-ReLU, strided conv-BN-ReLU, global average pool, dense."""
+
+  features: Sequence[int] = (16, 32)
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = True) -> jax.Array:
+    for i, width in enumerate(self.features):
+      x = nn.Conv(width, (3, 3), strides=1 if i == 0 else 2, use_bias=False)(x)
+      x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
+      x = nn.relu(x)
+    return nn.Dense(NUM_CLASSES)(x.mean(axis=(1, 2)))
+
+
+class NnxCNN(nnx.Module):
+  """The NNX twin of :class:`LinenCNN`."""
+
+  def __init__(self, rngs: nnx.Rngs, features: Sequence[int] = (16, 32)) -> None:
+    self.convs = nnx.List()
+    self.norms = nnx.List()
+    width_in = 1
+    for i, width in enumerate(features):
+      stride = 1 if i == 0 else 2
+      self.convs.append(
+        nnx.Conv(width_in, width, (3, 3), strides=stride, use_bias=False, rngs=rngs)
+      )
+      self.norms.append(nnx.BatchNorm(width, momentum=0.9, rngs=rngs))
+      width_in = width
+    self.head = nnx.Linear(width_in, NUM_CLASSES, rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    for conv, norm in zip(self.convs, self.norms, strict=True):
+      x = nnx.relu(norm(conv(x)))
+    return self.head(x.mean(axis=(1, 2)))
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Mean softmax cross-entropy with integer labels."""
+  log_probs = jax.nn.log_softmax(logits)
+  return -jnp.mean(jnp.take_along_axis(log_probs, labels[:, None], axis=-1))
+
+
+def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Fraction of correct top-1 predictions."""
+  return jnp.mean(jnp.argmax(logits, -1) == labels)
+
+
+def base_parser(description: str, *, default_out: Path = DOCS_DIR) -> argparse.ArgumentParser:
+  """The flags every example and reproduction shares."""
+  parser = argparse.ArgumentParser(description=description)
+  parser.add_argument("--seed", type=int, default=0, help="seed of data split, init and batches")
+  parser.add_argument(
+    "--smoke", action="store_true", help="a few steps only, to check the script runs (CI)"
+  )
+  parser.add_argument(
+    "--out", type=Path, default=default_out, help=f"output folder (default {default_out})"
+  )
+  return parser
+
+
+def progress(iterable: Any, *, total: int, desc: str, disable: bool = False) -> Iterator[Any]:
+  """A tqdm bar, hidden when stderr is not a terminal or when asked."""
+  from tqdm.auto import tqdm
+
+  quiet = disable or not sys.stderr.isatty() or os.environ.get("CI") is not None
+  return tqdm(iterable, total=total, desc=desc, disable=quiet, leave=False)
+
+
+def plot_training(histories: dict[str, dict[str, np.ndarray]], path: Path, title: str) -> None:
+  """Four panels: eta_t (and alpha * eta_t), the per-step decay lambda_t * eta_t, loss, accuracy.
+
+  Each history holds ``step``, ``eta``, ``alpha`` (a scalar), ``decay`` (lambda_t * eta_t,
+  the fraction of the weights removed per step in the paper's convention),
+  ``loss`` (per step), ``eval_step``, ``test_accuracy``.
+  """
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+  (ax_lr, ax_wd), (ax_loss, ax_acc) = axes
+  for name, h in histories.items():
+    (line,) = ax_lr.plot(h["step"], h["eta"], label=f"{name} (alpha = {float(h['alpha']):g})")
+    ax_wd.plot(h["step"], h["decay"], label=name, color=line.get_color())
+    loss = np.asarray(h["loss"])
+    window = max(1, len(loss) // 50)
+    smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
+    ax_loss.plot(h["step"][: len(smooth)] + window // 2, smooth, label=name, color=line.get_color())
+    ax_acc.plot(h["eval_step"], h["test_accuracy"], label=name, color=line.get_color(), marker=".")
+  ax_lr.set(
+    title="schedule multiplier eta_t (learning rate = alpha * eta_t)", xlabel="step", ylabel="eta_t"
+  )
+  ax_wd.set(
+    title="weight decay per step, lambda_t * eta_t",
+    xlabel="step",
+    ylabel="fraction of the weight removed",
+  )
+  ax_loss.set(title="training loss (moving average)", xlabel="step", yscale="log")
+  ax_acc.set(title="test accuracy", xlabel="step", ylim=(0.8, 1.0))
+  for ax in axes.flat:
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+  fig.suptitle(title)
+  fig.tight_layout()
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
