@@ -24,8 +24,11 @@ if str(REPO_ROOT) not in sys.path:  # run from a checkout without `pip install -
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import optax  # noqa: E402
 from flax import linen as nn  # noqa: E402
 from flax import nnx  # noqa: E402
+
+import decoupled_optax as dopt  # noqa: E402
 
 DOCS_DIR = REPO_ROOT / "docs"
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
@@ -106,6 +109,49 @@ class NnxCNN(nnx.Module):
     for conv, norm in zip(self.convs, self.norms, strict=True):
       x = nnx.relu(norm(conv(x)))
     return self.head(x.mean(axis=(1, 2)))
+
+
+def example_optimizers(
+  steps_per_epoch: int, epochs: int, batch_size: int, num_train: int
+) -> dict[str, tuple[optax.GradientTransformation, Any, Any, float]]:
+  """The examples' optimizers: name -> (tx, eta schedule, lambda schedule, alpha).
+
+  AdamWR: ``dopt.adamw`` in the paper's convention, SGDR warm restarts as
+  eta_t (T_0 = a third of the run, T_mult = 2) and the normalized weight decay
+  that follows the restarts. AdamP: one cosine period over the run and the
+  normalized decay for the whole run (multiplied by ``wd_ratio`` = 0.1 on the
+  kernels it finds scale invariant). Both decay only kernels.
+  """
+  first_period = max(1, epochs // 3) * steps_per_epoch  # restarts after T_0 and 3 T_0 epochs
+  eta_wr = dopt.cosine_warm_restart_schedule(1.0, first_period=first_period, period_mult=2)
+  lam_wr = dopt.normalized_weight_decay_schedule(
+    0.025,
+    batch_size=batch_size,
+    num_train_points=num_train,
+    first_period=first_period,
+    period_mult=2,
+    steps_per_epoch=steps_per_epoch,
+  )
+  total = epochs * steps_per_epoch
+  eta_cos = dopt.cosine_warm_restart_schedule(1.0, first_period=total)
+  lam_p = dopt.normalized_weight_decay(0.025, batch_size, num_train, epochs)
+  lam_const = lambda count: jnp.full((), lam_p, jnp.float32)  # noqa: E731
+  alpha_w, alpha_p = 1e-2, 1e-2
+  mask = dopt.weight_decay_mask
+  return {
+    "AdamWR": (
+      dopt.adamw(alpha_w, lam_wr, schedule=eta_wr, mask=mask),
+      eta_wr,
+      lam_wr,
+      alpha_w,
+    ),
+    "AdamP": (
+      dopt.adamp(alpha_p, lam_p, schedule=eta_cos, mask=mask),
+      eta_cos,
+      lam_const,
+      alpha_p,
+    ),
+  }
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:

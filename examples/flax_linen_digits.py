@@ -27,49 +27,11 @@ import numpy as np
 import optax
 from flax.training import train_state
 
-import decoupled_optax as dopt
-
 
 class TrainState(train_state.TrainState):
   """TrainState with BatchNorm's running statistics."""
 
   batch_stats: Any
-
-
-def make_optimizers(
-  steps_per_epoch: int, epochs: int, batch_size: int, num_train: int
-) -> dict[str, tuple[optax.GradientTransformation, Any, Any, float]]:
-  """name -> (tx, eta schedule, lambda schedule, alpha), in the paper's convention."""
-  first_period = max(1, epochs // 3) * steps_per_epoch  # restarts after T_0 and 3 T_0 epochs
-  eta_wr = dopt.cosine_warm_restart_schedule(1.0, first_period=first_period, period_mult=2)
-  lam_wr = dopt.normalized_weight_decay_schedule(
-    0.025,
-    batch_size=batch_size,
-    num_train_points=num_train,
-    first_period=first_period,
-    period_mult=2,
-    steps_per_epoch=steps_per_epoch,
-  )
-  total = epochs * steps_per_epoch
-  eta_cos = dopt.cosine_warm_restart_schedule(1.0, first_period=total)
-  lam_p = dopt.normalized_weight_decay(0.025, batch_size, num_train, epochs)
-  lam_const = lambda count: jnp.full((), lam_p, jnp.float32)  # noqa: E731
-  alpha_w, alpha_p = 1e-2, 1e-2
-  mask = dopt.weight_decay_mask
-  return {
-    "AdamWR": (
-      dopt.adamw(alpha_w, lam_wr, schedule=eta_wr, mask=mask),
-      eta_wr,
-      lam_wr,
-      alpha_w,
-    ),
-    "AdamP": (
-      dopt.adamp(alpha_p, lam_p, schedule=eta_cos, mask=mask),
-      eta_cos,
-      lam_const,
-      alpha_p,
-    ),
-  }
 
 
 def train(
@@ -143,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
   total = args.epochs * steps_per_epoch if args.steps is None else args.steps
   batches = D.batch_indices(args.seed, num_train, args.batch_size, total)
   histories, results = {}, {}
-  for name, (tx, eta, lam, alpha) in make_optimizers(
+  for name, (tx, eta, lam, alpha) in D.example_optimizers(
     steps_per_epoch, args.epochs, args.batch_size, num_train
   ).items():
     history = train(name, tx, data, batches, steps_per_epoch, args.seed, quiet=args.smoke)
