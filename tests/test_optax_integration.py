@@ -1,0 +1,169 @@
+"""The aliases and blocks inside optax's ecosystem: inject_hyperparams, MultiSteps, apply_if_finite, jit, vmap."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import decoupled_optax as dopt
+
+ALIASES = {
+  "adamw": (dopt.adamw, dict(learning_rate=1e-2, weight_decay=1e-3)),
+  "sgdw": (dopt.sgdw, dict(learning_rate=0.05, momentum=0.9, weight_decay=1e-3)),
+  "adamp": (dopt.adamp, dict(learning_rate=1e-2, weight_decay=1e-3)),
+  "sgdp": (dopt.sgdp, dict(learning_rate=0.05, momentum=0.9, weight_decay=1e-3, nesterov=True)),
+}
+
+
+def _params():
+  rng = np.random.default_rng(0)
+  return {
+    "conv": jnp.asarray(rng.standard_normal((3, 3, 2, 4)), jnp.float32),
+    "dense": jnp.asarray(rng.standard_normal((4, 3)), jnp.float32),
+    "bias": jnp.asarray(rng.standard_normal(3), jnp.float32),
+  }
+
+
+def _loss(params):
+  conv = params["conv"] / jnp.linalg.norm(
+    params["conv"].reshape(-1, 4), axis=0
+  )  # scale invariant per channel
+  hidden = jnp.tanh(jnp.sum(conv, axis=(0, 1, 2)) @ params["dense"] + params["bias"])
+  return jnp.sum((hidden - 0.5) ** 2)
+
+
+def _trajectory(tx, steps=20, params=None):
+  params = _params() if params is None else params
+  state = tx.init(params)
+
+  @jax.jit
+  def step(params, state):
+    updates, state = tx.update(jax.grad(_loss)(params), state, params)
+    return optax.apply_updates(params, updates), state
+
+  for _ in range(steps):
+    params, state = step(params, state)
+  return params, state
+
+
+def _assert_close(a, b, rtol=1e-6):
+  # Params are O(1): an absolute floor of rtol keeps float-ordering noise near zero from failing.
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=rtol, atol=rtol), a, b)
+
+
+@pytest.mark.parametrize("name", ALIASES)
+def test_inject_hyperparams_matches_and_changes_at_run_time(name):
+  factory, kwargs = ALIASES[name]
+  plain, _ = _trajectory(factory(**kwargs))
+  injected_tx = dopt.inject_hyperparams(factory)(**kwargs)
+  injected, state = _trajectory(injected_tx)
+  _assert_close(injected, plain, rtol=1e-5)
+
+  # Raising the decay at run time equals an optimizer built with the new value.
+  state.hyperparams["weight_decay"] = jnp.asarray(2e-3)
+  state.hyperparams["learning_rate"] = jnp.asarray(kwargs["learning_rate"] / 2)
+  continued, _ = _trajectory_from(injected_tx, injected, state)
+  fresh_kwargs = dict(kwargs, weight_decay=2e-3, learning_rate=kwargs["learning_rate"] / 2)
+  inner_state = state.inner_state
+  reference, _ = _trajectory_from(factory(**fresh_kwargs), injected, inner_state)
+  _assert_close(continued, reference, rtol=1e-5)
+
+
+def _trajectory_from(tx, params, state, steps=5):
+  step = jax.jit(lambda p, s: tx.update(jax.grad(_loss)(p), s, p))
+  for _ in range(steps):
+    updates, state = step(params, state)
+    params = optax.apply_updates(params, updates)
+  return params, state
+
+
+def test_schedules_are_injected_and_callable_masks_stay_static():
+  sched = dopt.cosine_warm_restart_schedule(1.0, first_period=4, period_mult=2, min_value=0.1)
+  mask = lambda p: jax.tree.map(lambda x: x.ndim > 1, p)
+  kwargs = dict(learning_rate=1e-2, weight_decay=1e-3, schedule=sched, mask=mask)
+  plain, _ = _trajectory(dopt.adamp(**kwargs))
+  ours, _ = _trajectory(dopt.inject_hyperparams(dopt.adamp)(**kwargs))
+  optax_static, _ = _trajectory(
+    optax.inject_hyperparams(dopt.adamp, static_args=("mask", "channel_axis"))(**kwargs)
+  )
+  _assert_close(ours, plain, rtol=1e-5)
+  _assert_close(optax_static, plain, rtol=1e-5)
+
+
+def test_mask_mistaken_for_a_schedule_is_an_error_not_silent():
+  mask = lambda p: jax.tree.map(lambda x: x.ndim > 1, p)
+  tx = optax.inject_hyperparams(dopt.adamw)(learning_rate=1e-2, weight_decay=1e-3, mask=mask)
+  with pytest.raises(ValueError, match="static_args"):
+    tx.init(_params())
+
+
+def test_vmap_over_hyperparameters_equals_separate_runs():
+  rates = jnp.asarray([1e-3, 1e-2, 3e-2])
+  decays = jnp.asarray([1e-4, 1e-3, 1e-5])
+  factory = dopt.inject_hyperparams(dopt.adamp)
+
+  def run(lr, wd):
+    return _trajectory(factory(learning_rate=lr, weight_decay=wd), steps=10)[0]
+
+  batched = jax.jit(jax.vmap(run))(rates, decays)
+  for i in range(3):
+    single, _ = _trajectory(dopt.adamp(float(rates[i]), float(decays[i])), steps=10)
+    _assert_close(jax.tree.map(lambda x, i=i: x[i], batched), single, rtol=2e-5)
+
+
+@pytest.mark.parametrize("name", ALIASES)
+def test_multisteps_equals_one_step_on_the_mean_gradient(name):
+  factory, kwargs = ALIASES[name]
+  tx = factory(**kwargs)
+  multi = optax.MultiSteps(factory(**kwargs), every_k_schedule=2)
+  params = _params()
+  grads_a = jax.grad(_loss)(params)
+  grads_b = jax.tree.map(lambda g: 0.5 * g + 0.1, grads_a)
+  state = multi.init(params)
+  zero, state = multi.update(grads_a, state, params)
+  assert all(float(jnp.max(jnp.abs(z))) == 0 for z in jax.tree.leaves(zero))
+  accumulated, _ = multi.update(grads_b, state, params)
+  mean = jax.tree.map(lambda a, b: (a + b) / 2, grads_a, grads_b)
+  direct, _ = tx.update(mean, tx.init(params), params)
+  _assert_close(accumulated, direct, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name", ALIASES)
+def test_apply_if_finite_skips_non_finite_steps(name):
+  factory, kwargs = ALIASES[name]
+  tx = optax.apply_if_finite(factory(**kwargs), max_consecutive_errors=3)
+  params = _params()
+  state = tx.init(params)
+  bad = jax.tree.map(lambda x: jnp.full_like(x, jnp.nan), params)
+  updates, state = jax.jit(tx.update)(bad, state, params)
+  assert all(float(jnp.max(jnp.abs(u))) == 0 for u in jax.tree.leaves(updates))
+  assert int(state.notfinite_count) == 1
+  good = jax.grad(_loss)(params)
+  updates, _ = jax.jit(tx.update)(good, state, params)
+  reference, _ = factory(**kwargs).update(good, factory(**kwargs).init(params), params)
+  _assert_close(updates, reference, rtol=1e-6)
+
+
+def test_multi_transform_with_a_projecting_branch():
+  """A user setup: AdamP on kernels only, plain Adam on the bias, via optax.multi_transform."""
+  labels = {"conv": "adamp", "dense": "adamp", "bias": "adam"}
+  tx = optax.multi_transform({"adamp": dopt.adamp(1e-2, 1e-3), "adam": optax.adam(1e-2)}, labels)
+  params = _params()
+  grads = jax.grad(_loss)(params)
+  updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+  adamp = dopt.adamp(1e-2, 1e-3)
+  expected, _ = adamp.update(grads, adamp.init(params), params)
+  _assert_close(updates["conv"], expected["conv"])
+  _assert_close(updates["dense"], expected["dense"])
+  adam = optax.adam(1e-2)
+  _assert_close(updates["bias"], adam.update(grads, adam.init(params))[0]["bias"])
+
+
+def test_optax_inject_hyperparams_with_a_traced_channel_axis_is_an_explicit_error():
+  tx = optax.inject_hyperparams(dopt.adamp)(learning_rate=1e-2, weight_decay=1e-3)
+  params = _params()
+  with pytest.raises(ValueError, match="channel_axis"):
+    tx.update(params, tx.init(params), params)
