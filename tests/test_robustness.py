@@ -47,7 +47,7 @@ BAD_ARGUMENTS = [
     dopt.cosine_warm_restart_schedule,
     dict(init_value=1.0, first_period=2.5),
     "first_period",
-    "integer",
+    "an integer >= 1",
   ),
   (
     dopt.normalized_weight_decay,
