@@ -65,6 +65,7 @@ def decoupled_chain(
   mask: MaskOrFn = None,
   scale_weight_decay_by_lr: bool = False,
   project_radial: bool = False,
+  warn_convention: bool = True,
 ) -> optax.GradientTransformation:
   """Direction, optional radial projection, and decoupled decay, in either convention.
 
@@ -81,6 +82,9 @@ def decoupled_chain(
     project_radial: insert :func:`decoupled_optax.project_out_radial` after the
       direction. The caller wraps the result in
       :func:`decoupled_optax.detect_scale_invariance`.
+    warn_convention: in the paper's convention, warn if ``weight_decay``
+      looks like a PyTorch value. An alias that rescales the decay it was
+      given (sgdp's ``1 / (1 - momentum)``) checks the given value itself.
 
   Returns:
     The chain, an :class:`optax.GradientTransformationExtraArgs`.
@@ -104,7 +108,8 @@ def decoupled_chain(
         "learning_rate must be a scalar in the paper's convention; pass the schedule as "
         "schedule=... (the multiplier eta_t), or set scale_weight_decay_by_lr=True."
       )
-    warn_if_torch_convention(weight_decay, learning_rate)
+    if warn_convention:
+      warn_if_torch_convention(weight_decay, learning_rate)
     steps += [optax.scale(learning_rate), decay, _scale_by_multiplier(schedule, -1.0)]
   return optax.chain(*steps)
 
@@ -385,6 +390,9 @@ def sgdp(
     decay = lambda count: weight_decay(count) / (1.0 - momentum)  # noqa: E731
   else:
     decay = weight_decay / (1.0 - momentum)
+  if not scale_weight_decay_by_lr:
+    # The convention is judged on the lambda the user gave, not on lambda / (1 - momentum).
+    warn_if_torch_convention(weight_decay, learning_rate)
   chain = decoupled_chain(
     _momentum_direction(momentum, nesterov, accumulator_dtype),
     learning_rate=learning_rate,
@@ -393,6 +401,7 @@ def sgdp(
     mask=mask,
     scale_weight_decay_by_lr=scale_weight_decay_by_lr,
     project_radial=True,
+    warn_convention=False,
   )
   return detect_scale_invariance(
     chain,
