@@ -1,0 +1,382 @@
+"""The aliases against their references, step for step, on a pytree with every kind of leaf.
+
+References: torch.optim.AdamW and SGD (2.13.0), the official adamp 0.3.0
+AdamP and SGDP, and a NumPy transcription of the authors' sgd.lua. See
+``_reference.py`` for the test problem: a per-channel scale-invariant conv
+kernel, a whole-tensor scale-invariant dense kernel, an ordinary kernel, a
+bias and a scale, each side differentiating its own copy of the same loss.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import torch
+from _reference import (
+  DECAYED,
+  MASK,
+  NAMES,
+  SHAPES,
+  assert_trajectories_match,
+  decoupled_decay_hook,
+  grad_jax,
+  init_params,
+  make_targets,
+  mask_fn,
+  max_relative_error,
+  run_ours,
+  run_torch,
+  sgd_lua,
+  sgdr_table,
+  table_schedule,
+)
+from adamp import SGDP, AdamP
+
+import decoupled_optax as dopt
+
+STEPS = 80  # two SGDR restarts (at 20 and 60) with the default table
+ETA = sgdr_table(STEPS + 1)
+
+ADAM_LR = 1e-2
+SGD_LR = 0.05
+TORCH_WD = 0.5  # PyTorch convention; the paper's lambda is lr * TORCH_WD (< lr, no warning)
+
+MASKS = {"no_mask": None, "tree_mask": MASK, "callable_mask": mask_fn}
+
+
+def _decayed(mask_name: str):
+  return NAMES if MASKS[mask_name] is None else DECAYED
+
+
+def _groups(weight_decay: float, **kwargs):
+  """Param groups as run_torch hands them over: the second one is not decayed."""
+
+  def make(groups, optimizer_cls):
+    return optimizer_cls(
+      [
+        {"params": g["params"], "decay": g["decay"], "weight_decay": weight_decay * g["decay"]}
+        for g in groups
+      ],
+      **kwargs,
+    )
+
+  return make
+
+
+class BugFreeSGDP(SGDP):
+  """Official SGDP with timm's fix: the projection must not write into the momentum buffer."""
+
+  def _projection(self, p, grad, perturb, delta, wd_ratio, eps):
+    return super()._projection(p, grad, perturb.clone(), delta, wd_ratio, eps)
+
+
+# ---------------------------------------------------------------- the test problem
+
+
+def test_problem_exercises_every_projection_path():
+  """Without this the AdamP/SGDP comparisons could pass without ever projecting."""
+  params = jax.tree.map(jnp.asarray, init_params())
+  grads = grad_jax(params, make_targets(1)[0])
+  projectors, multipliers = dopt.scale_invariance(grads, params, wd_ratio=0.1)
+  conv, dense, kernel = projectors["conv"], projectors["dense"], projectors["kernel"]
+  # conv: per output channel (HWIO's last axis).
+  assert conv.reduce_axes == (0, 1, 2)
+  assert np.all(np.asarray(conv.channel_weight) > 0) and float(conv.whole_weight) == 0
+  # dense: only as a whole.
+  assert np.all(np.asarray(dense.channel_weight) == 0) and float(dense.whole_weight) > 0
+  # kernel: not at all.
+  assert np.all(np.asarray(kernel.channel_weight) == 0) and float(kernel.whole_weight) == 0
+  assert projectors["bias"] is None and projectors["scale"] is None
+  np.testing.assert_allclose(
+    [float(multipliers[n]) for n in NAMES], [0.1, 0.1, 1.0, 1.0, 1.0], rtol=1e-7
+  )
+
+
+def test_problem_stays_in_its_regime_along_the_trajectory():
+  """The detection holds with a wide margin at every step, so float noise cannot flip it."""
+  trajectory = run_ours(dopt.adamp(ADAM_LR, TORCH_WD, scale_weight_decay_by_lr=True), STEPS)
+  targets = make_targets(STEPS)
+
+  def cosine(g, w, per_channel):
+    g, w = np.asarray(g, np.float64), np.asarray(w, np.float64)
+    axes = tuple(range(g.ndim - 1)) if per_channel else None
+    dot = np.abs(np.sum(g * w, axis=axes))
+    return np.max(dot / np.sqrt(np.sum(g * g, axis=axes) * np.sum(w * w, axis=axes)))
+
+  def threshold(name, per_channel):
+    shape = SHAPES[name]
+    return 0.1 / np.sqrt(np.prod(shape[:-1]) if per_channel else np.prod(shape))
+
+  for t in range(STEPS):
+    w = trajectory[t]
+    g = grad_jax(jax.tree.map(jnp.asarray, w), targets[t])
+    ratio = {
+      (name, view): cosine(g[name], w[name], view) / threshold(name, view)
+      for name in ("conv", "dense", "kernel")
+      for view in (True, False)
+    }
+    assert ratio["conv", True] < 1e-3, t
+    assert ratio["dense", True] > 2 and ratio["dense", False] < 1e-3, t
+    assert ratio["kernel", True] > 2 and ratio["kernel", False] > 2, t
+
+
+def test_layout_round_trip_matches_torch_modules():
+  """The conversions are the ones torch's modules use: conv OIHW, Linear (out, in)."""
+  from _reference import flax_to_torch
+
+  rng = np.random.default_rng(3)
+  x = rng.normal(size=(2, 5, 5, 2)).astype(np.float32)  # NHWC
+  kernel = rng.normal(size=(3, 3, 2, 4)).astype(np.float32)
+  ours = jax.lax.conv_general_dilated(
+    x, kernel, (1, 1), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+  )
+  theirs = torch.nn.functional.conv2d(
+    torch.from_numpy(x).permute(0, 3, 1, 2), torch.from_numpy(flax_to_torch("conv", kernel))
+  ).permute(0, 2, 3, 1)
+  np.testing.assert_allclose(np.asarray(ours), theirs.numpy(), rtol=1e-5, atol=1e-5)
+  dense = rng.normal(size=(6, 4)).astype(np.float32)
+  v = rng.normal(size=(3, 6)).astype(np.float32)
+  theirs = torch.nn.functional.linear(
+    torch.from_numpy(v), torch.from_numpy(flax_to_torch("dense", dense))
+  )
+  np.testing.assert_allclose(v @ dense, theirs.numpy(), rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------- AdamW
+
+
+@pytest.mark.parametrize("mask_name", list(MASKS))
+@pytest.mark.parametrize("torch_convention", [False, True], ids=["paper", "torch"])
+def test_adamw_matches_torch_adamw(torch_convention, mask_name):
+  # Paper: theta -= eta_t (alpha * adam + lambda * theta) with lambda = alpha * wd_torch is
+  # torch's theta -= lr_t (adam + wd_torch * theta) with lr_t = alpha * eta_t, even as eta_t
+  # changes, since both conventions multiply the decay by eta_t.
+  weight_decay = TORCH_WD if torch_convention else ADAM_LR * TORCH_WD
+  tx = dopt.adamw(
+    ADAM_LR,
+    weight_decay,
+    schedule=table_schedule(ETA),
+    mask=MASKS[mask_name],
+    scale_weight_decay_by_lr=torch_convention,
+  )
+  reference, _, _ = run_torch(
+    lambda groups: _groups(TORCH_WD, lr=ADAM_LR)(groups, torch.optim.AdamW),
+    STEPS,
+    eta=ETA,
+    decayed=_decayed(mask_name),
+  )
+  assert_trajectories_match(run_ours(tx, STEPS), reference)
+
+
+def test_adamw_differs_from_torch_when_the_conversion_is_forgotten():
+  """The comparison is sensitive to the convention: the raw torch value in paper mode fails."""
+  tx = dopt.adamw(ADAM_LR, ADAM_LR * TORCH_WD * 1.5, schedule=table_schedule(ETA))
+  reference, _, _ = run_torch(
+    lambda groups: _groups(TORCH_WD, lr=ADAM_LR)(groups, torch.optim.AdamW), STEPS, eta=ETA
+  )
+  assert max_relative_error(run_ours(tx, STEPS), reference)[0] > 1e-3
+
+
+@pytest.mark.parametrize("use_mask", [False, True])
+def test_adamw_block_chain_equals_optax_adamw(use_mask):
+  mask = MASK if use_mask else None
+  ours = optax.chain(
+    optax.scale_by_adam(),
+    dopt.add_decoupled_weight_decay(TORCH_WD, mask=mask),
+    optax.scale_by_learning_rate(ADAM_LR),
+  )
+  theirs = optax.adamw(ADAM_LR, weight_decay=TORCH_WD, mask=mask)
+  assert_trajectories_match(run_ours(ours, STEPS), run_ours(theirs, STEPS))
+
+
+# ---------------------------------------------------------------- SGDW
+
+
+@pytest.mark.parametrize("mask_name", ["no_mask", "tree_mask"])
+@pytest.mark.parametrize(
+  "momentum, nesterov",
+  [(0.0, False), (0.9, False), (0.9, True)],
+  ids=["plain", "heavy_ball", "nesterov"],
+)
+def test_sgdw_torch_convention_matches_torch_sgd(momentum, nesterov, mask_name):
+  tx = dopt.sgdw(
+    SGD_LR,
+    momentum,
+    TORCH_WD,
+    nesterov=nesterov,
+    schedule=table_schedule(ETA),
+    mask=MASKS[mask_name],
+    scale_weight_decay_by_lr=True,
+  )
+  reference, _, _ = run_torch(
+    lambda groups: torch.optim.SGD(groups, lr=SGD_LR, momentum=momentum, nesterov=nesterov),
+    STEPS,
+    eta=ETA,
+    decayed=_decayed(mask_name),
+    before_step=decoupled_decay_hook(TORCH_WD),
+  )
+  assert_trajectories_match(run_ours(tx, STEPS), reference)
+
+
+@pytest.mark.parametrize("mask_name", ["no_mask", "tree_mask"])
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_sgdw_paper_mode_matches_authors_sgd_lua(nesterov, mask_name):
+  momentum, weight_decay = 0.9, SGD_LR * TORCH_WD
+  tx = dopt.sgdw(
+    SGD_LR,
+    momentum,
+    weight_decay,
+    nesterov=nesterov,
+    schedule=table_schedule(ETA),
+    mask=MASKS[mask_name],
+  )
+  reference = sgd_lua(
+    STEPS, SGD_LR, momentum, weight_decay, ETA, nesterov=nesterov, decayed=_decayed(mask_name)
+  )
+  assert_trajectories_match(run_ours(tx, STEPS), reference)
+
+
+# ---------------------------------------------------------------- AdamP
+
+
+@pytest.mark.parametrize("mask_name", ["no_mask", "tree_mask"])
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_adamp_matches_official_adamp(nesterov, mask_name):
+  tx = dopt.adamp(
+    ADAM_LR,
+    TORCH_WD,
+    nesterov=nesterov,
+    schedule=table_schedule(ETA),
+    mask=MASKS[mask_name],
+    scale_weight_decay_by_lr=True,
+  )
+  reference, _, _ = run_torch(
+    lambda groups: _groups(TORCH_WD, lr=ADAM_LR, nesterov=nesterov)(groups, AdamP),
+    STEPS,
+    eta=ETA,
+    decayed=_decayed(mask_name),
+  )
+  assert_trajectories_match(run_ours(tx, STEPS), reference)
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_adamp_paper_mode_matches_official_with_converted_decay(nesterov):
+  tx = dopt.adamp(ADAM_LR, ADAM_LR * TORCH_WD, nesterov=nesterov)
+  reference, _, _ = run_torch(
+    lambda groups: _groups(TORCH_WD, lr=ADAM_LR, nesterov=nesterov)(groups, AdamP), STEPS
+  )
+  assert_trajectories_match(run_ours(tx, STEPS), reference)
+
+
+def test_adamp_differs_from_adamw():
+  """The projection and wd_ratio change the trajectory; otherwise the match above is vacuous."""
+  ours = run_ours(dopt.adamp(ADAM_LR, TORCH_WD, scale_weight_decay_by_lr=True), STEPS)
+  adamw = run_ours(dopt.adamw(ADAM_LR, TORCH_WD, scale_weight_decay_by_lr=True), STEPS)
+  for name in ("conv", "dense"):
+    diff = np.linalg.norm(ours[-1][name] - adamw[-1][name]) / np.linalg.norm(adamw[-1][name])
+    assert diff > 1e-2, name
+  np.testing.assert_allclose(ours[-1]["kernel"], adamw[-1]["kernel"], rtol=2e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- SGDP
+
+SGDP_MOMENTUM = 0.9
+
+
+def _sgdp_reference(nesterov, optimizer_cls, mask_name="no_mask", eta=ETA):
+  return run_torch(
+    lambda groups: _groups(TORCH_WD, lr=SGD_LR, momentum=SGDP_MOMENTUM, nesterov=nesterov)(
+      groups, optimizer_cls
+    ),
+    STEPS,
+    eta=eta,
+    decayed=_decayed(mask_name),
+  )
+
+
+@pytest.mark.parametrize("mask_name", ["no_mask", "tree_mask"])
+@pytest.mark.parametrize(
+  "nesterov, optimizer_cls", [(True, SGDP), (False, BugFreeSGDP)], ids=["nesterov", "plain"]
+)
+def test_sgdp_matches_official_sgdp(nesterov, optimizer_cls, mask_name):
+  tx = dopt.sgdp(
+    SGD_LR,
+    SGDP_MOMENTUM,
+    TORCH_WD,
+    nesterov=nesterov,
+    schedule=table_schedule(ETA),
+    mask=MASKS[mask_name],
+    scale_weight_decay_by_lr=True,
+  )
+  reference, _, _ = _sgdp_reference(nesterov, optimizer_cls, mask_name)
+  assert_trajectories_match(run_ours(tx, STEPS), reference)
+
+
+def test_sgdp_does_not_copy_the_official_momentum_bug():
+  tx = dopt.sgdp(
+    SGD_LR, SGDP_MOMENTUM, TORCH_WD, schedule=table_schedule(ETA), scale_weight_decay_by_lr=True
+  )
+  ours, states = run_ours(tx, STEPS, with_states=True)
+  buggy, buggy_optimizer, buggy_tensors = _sgdp_reference(False, SGDP)
+  fixed, fixed_optimizer, fixed_tensors = _sgdp_reference(False, BugFreeSGDP)
+  # The bug is real in the reference: it changes the trajectory of the projected leaves.
+  assert max_relative_error(buggy, fixed)[0] > 1e-3
+  assert max_relative_error(ours, buggy)[0] > 1e-3
+  assert_trajectories_match(ours, fixed)
+
+  # Our buffer holds the unprojected momentum, sum_k mu^k g_{t-k}, of the raw gradients
+  # at our own params.
+  targets = make_targets(STEPS)
+  expected = None
+  for t in range(STEPS):
+    grads = grad_jax(jax.tree.map(jnp.asarray, ours[t]), targets[t])
+    grads = {n: np.asarray(g, np.float64) for n, g in grads.items()}
+    expected = (
+      grads if expected is None else {n: SGDP_MOMENTUM * expected[n] + grads[n] for n in NAMES}
+    )
+    (trace,) = [
+      s
+      for s in jax.tree.leaves(states[t + 1], is_leaf=lambda x: isinstance(x, optax.TraceState))
+      if isinstance(s, optax.TraceState)
+    ]
+    for n in NAMES:
+      np.testing.assert_allclose(
+        trace.trace[n], expected[n], rtol=1e-4, atol=1e-5 * np.abs(expected[n]).max()
+      )
+  # and equals the fixed reference's buffer, not the buggy one's.
+  from _reference import torch_to_flax
+
+  for name, tensor in fixed_tensors.items():
+    fixed_buffer = torch_to_flax(name, fixed_optimizer.state[tensor]["momentum"].numpy())
+    buggy_buffer = torch_to_flax(
+      name, buggy_optimizer.state[buggy_tensors[name]]["momentum"].numpy()
+    )
+    np.testing.assert_allclose(
+      trace.trace[name], fixed_buffer, rtol=2e-4, atol=1e-5 * np.abs(fixed_buffer).max()
+    )
+    if name in ("conv", "dense"):
+      assert np.linalg.norm(trace.trace[name] - buggy_buffer) > 1e-3 * np.linalg.norm(buggy_buffer)
+
+
+# ---------------------------------------------------------------- the two conventions
+
+
+ALIASES = {
+  "adamw": lambda wd, **kw: dopt.adamw(ADAM_LR, wd, **kw),
+  "sgdw": lambda wd, **kw: dopt.sgdw(SGD_LR, 0.9, wd, **kw),
+  "adamp": lambda wd, **kw: dopt.adamp(ADAM_LR, wd, **kw),
+  "sgdp": lambda wd, **kw: dopt.sgdp(SGD_LR, 0.9, wd, **kw),
+}
+ALIAS_LR = {"adamw": ADAM_LR, "sgdw": SGD_LR, "adamp": ADAM_LR, "sgdp": SGD_LR}
+
+
+@pytest.mark.parametrize("schedule", [None, 0.7], ids=["no_schedule", "constant_schedule"])
+@pytest.mark.parametrize("alias", list(ALIASES))
+def test_conventions_agree_when_decay_is_converted(alias, schedule):
+  make, lr = ALIASES[alias], ALIAS_LR[alias]
+  paper = make(lr * TORCH_WD, schedule=schedule, mask=MASK)
+  torch_style = make(TORCH_WD, schedule=schedule, mask=MASK, scale_weight_decay_by_lr=True)
+  assert_trajectories_match(run_ours(paper, STEPS), run_ours(torch_style, STEPS))
