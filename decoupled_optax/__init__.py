@@ -26,6 +26,12 @@ from decoupled_optax.schedules import (
   cosine_warm_restart_schedule,
   restart_position,
 )
+from decoupled_optax.sharding import (
+  init_sharded,
+  keep_param_sharding,
+  state_partition_specs,
+  state_shardings,
+)
 from decoupled_optax.weight_decay import (
   AddDecoupledWeightDecayState,
   WeightDecayConventionWarning,
@@ -47,7 +53,9 @@ __all__ = [
   "cosine_warm_restart_schedule",
   "decoupled_chain",
   "detect_scale_invariance",
+  "init_sharded",
   "inject_hyperparams",
+  "keep_param_sharding",
   "make_weight_decay_mask",
   "normalized_weight_decay",
   "normalized_weight_decay_schedule",
@@ -57,5 +65,7 @@ __all__ = [
   "scale_invariance",
   "sgdp",
   "sgdw",
+  "state_partition_specs",
+  "state_shardings",
   "weight_decay_mask",
 ]

@@ -28,6 +28,7 @@ from decoupled_optax._validation import (
 )
 from decoupled_optax.directions import scale_by_adamp_nesterov
 from decoupled_optax.projection import AxisName, detect_scale_invariance, project_out_radial
+from decoupled_optax.sharding import keep_param_sharding
 from decoupled_optax.weight_decay import (
   MaskOrFn,
   add_decoupled_weight_decay,
@@ -111,7 +112,8 @@ def decoupled_chain(
     if warn_convention:
       warn_if_torch_convention(weight_decay, learning_rate)
     steps += [optax.scale(learning_rate), decay, _scale_by_multiplier(schedule, -1.0)]
-  return optax.chain(*steps)
+  # Under jit, the state follows the params' sharding (see decoupled_optax.sharding).
+  return keep_param_sharding(optax.chain(*steps))
 
 
 def adamw(
@@ -259,6 +261,7 @@ def adamp(
   nesterov: bool = False,
   channel_axis: int = -1,
   axis_name: AxisName = None,
+  param_specs: Any = None,
   schedule: optax.ScalarOrSchedule | None = None,
   mask: MaskOrFn = None,
   scale_weight_decay_by_lr: bool = False,
@@ -289,8 +292,12 @@ def adamp(
       timm's factory uses 0.01).
     nesterov: the official AdamP Nesterov step.
     channel_axis: output-channel axis; -1 for Flax layouts, 0 for PyTorch's.
-    axis_name: mapped axis name(s) to psum the projection's sums over when
-      params are sharded inside ``shard_map``/``pmap``.
+    axis_name, param_specs: for params sharded inside ``shard_map``/``pmap``:
+      the mapped axis name(s) and which of them shard which dims (a tree of
+      ``PartitionSpec``, e.g. shard_map's ``in_specs`` of the params), so
+      that the projection's cosines and norms are global; see
+      :func:`decoupled_optax.detect_scale_invariance`. Without them they
+      are per shard. Not needed under ``jit``, nor with replicated params.
     schedule: eta_t, the schedule multiplier.
     mask: leaves to decay, as in optax.
     scale_weight_decay_by_lr: use the PyTorch / official-AdamP convention.
@@ -329,6 +336,7 @@ def adamp(
     eps=eps,
     channel_axis=channel_axis,
     axis_name=axis_name,
+    param_specs=param_specs,
   )
 
 
@@ -343,6 +351,7 @@ def sgdp(
   eps: float = 1e-8,
   channel_axis: int = -1,
   axis_name: AxisName = None,
+  param_specs: Any = None,
   accumulator_dtype: Any | None = None,
   schedule: optax.ScalarOrSchedule | None = None,
   mask: MaskOrFn = None,
@@ -366,7 +375,7 @@ def sgdp(
     momentum: mu in [0, 1).
     weight_decay: lambda, in the convention chosen by ``scale_weight_decay_by_lr``.
     nesterov: PyTorch's Nesterov, ``d = g + mu * buf``.
-    delta, wd_ratio, eps, channel_axis, axis_name: as in :func:`adamp`.
+    delta, wd_ratio, eps, channel_axis, axis_name, param_specs: as in :func:`adamp`.
     accumulator_dtype: dtype of the momentum buffer.
     schedule: eta_t, the schedule multiplier.
     mask: leaves to decay, as in optax.
@@ -410,6 +419,7 @@ def sgdp(
     eps=eps,
     channel_axis=channel_axis,
     axis_name=axis_name,
+    param_specs=param_specs,
   )
 
 

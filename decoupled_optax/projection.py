@@ -34,6 +34,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import PartitionSpec
 
 from decoupled_optax._validation import check_non_negative, check_range
 from decoupled_optax.weight_decay import WEIGHT_DECAY_MULTIPLIERS
@@ -56,13 +57,18 @@ class RadialProjector(NamedTuple):
     channel_weight: per-channel weights, shaped to broadcast against the leaf.
     whole_weight: scalar weight of the whole-tensor view.
     reduce_axes: every axis but the channel axis (static).
-    axis_name: mapped axes over which sums are psum'd, or None (static).
+    axis_name: mapped axes that shard the reduced (non-channel) dims: the
+      per-channel sums are psum'd over them; None if none (static).
+    channel_axis_name: mapped axes that shard the channel dim: the
+      whole-tensor sum of the per-channel sums is psum'd over them; None if
+      none (static).
   """
 
   channel_weight: jax.Array
   whole_weight: jax.Array
   reduce_axes: tuple[int, ...]
   axis_name: AxisName
+  channel_axis_name: AxisName = None
 
 
 def _statistics_dtype(dtype: jnp.dtype) -> jnp.dtype:
@@ -71,6 +77,50 @@ def _statistics_dtype(dtype: jnp.dtype) -> jnp.dtype:
 
 def _global_sum(x: jax.Array, axis_name: AxisName) -> jax.Array:
   return x if axis_name is None else jax.lax.psum(x, axis_name)
+
+
+def _global_max(x: jax.Array, axis_name: AxisName) -> jax.Array:
+  return x if axis_name is None else jax.lax.pmax(x, axis_name)
+
+
+def _axis_names(names: Any) -> tuple[str, ...]:
+  if names is None:
+    return ()
+  if isinstance(names, str):
+    return (names,)
+  return tuple(names)
+
+
+def _mapped_size(axis_name: AxisName) -> int:
+  """How many shards the mapped axes split a dim into (1 without axes)."""
+  return math.prod(jax.lax.axis_size(name) for name in _axis_names(axis_name))
+
+
+def _spec_axis_names(spec: Any, ndim: int, channel_axis: int) -> tuple[AxisName, AxisName]:
+  """``(reduce-dim axes, channel-dim axes)`` of one leaf from its PartitionSpec."""
+  entries = tuple(spec) if spec is not None else ()
+  if len(entries) > ndim:
+    raise ValueError(f"param_specs: {spec} has more entries than the leaf has dims ({ndim}).")
+  entries += (None,) * (ndim - len(entries))
+  if any(e is PartitionSpec.UNCONSTRAINED for e in entries):
+    raise ValueError(f"param_specs: {spec} is unconstrained; name the sharding axes.")
+  axis = channel_axis % ndim
+  reduce_names = tuple(n for d, e in enumerate(entries) if d != axis for n in _axis_names(e))
+  channel_names = _axis_names(entries[axis])
+  return reduce_names or None, channel_names or None
+
+
+def _specs_per_leaf(param_specs: Any, params: Any) -> Any:
+  """Broadcasts a prefix tree of PartitionSpecs (as shard_map's in_specs) to the params."""
+  is_spec = lambda x: x is None or isinstance(x, PartitionSpec)  # noqa: E731
+  return jax.tree.map(
+    lambda spec, subtree: jax.tree.map(
+      lambda _: PartitionSpec() if spec is None else spec, subtree, is_leaf=lambda x: x is None
+    ),
+    param_specs,
+    params,
+    is_leaf=is_spec,
+  )
 
 
 def _detect_leaf(
@@ -82,8 +132,15 @@ def _detect_leaf(
   eps: float,
   channel_axis: int,
   axis_name: AxisName,
+  channel_axis_name: AxisName = None,
 ) -> tuple[RadialProjector | None, Any]:
-  """The official ``_projection`` test for one leaf; returns (projector, decay multiplier)."""
+  """The official ``_projection`` test for one leaf; returns (projector, decay multiplier).
+
+  ``param`` and ``grad`` may be shards: ``axis_name`` names the mapped axes
+  that shard the non-channel dims, ``channel_axis_name`` those that shard
+  the channel dim. Per-channel sums are psum'd over the former; the max over
+  channels and the whole-tensor sums are reduced over the latter.
+  """
   if param.ndim < 2 or param.size == 0:
     # Biases and normalization scales are never projected (official code: p.ndim > 1).
     return None, jnp.ones([], _statistics_dtype(param.dtype))
@@ -101,19 +158,25 @@ def _detect_leaf(
     # torch.nn.functional.cosine_similarity clamps each norm by eps.
     return jnp.abs(dot) / (jnp.maximum(jnp.sqrt(a_sq), eps) * jnp.maximum(jnp.sqrt(b_sq), eps))
 
-  row_length = param.size // param.shape[axis]
-  channel_invariant = jnp.max(cosine(g_dot_w, g_sq, w_sq)) < delta / math.sqrt(row_length)
-  w_sq_total = jnp.sum(w_sq)
-  whole_invariant = cosine(jnp.sum(g_dot_w), jnp.sum(g_sq), w_sq_total) < delta / math.sqrt(
-    param.size
-  )
+  # Global sizes: a shard's row length times the shards of the reduced dims.
+  row_length = param.size // param.shape[axis] * _mapped_size(axis_name)
+  size = row_length * param.shape[axis] * _mapped_size(channel_axis_name)
+  max_cosine = _global_max(jnp.max(cosine(g_dot_w, g_sq, w_sq)), channel_axis_name)
+  channel_invariant = max_cosine < delta / math.sqrt(row_length)
+  g_dot_w_total = _global_sum(jnp.sum(g_dot_w), channel_axis_name)
+  g_sq_total = _global_sum(jnp.sum(g_sq), channel_axis_name)
+  w_sq_total = _global_sum(jnp.sum(w_sq), channel_axis_name)
+  whole_invariant = cosine(g_dot_w_total, g_sq_total, w_sq_total) < delta / math.sqrt(size)
   zero = jnp.zeros([], dtype)
   channel_weight = jnp.where(channel_invariant, 1.0 / (jnp.sqrt(w_sq) + eps) ** 2, zero)
   whole_weight = jnp.where(
     ~channel_invariant & whole_invariant, 1.0 / (jnp.sqrt(w_sq_total) + eps) ** 2, zero
   )
   multiplier = jnp.where(channel_invariant | whole_invariant, wd_ratio, 1.0).astype(dtype)
-  return RadialProjector(channel_weight, whole_weight, reduce_axes, axis_name), multiplier
+  projector = RadialProjector(
+    channel_weight, whole_weight, reduce_axes, axis_name, channel_axis_name
+  )
+  return projector, multiplier
 
 
 def scale_invariance(
@@ -125,8 +188,11 @@ def scale_invariance(
   eps: float = 1e-8,
   channel_axis: int = -1,
   axis_name: AxisName = None,
+  param_specs: Any = None,
 ) -> tuple[Any, Any]:
   """Runs AdamP's scale-invariance test on every leaf.
+
+  ``axis_name`` and ``param_specs`` are as in :func:`detect_scale_invariance`.
 
   Returns:
     ``(projectors, multipliers)``: trees with the structure of ``params``.
@@ -135,26 +201,38 @@ def scale_invariance(
     invariant and 1 elsewhere.
   """
   is_none = lambda x: x is None  # noqa: E731
-  pairs = jax.tree.map(
-    lambda g, p: (
-      None
-      if g is None
-      else _detect_leaf(
-        g,
-        p,
-        delta=delta,
-        wd_ratio=wd_ratio,
-        eps=eps,
-        channel_axis=channel_axis,
-        axis_name=axis_name,
-      )
-    ),
-    grads,
-    params,
-    is_leaf=is_none,
-  )
   treedef = jax.tree.structure(grads, is_leaf=is_none)
-  flat_pairs = treedef.flatten_up_to(pairs)
+  flat_grads = treedef.flatten_up_to(grads)
+  flat_params = treedef.flatten_up_to(params)
+  if param_specs is None:
+    flat_names = [(axis_name, None)] * len(flat_grads)
+  else:
+    allowed = set(_axis_names(axis_name))
+    flat_names = []
+    flat_specs = treedef.flatten_up_to(_specs_per_leaf(param_specs, params))
+    for g, spec in zip(flat_grads, flat_specs, strict=True):
+      names = (None, None) if g is None else _spec_axis_names(spec, g.ndim, channel_axis)
+      unknown = set(_axis_names(names[0]) + _axis_names(names[1])) - allowed
+      if axis_name is not None and unknown:
+        raise ValueError(
+          f"param_specs name the mesh axes {sorted(unknown)}, which are not in axis_name={axis_name!r}."
+        )
+      flat_names.append(names)
+  flat_pairs = [
+    None
+    if g is None
+    else _detect_leaf(
+      g,
+      p,
+      delta=delta,
+      wd_ratio=wd_ratio,
+      eps=eps,
+      channel_axis=channel_axis,
+      axis_name=names[0],
+      channel_axis_name=names[1],
+    )
+    for g, p, names in zip(flat_grads, flat_params, flat_names, strict=True)
+  ]
   projectors = treedef.unflatten([None if pair is None else pair[0] for pair in flat_pairs])
   multipliers = treedef.unflatten([None if pair is None else pair[1] for pair in flat_pairs])
   return projectors, multipliers
@@ -168,6 +246,7 @@ def detect_scale_invariance(
   eps: float = 1e-8,
   channel_axis: int = -1,
   axis_name: AxisName = None,
+  param_specs: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Wraps ``inner`` and tells its transforms which leaves are scale invariant.
 
@@ -192,8 +271,25 @@ def detect_scale_invariance(
     channel_axis: the output-channel axis. The default -1 is Flax's layout
       (conv kernels HWIO, dense kernels ``(in, out)``); PyTorch's is 0.
     axis_name: under ``shard_map`` or ``pmap`` with params sharded across
-      devices, the mapped axis name(s) over which the per-channel sums are
-      psum'd. Without it the test and the projection use the local shard.
+      devices, the mapped axis name(s) that shard them. Without
+      ``param_specs``, every leaf with ``ndim > 1`` must be sharded over all
+      of these axes along its non-channel dims (e.g. FSDP on the input dim):
+      the per-channel sums are psum'd over them. Leave it None for data
+      parallelism with replicated params (``pmap`` with pmean'd gradients),
+      and under ``jit`` with ``NamedSharding``, where GSPMD makes every
+      reduction global by itself.
+    param_specs: under ``shard_map``, which mesh axes shard which dims of
+      each param: a tree of :class:`jax.sharding.PartitionSpec` with the
+      params' structure or a prefix of it (None for replicated), e.g. the
+      params' ``in_specs`` of ``shard_map``. Axes sharding the non-channel
+      dims reduce the per-channel sums (psum); axes sharding the channel dim
+      reduce the max over channels (pmax) and the whole-tensor sums (psum).
+      If ``axis_name`` is also given, the specs may only name its axes.
+
+  Without ``axis_name`` and ``param_specs``, inside ``shard_map`` or
+  ``pmap`` every cosine, norm and projection is computed **per shard**,
+  which differs from the single-device result when params are sharded. With
+  them, the result equals the single-device one (up to rounding).
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs` with ``inner``'s state.
@@ -214,6 +310,12 @@ def detect_scale_invariance(
   check_range("delta", delta, low=0.0, low_inclusive=False)
   check_non_negative("wd_ratio", wd_ratio)
   check_non_negative("eps", eps)
+  if not isinstance(channel_axis, int):
+    raise ValueError(
+      f"channel_axis must be a Python int, got {channel_axis!r}. Under "
+      "optax.inject_hyperparams pass static_args=('channel_axis',), or use "
+      "decoupled_optax.inject_hyperparams, which does it for you."
+    )
   inner = optax.with_extra_args_support(inner)
 
   def update_fn(
@@ -232,6 +334,7 @@ def detect_scale_invariance(
       eps=eps,
       channel_axis=channel_axis,
       axis_name=axis_name,
+      param_specs=param_specs,
     )
     extra_args[RADIAL_PROJECTORS] = projectors
     extra_args[WEIGHT_DECAY_MULTIPLIERS] = multipliers
@@ -246,7 +349,8 @@ def _project_leaf(update: jax.Array, param: jax.Array, projector: RadialProjecto
   w_dot_u = _global_sum(
     jnp.sum(w * u, axis=projector.reduce_axes, keepdims=True), projector.axis_name
   )
-  coefficient = projector.channel_weight * w_dot_u + projector.whole_weight * jnp.sum(w_dot_u)
+  w_dot_u_total = _global_sum(jnp.sum(w_dot_u), projector.channel_axis_name)
+  coefficient = projector.channel_weight * w_dot_u + projector.whole_weight * w_dot_u_total
   return (u - w * coefficient).astype(update.dtype)
 
 

@@ -1,0 +1,367 @@
+"""Multi-device: jit over NamedSharding (GSPMD), pmap, shard_map, and state shardings.
+
+Runs on 8 fake CPU devices (tests/conftest.py sets the XLA flag). The
+reference is always the same computation on one device.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from _sharded_model import SPECS, init_params, loss, make_batch
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import decoupled_optax as dopt
+
+pytestmark = pytest.mark.skipif(
+  jax.device_count() < 8,
+  reason="needs 8 devices: XLA_FLAGS=--xla_force_host_platform_device_count=8",
+)
+
+STEPS = 3
+RTOL = 1e-6
+
+
+@functools.cache
+def _mesh() -> Mesh:
+  # The classic GSPMD setting: axes of type Auto.
+  return Mesh(np.array(jax.devices()[:8]).reshape(4, 2), ("x", "y"))
+
+
+def _sharded(tree, specs=SPECS):
+  return {k: jax.device_put(v, NamedSharding(_mesh(), specs[k])) for k, v in tree.items()}
+
+
+def _single(tree):
+  return jax.device_put(tree, jax.devices()[0])
+
+
+OPTIMIZERS = {
+  "adamw": lambda: dopt.adamw(1e-2, 1e-4),
+  "adamwr": lambda: dopt.adamw(
+    1e-2, 1e-4, schedule=dopt.cosine_warm_restart_schedule(1.0, first_period=1, period_mult=2)
+  ),
+  "adamw_torch_schedule": lambda: dopt.adamw(
+    optax.cosine_decay_schedule(1e-2, 10), 1e-2, scale_weight_decay_by_lr=True
+  ),
+  "sgdw": lambda: dopt.sgdw(
+    0.1, 0.9, 1e-4, nesterov=True, schedule=dopt.cosine_warm_restart_schedule(1.0, 2)
+  ),
+  "adamp": lambda: dopt.adamp(1e-2, 1e-4),
+  "adamp_nesterov_torch": lambda: dopt.adamp(
+    1e-2, 1e-2, nesterov=True, scale_weight_decay_by_lr=True, wd_ratio=0.01
+  ),
+  "sgdp": lambda: dopt.sgdp(0.1, 0.9, 1e-4),
+  "blocks": lambda: dopt.detect_scale_invariance(
+    optax.chain(
+      optax.trace(0.9),
+      dopt.project_out_radial(),
+      dopt.add_decoupled_weight_decay(
+        dopt.normalized_weight_decay_schedule(0.05, 8, 800, first_period=2),
+        mask=lambda p: {k: k != "scale" for k in p},
+      ),
+      optax.scale(-1e-2),
+    )
+  ),
+}
+
+
+def _train(tx, params, state, steps=STEPS, first_step=0):
+  """``steps`` jitted steps; the batches are the same on any number of devices."""
+
+  @jax.jit
+  def step(params, state, batch):
+    grads = jax.grad(loss)(params, batch)
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  for i in range(first_step, first_step + steps):
+    params, state = step(params, state, make_batch(i))
+  return params, state
+
+
+def _assert_close(actual, expected, rtol=RTOL):
+  for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected), strict=True):
+    a, e = np.asarray(a), np.asarray(e)
+    scale = max(float(np.max(np.abs(e), initial=0.0)), 1e-30)
+    np.testing.assert_allclose(a, e, rtol=rtol, atol=rtol * scale)
+
+
+def _assert_same_sharding(array, sharding):
+  assert array.sharding.is_equivalent_to(sharding, array.ndim), (array.sharding, sharding)
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_jit_over_named_sharding_matches_one_device(name):
+  tx = OPTIMIZERS[name]()
+  reference, reference_state = _train(tx, _single(init_params()), tx.init(_single(init_params())))
+  params = _sharded(init_params())
+  params_out, state_out = _train(tx, params, jax.jit(tx.init)(params))
+  _assert_close(params_out, reference)
+  _assert_close(state_out, reference_state)
+  # The params keep their sharding, and the state follows them.
+  for k in params:
+    _assert_same_sharding(params_out[k], params[k].sharding)
+  state_shardings = dopt.state_shardings(tx, params)
+  for leaf, sharding in zip(
+    jax.tree.leaves(state_out), jax.tree.leaves(state_shardings), strict=True
+  ):
+    _assert_same_sharding(leaf, sharding)
+
+
+def test_scale_invariance_test_is_global_under_jit():
+  """AdamP's per-channel and per-tensor cosines and norms: every view, as on one device."""
+  grads = jax.grad(loss)(_single(init_params()), make_batch(0))
+  reference = dopt.scale_invariance(grads, _single(init_params()))
+  sharded = jax.jit(dopt.scale_invariance)(_sharded(grads), _sharded(init_params()))
+  projectors, multipliers = reference
+  assert float(multipliers["conv"]) == pytest.approx(0.1)  # the channel view holds
+  assert float(jnp.max(projectors["conv"].channel_weight)) > 0
+  assert float(multipliers["dense2"]) == pytest.approx(0.1)  # only the whole view holds
+  assert float(projectors["dense2"].whole_weight) > 0
+  assert float(multipliers["dense"]) == 1.0 and float(multipliers["emb"]) == 1.0
+  _assert_close(sharded, reference)
+
+
+# --- The state follows the params ----------------------------------------------------------
+
+
+class _Pair:
+  """A state leaf and the index of its param; not a pytree node."""
+
+  def __init__(self, leaf, index):
+    self.leaf, self.index = leaf, index
+
+
+def _param_shaped_leaves(params, state):
+  mapped = dopt.sharding.map_param_state(state, params, _Pair, lambda _: None)
+  return [(p.leaf, p.index) for p in jax.tree.leaves(mapped)]
+
+
+@pytest.mark.parametrize("jitted", [False, True], ids=["eager_init", "jitted_init"])
+def test_state_is_sharded_like_the_params(jitted):
+  tx = dopt.adamp(1e-3, 1e-5)
+  params = _sharded(init_params())
+  state = (jax.jit(tx.init) if jitted else tx.init)(params)
+  param_leaves = jax.tree.leaves(params)
+  pairs = _param_shaped_leaves(params, state)
+  assert len(pairs) == 2 * len(param_leaves)  # Adam's mu and nu
+  for leaf, i in pairs:
+    param = param_leaves[i]
+    _assert_same_sharding(leaf, param.sharding)
+    # Each device holds 1/N of the state of a param sharded N ways.
+    shard = leaf.addressable_shards[0].data
+    assert shard.size == param.addressable_shards[0].data.size
+  counts = [x for x in jax.tree.leaves(state) if x.ndim == 0]
+  assert counts and all(c.sharding.is_fully_replicated for c in counts)
+  np.testing.assert_array_equal(state[0].mu["conv"], np.zeros((3, 3, 4, 8)))
+
+
+def test_optax_loses_the_sharding_under_jit_and_keep_param_sharding_fixes_it():
+  params = _sharded(init_params())
+  plain = jax.jit(optax.adam(1e-3).init)(params)
+  assert len(plain[0].mu["dense"].sharding.device_set) == 1  # optax: all on one device
+  kept = jax.jit(dopt.keep_param_sharding(optax.adam(1e-3)).init)(params)
+  for k in params:
+    _assert_same_sharding(kept[0].mu[k], params[k].sharding)
+    np.testing.assert_array_equal(kept[0].mu[k], np.zeros_like(params[k]))
+
+
+def test_state_shardings_and_init_sharded_work_for_any_optax_transform():
+  params = _sharded(init_params())
+  tx = optax.chain(optax.masked(optax.adam(1e-3), {k: k != "emb" for k in params}), optax.sgd(1))
+  shardings = dopt.state_shardings(tx, params)
+  state = dopt.init_sharded(tx, params)
+  assert jax.tree.structure(state) == jax.tree.structure(tx.init(params))
+  for k in params:
+    inner = state[0].inner_state[0]
+    if k == "emb":
+      assert isinstance(inner.mu[k], optax.MaskedNode)
+    else:
+      _assert_same_sharding(inner.mu[k], params[k].sharding)
+      assert shardings[0].inner_state[0].nu[k] == params[k].sharding
+  # From abstract params and explicit shardings, as when restoring a checkpoint.
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+  explicit = dopt.state_shardings(tx, abstract, jax.tree.map(lambda x: x.sharding, params))
+  assert jax.tree.leaves(explicit) == jax.tree.leaves(shardings)
+
+
+def test_state_partition_specs():
+  params = init_params()
+  specs = dopt.state_partition_specs(dopt.adamp(1e-3, 1e-5), params, SPECS)
+  assert specs[0].mu == SPECS and specs[0].nu == SPECS
+  assert specs[0].count == P()
+
+
+def test_flax_logical_partitioning_recipe():
+  """lm1b's setup_initial_state: eval_shape, get_partition_spec, logical_to_mesh_sharding."""
+  nn = pytest.importorskip("flax.linen")
+
+  class Model(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      x = nn.Dense(
+        16,
+        kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("embed", "mlp")),
+      )(x)
+      x = nn.LayerNorm(scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("mlp",)))(x)
+      return nn.Dense(
+        8,
+        kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("mlp", "embed")),
+      )(x)
+
+  rules = (("embed", "y"), ("mlp", "x"))
+  model, tx = Model(), dopt.adamp(1e-3, 1e-5)
+  x = jnp.ones((2, 8))
+
+  def init_fn(rng):
+    params = model.init(rng, x)["params"]
+    return params, tx.init(params)
+
+  abstract = jax.eval_shape(init_fn, jax.random.key(0))
+  logical_specs = nn.get_partition_spec(abstract)
+  shardings = nn.logical_to_mesh_sharding(logical_specs, _mesh(), rules)
+  params, state = jax.jit(init_fn, out_shardings=shardings)(jax.random.key(0))
+  kernel = params["Dense_0"]["kernel"]
+  assert kernel.value.sharding.spec == P("y", "x")
+  for moment in (state[0].mu, state[0].nu):
+    leaf = moment["Dense_0"]["kernel"]
+    assert isinstance(leaf, nn.Partitioned) and leaf.names == ("embed", "mlp")
+    _assert_same_sharding(leaf.value, kernel.value.sharding)
+  # Every state leaf has its param's shape or is a scalar: nothing breaks the recipe.
+  shapes = {x.shape for x in jax.tree.leaves(nn.unbox(abstract[1]))}
+  assert shapes <= {x.shape for x in jax.tree.leaves(nn.unbox(abstract[0]))} | {()}
+
+
+# --- pmap ----------------------------------------------------------------------------------
+
+
+def test_pmap_data_parallel_matches_one_device():
+  tx = dopt.adamp(1e-2, 1e-4)
+  n = 8
+  params = init_params()
+
+  @functools.partial(jax.pmap, axis_name="batch")
+  def grads_fn(params, batch):
+    return jax.lax.pmean(jax.grad(loss)(params, batch), "batch")
+
+  @functools.partial(jax.pmap, axis_name="batch")
+  def update_fn(grads, state, params):
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  @jax.jit
+  def update_one(grads, state, params):
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  replicate = lambda tree: jax.tree.map(lambda x: np.stack([x] * n), tree)  # noqa: E731
+  p_params, p_state = replicate(params), replicate(tx.init(params))
+  one_params, one_state = _single(params), tx.init(_single(params))
+  for i in range(STEPS):
+    batch = make_batch(i)
+    p_grads = grads_fn(p_params, jax.tree.map(lambda x: x.reshape(n, 1, *x.shape[1:]), batch))
+    # The update of pmean'd gradients is exactly the one-device update of those gradients.
+    grads0 = jax.tree.map(lambda x: x[0], p_grads)
+    expected = update_one(
+      _single(grads0),
+      _single(jax.tree.map(lambda x: x[0], p_state)),
+      _single(jax.tree.map(lambda x: x[0], p_params)),
+    )
+    p_params, p_state = update_fn(p_grads, p_state, p_params)
+    for device in range(n):
+      for a, e in zip(jax.tree.leaves((p_params, p_state)), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_array_equal(np.asarray(a[device]), np.asarray(e))
+    one_params, one_state = update_one(jax.grad(loss)(one_params, batch), one_state, one_params)
+  # And the whole data-parallel run is the one-device run up to the rounding of the mean.
+  _assert_close(jax.tree.map(lambda x: x[0], p_params), one_params)
+
+
+# --- shard_map -----------------------------------------------------------------------------
+
+
+def _shard_map_run(tx, param_specs, steps=STEPS):
+  """Params, grads and state sharded inside shard_map by ``param_specs``; grads from outside."""
+  mesh = _mesh()
+  params = {
+    k: jax.device_put(v, NamedSharding(mesh, param_specs[k])) for k, v in init_params().items()
+  }
+  state_specs = dopt.state_partition_specs(tx, params, param_specs)
+  state = tx.init(params)
+
+  @jax.jit
+  @functools.partial(
+    jax.shard_map,
+    mesh=mesh,
+    in_specs=(param_specs, state_specs, param_specs),
+    out_specs=(param_specs, state_specs),
+  )
+  def update(params, state, grads):
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  grad_fn = jax.jit(jax.grad(loss))
+  for i in range(steps):
+    grads = grad_fn(params, make_batch(i))
+    params, state = update(params, state, grads)
+  return params, state
+
+
+def _one_device_run(tx, steps=STEPS):
+  params = _single(init_params())
+  state = tx.init(params)
+  grad_fn = jax.jit(jax.grad(loss))
+  update = jax.jit(tx.update)
+  for i in range(steps):
+    updates, state = update(grad_fn(params, make_batch(i)), state, params)
+    params = optax.apply_updates(params, updates)
+  return params, state
+
+
+@pytest.mark.parametrize("name", ["adamp", "sgdp"])
+def test_shard_map_with_param_specs_matches_one_device(name):
+  factory = {"adamp": dopt.adamp, "sgdp": functools.partial(dopt.sgdp, momentum=0.9)}[name]
+  tx = factory(1e-2, weight_decay=1e-4, axis_name=("x", "y"), param_specs=SPECS)
+  reference = _one_device_run(factory(1e-2, weight_decay=1e-4))
+  _assert_close(_shard_map_run(tx, SPECS), reference)
+
+
+def test_shard_map_without_axis_names_is_per_shard():
+  """Documented: without axis names the cosines and norms are those of each shard."""
+  tx = dopt.adamp(1e-2, 1e-4)
+  params, _ = _shard_map_run(tx, SPECS, steps=1)
+  reference, _ = _one_device_run(tx, steps=1)
+  # dense2 is scale invariant only as a whole: no shard of it is.
+  assert not np.allclose(params["dense2"], reference["dense2"], rtol=1e-4)
+  # Leaves sharded over their channels only are per-channel complete: they agree.
+  _assert_close(params["conv"], reference["conv"])
+
+
+def test_shard_map_axis_name_alone_for_non_channel_sharding():
+  """``axis_name`` without specs: >1-D leaves sharded over it along non-channel dims (FSDP)."""
+  specs = {
+    "conv": P(None, None, "x", None),
+    "dense": P("x", None),
+    "dense2": P("x", None),
+    "emb": P(),  # replicated: outside the contract of axis_name alone, not checked
+    "bias": P(),
+    "scale": P(),
+  }
+  result, _ = _shard_map_run(dopt.adamp(1e-2, 1e-4, axis_name="x"), specs)
+  reference, _ = _one_device_run(dopt.adamp(1e-2, 1e-4))
+  for k in ("conv", "dense", "dense2", "bias", "scale"):
+    _assert_close(result[k], reference[k])
+
+
+def test_param_specs_validation():
+  grads = params = {"w": jnp.ones((4, 8))}
+  with pytest.raises(ValueError, match="not in axis_name"):
+    dopt.scale_invariance(grads, params, axis_name="x", param_specs={"w": P("y", None)})
+  with pytest.raises(ValueError, match="more entries"):
+    dopt.scale_invariance(grads, params, param_specs={"w": P("x", None, None)})
