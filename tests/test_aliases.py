@@ -9,6 +9,8 @@ bias and a scale, each side differentiating its own copy of the same loss.
 
 from __future__ import annotations
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -380,3 +382,13 @@ def test_conventions_agree_when_decay_is_converted(alias, schedule):
   paper = make(lr * TORCH_WD, schedule=schedule, mask=MASK)
   torch_style = make(TORCH_WD, schedule=schedule, mask=MASK, scale_weight_decay_by_lr=True)
   assert_trajectories_match(run_ours(paper, STEPS), run_ours(torch_style, STEPS))
+
+
+def test_sgdp_judges_the_convention_on_the_decay_it_was_given():
+  # sgdp decays by lambda / (1 - momentum) internally; a paper lambda below alpha (a PyTorch
+  # decay below 1) must not warn just because the rescaled value is above alpha.
+  with warnings.catch_warnings():
+    warnings.simplefilter("error", dopt.WeightDecayConventionWarning)
+    dopt.sgdp(0.05, 0.9, 0.0375)
+  with pytest.warns(dopt.WeightDecayConventionWarning, match=r"weight_decay=0\.0625 "):
+    dopt.sgdp(0.05, 0.9, 0.0625)
