@@ -24,6 +24,7 @@ from _reference import (
   SHAPES,
   assert_trajectories_match,
   decoupled_decay_hook,
+  flax_to_torch,
   grad_jax,
   init_params,
   make_targets,
@@ -34,6 +35,7 @@ from _reference import (
   sgd_lua,
   sgdr_table,
   table_schedule,
+  torch_to_flax,
 )
 from adamp import SGDP, AdamP
 
@@ -127,8 +129,6 @@ def test_problem_stays_in_its_regime_along_the_trajectory():
 
 def test_layout_round_trip_matches_torch_modules():
   """The conversions are the ones torch's modules use: conv OIHW, Linear (out, in)."""
-  from _reference import flax_to_torch
-
   rng = np.random.default_rng(3)
   x = rng.normal(size=(2, 5, 5, 2)).astype(np.float32)  # NHWC
   kernel = rng.normal(size=(3, 3, 2, 4)).astype(np.float32)
@@ -349,8 +349,6 @@ def test_sgdp_does_not_copy_the_official_momentum_bug():
         trace.trace[n], expected[n], rtol=1e-4, atol=1e-5 * np.abs(expected[n]).max()
       )
   # and equals the fixed reference's buffer, not the buggy one's.
-  from _reference import torch_to_flax
-
   for name, tensor in fixed_tensors.items():
     fixed_buffer = torch_to_flax(name, fixed_optimizer.state[tensor]["momentum"].numpy())
     buggy_buffer = torch_to_flax(
