@@ -88,3 +88,118 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
   return "\n".join(lines) + "\n"
+
+
+def init_linen_cnn(seed: int, sample: Any) -> tuple[Any, Any]:
+  """Params and BatchNorm statistics of ``D.LinenCNN`` initialised with ``seed``."""
+  import jax
+
+  variables = D.LinenCNN().init(jax.random.key(seed), sample, train=False)
+  return variables["params"], variables["batch_stats"]
+
+
+def evaluate_linen_cnn(params: Any, batch_stats: Any, x: Any, y: Any) -> tuple[Any, Any]:
+  """Accuracy and cross-entropy of ``D.LinenCNN`` in inference mode."""
+  import jax.numpy as jnp
+
+  logits = D.LinenCNN().apply(
+    {"params": params, "batch_stats": batch_stats}, jnp.asarray(x), train=False
+  )
+  return D.accuracy(logits, jnp.asarray(y)), D.cross_entropy(logits, jnp.asarray(y))
+
+
+def train_linen_cnn(
+  tx: Any,
+  data: Any,
+  batches: Any,
+  seed: int,
+  *,
+  hparams: dict[str, Any] | None = None,
+  record: Any = None,
+  record_every: int = 1,
+  l2: Any = 0.0,
+  l2_mask: Any = None,
+) -> dict[str, Any]:
+  """Trains ``D.LinenCNN`` with ``tx`` over ``batches`` in one ``lax.scan``; jittable, vmappable.
+
+  Args:
+    tx: the optimizer. With ``hparams``, it must come from ``inject_hyperparams``;
+      ``hparams`` then overrides ``opt_state.hyperparams`` after init, so a
+      ``jax.vmap`` over ``hparams`` trains a whole grid in one program.
+    data: a ``D.Digits``.
+    batches: (steps, batch_size) int indices.
+    seed: initialisation seed.
+    hparams: values for ``opt_state.hyperparams`` (may be traced).
+    record: optional ``(params, batch_stats) -> pytree``, recorded after every
+      ``record_every`` steps (zeros at the other steps).
+    l2: coefficient of an L2 penalty ``l2 / 2 * ||theta||^2`` added to the loss
+      (the "+L2" baselines), over the leaves selected by ``l2_mask``.
+    l2_mask: pytree of bools like the params (None: all leaves).
+
+  Returns:
+    ``loss`` per step, ``record`` per step, ``test_accuracy``, ``test_loss``,
+    ``train_accuracy`` at the end, and the final ``params``.
+  """
+  import jax
+  import jax.numpy as jnp
+  import optax
+
+  x_train, y_train = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
+  model = D.LinenCNN()
+  params, batch_stats = init_linen_cnn(seed, x_train[:1])
+  opt_state = tx.init(params)
+  if hparams is not None:
+    opt_state.hyperparams.update(
+      {k: jnp.asarray(v, opt_state.hyperparams[k].dtype) for k, v in hparams.items()}
+    )
+  mask = jax.tree.map(lambda _: True, params) if l2_mask is None else l2_mask
+
+  def step(carry: Any, inputs: Any) -> tuple[Any, Any]:
+    params, batch_stats, opt_state = carry
+    idx, i = inputs
+    x, y = x_train[idx], y_train[idx]
+
+    def loss_fn(p: Any) -> tuple[Any, Any]:
+      logits, updates = model.apply(
+        {"params": p, "batch_stats": batch_stats}, x, mutable=["batch_stats"]
+      )
+      penalty = sum(
+        jnp.sum(w**2) for w, m in zip(jax.tree.leaves(p), jax.tree.leaves(mask), strict=True) if m
+      )
+      return D.cross_entropy(logits, y) + 0.5 * l2 * penalty, (
+        updates["batch_stats"],
+        D.cross_entropy(logits, y),
+      )
+
+    (_, (batch_stats, loss)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    if record is None:
+      recorded = None
+    elif record_every == 1:
+      recorded = record(params, batch_stats)
+    else:
+      shapes = jax.eval_shape(record, params, batch_stats)
+      recorded = jax.lax.cond(
+        (i + 1) % record_every == 0,
+        record,
+        lambda *_: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes),
+        params,
+        batch_stats,
+      )
+    return (params, batch_stats, opt_state), (loss, recorded)
+
+  (params, batch_stats, _), (losses, recorded) = jax.lax.scan(
+    step, (params, batch_stats, opt_state), (jnp.asarray(batches), jnp.arange(len(batches)))
+  )
+
+  test_accuracy, test_loss = evaluate_linen_cnn(params, batch_stats, data.x_test, data.y_test)
+  train_accuracy, _ = evaluate_linen_cnn(params, batch_stats, x_train, y_train)
+  return {
+    "loss": losses,
+    "record": recorded,
+    "test_accuracy": test_accuracy,
+    "test_loss": test_loss,
+    "train_accuracy": train_accuracy,
+    "params": params,
+  }
