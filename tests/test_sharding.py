@@ -43,7 +43,6 @@ def _single(tree):
 
 
 OPTIMIZERS = {
-  "adamw": lambda: dopt.adamw(1e-2, 1e-4),
   "adamwr": lambda: dopt.adamw(
     1e-2, 1e-4, schedule=dopt.cosine_warm_restart_schedule(1.0, first_period=1, period_mult=2)
   ),
@@ -58,6 +57,7 @@ OPTIMIZERS = {
     1e-2, 1e-2, nesterov=True, scale_weight_decay_by_lr=True, wd_ratio=0.01
   ),
   "sgdp": lambda: dopt.sgdp(0.1, 0.9, 1e-4),
+  # The blocks, around another direction, with a mask and normalized decay.
   "blocks": lambda: dopt.detect_scale_invariance(
     optax.chain(
       optax.trace(0.9),
@@ -72,8 +72,8 @@ OPTIMIZERS = {
 }
 
 
-def _train(tx, params, state, steps=STEPS, first_step=0):
-  """``steps`` jitted steps; the batches are the same on any number of devices."""
+def _train(tx, params, steps=STEPS):
+  """Init and ``steps`` steps, all jitted; the batches are the same on any number of devices."""
 
   @jax.jit
   def step(params, state, batch):
@@ -81,7 +81,8 @@ def _train(tx, params, state, steps=STEPS, first_step=0):
     updates, state = tx.update(grads, state, params)
     return optax.apply_updates(params, updates), state
 
-  for i in range(first_step, first_step + steps):
+  state = jax.jit(tx.init)(params)
+  for i in range(steps):
     params, state = step(params, state, make_batch(i))
   return params, state
 
@@ -100,9 +101,9 @@ def _assert_same_sharding(array, sharding):
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_jit_over_named_sharding_matches_one_device(name):
   tx = OPTIMIZERS[name]()
-  reference, reference_state = _train(tx, _single(init_params()), tx.init(_single(init_params())))
+  reference, reference_state = _train(tx, _single(init_params()))
   params = _sharded(init_params())
-  params_out, state_out = _train(tx, params, jax.jit(tx.init)(params))
+  params_out, state_out = _train(tx, params)
   _assert_close(params_out, reference)
   _assert_close(state_out, reference_state)
   # The params keep their sharding, and the state follows them.
@@ -117,8 +118,8 @@ def test_jit_over_named_sharding_matches_one_device(name):
 
 def test_scale_invariance_test_is_global_under_jit():
   """AdamP's per-channel and per-tensor cosines and norms: every view, as on one device."""
-  grads = jax.grad(loss)(_single(init_params()), make_batch(0))
-  reference = dopt.scale_invariance(grads, _single(init_params()))
+  grads = jax.jit(jax.grad(loss))(_single(init_params()), make_batch(0))
+  reference = jax.jit(dopt.scale_invariance)(grads, _single(init_params()))
   sharded = jax.jit(dopt.scale_invariance)(_sharded(grads), _sharded(init_params()))
   projectors, multipliers = reference
   assert float(multipliers["conv"]) == pytest.approx(0.1)  # the channel view holds
@@ -241,49 +242,46 @@ def test_flax_logical_partitioning_recipe():
 
 # --- pmap ----------------------------------------------------------------------------------
 
+_grad = jax.jit(jax.grad(loss))
+
 
 def test_pmap_data_parallel_matches_one_device():
   tx = dopt.adamp(1e-2, 1e-4)
   n = 8
-  params = init_params()
+  params = _single(init_params())
 
   @functools.partial(jax.pmap, axis_name="batch")
   def grads_fn(params, batch):
     return jax.lax.pmean(jax.grad(loss)(params, batch), "batch")
 
-  @functools.partial(jax.pmap, axis_name="batch")
-  def update_fn(grads, state, params):
+  def update(grads, state, params):
     updates, state = tx.update(grads, state, params)
     return optax.apply_updates(params, updates), state
 
-  @jax.jit
-  def update_one(grads, state, params):
-    updates, state = tx.update(grads, state, params)
-    return optax.apply_updates(params, updates), state
-
+  update_pmap, update_one = jax.pmap(update, axis_name="batch"), jax.jit(update)
   replicate = lambda tree: jax.tree.map(lambda x: np.stack([x] * n), tree)  # noqa: E731
-  p_params, p_state = replicate(params), replicate(tx.init(params))
-  one_params, one_state = _single(params), tx.init(_single(params))
+  first = lambda tree: jax.tree.map(lambda x: _single(x[0]), tree)  # noqa: E731
+  p_params, p_state = replicate(params), replicate(jax.jit(tx.init)(params))
+  one_params, one_state = params, jax.jit(tx.init)(params)
   for i in range(STEPS):
     batch = make_batch(i)
     p_grads = grads_fn(p_params, jax.tree.map(lambda x: x.reshape(n, 1, *x.shape[1:]), batch))
     # The update of pmean'd gradients is exactly the one-device update of those gradients.
-    grads0 = jax.tree.map(lambda x: x[0], p_grads)
-    expected = update_one(
-      _single(grads0),
-      _single(jax.tree.map(lambda x: x[0], p_state)),
-      _single(jax.tree.map(lambda x: x[0], p_params)),
-    )
-    p_params, p_state = update_fn(p_grads, p_state, p_params)
-    for device in range(n):
-      for a, e in zip(jax.tree.leaves((p_params, p_state)), jax.tree.leaves(expected), strict=True):
-        np.testing.assert_array_equal(np.asarray(a[device]), np.asarray(e))
-    one_params, one_state = update_one(jax.grad(loss)(one_params, batch), one_state, one_params)
+    expected = update_one(first(p_grads), first(p_state), first(p_params))
+    p_params, p_state = update_pmap(p_grads, p_state, p_params)
+    for a, e in zip(jax.tree.leaves((p_params, p_state)), jax.tree.leaves(expected), strict=True):
+      np.testing.assert_array_equal(np.asarray(a), np.stack([np.asarray(e)] * n))
+    one_params, one_state = update_one(_grad(one_params, batch), one_state, one_params)
   # And the whole data-parallel run is the one-device run up to the rounding of the mean.
-  _assert_close(jax.tree.map(lambda x: x[0], p_params), one_params)
+  _assert_close(first(p_params), one_params)
 
 
 # --- shard_map -----------------------------------------------------------------------------
+
+SHARD_MAP_OPTIMIZERS = {
+  "adamp": dopt.adamp,
+  "sgdp": functools.partial(dopt.sgdp, momentum=0.9, nesterov=True),
+}
 
 
 def _shard_map_run(tx, param_specs, steps=STEPS):
@@ -293,7 +291,7 @@ def _shard_map_run(tx, param_specs, steps=STEPS):
     k: jax.device_put(v, NamedSharding(mesh, param_specs[k])) for k, v in init_params().items()
   }
   state_specs = dopt.state_partition_specs(tx, params, param_specs)
-  state = tx.init(params)
+  state = jax.jit(tx.init)(params)
 
   @jax.jit
   @functools.partial(
@@ -306,37 +304,34 @@ def _shard_map_run(tx, param_specs, steps=STEPS):
     updates, state = tx.update(grads, state, params)
     return optax.apply_updates(params, updates), state
 
-  grad_fn = jax.jit(jax.grad(loss))
   for i in range(steps):
-    grads = grad_fn(params, make_batch(i))
-    params, state = update(params, state, grads)
+    params, state = update(params, state, _grad(params, make_batch(i)))
   return params, state
 
 
-def _one_device_run(tx, steps=STEPS):
+@functools.cache
+def _one_device_run(name):
+  tx = SHARD_MAP_OPTIMIZERS[name](1e-2, weight_decay=1e-4)
   params = _single(init_params())
-  state = tx.init(params)
-  grad_fn = jax.jit(jax.grad(loss))
+  state = jax.jit(tx.init)(params)
   update = jax.jit(tx.update)
-  for i in range(steps):
-    updates, state = update(grad_fn(params, make_batch(i)), state, params)
+  for i in range(STEPS):
+    updates, state = update(_grad(params, make_batch(i)), state, params)
     params = optax.apply_updates(params, updates)
   return params, state
 
 
-@pytest.mark.parametrize("name", ["adamp", "sgdp"])
+@pytest.mark.parametrize("name", list(SHARD_MAP_OPTIMIZERS))
 def test_shard_map_with_param_specs_matches_one_device(name):
-  factory = {"adamp": dopt.adamp, "sgdp": functools.partial(dopt.sgdp, momentum=0.9)}[name]
+  factory = SHARD_MAP_OPTIMIZERS[name]
   tx = factory(1e-2, weight_decay=1e-4, axis_name=("x", "y"), param_specs=SPECS)
-  reference = _one_device_run(factory(1e-2, weight_decay=1e-4))
-  _assert_close(_shard_map_run(tx, SPECS), reference)
+  _assert_close(_shard_map_run(tx, SPECS), _one_device_run(name))
 
 
 def test_shard_map_without_axis_names_is_per_shard():
   """Documented: without axis names the cosines and norms are those of each shard."""
-  tx = dopt.adamp(1e-2, 1e-4)
-  params, _ = _shard_map_run(tx, SPECS, steps=1)
-  reference, _ = _one_device_run(tx, steps=1)
+  params, _ = _shard_map_run(dopt.adamp(1e-2, 1e-4), SPECS)
+  reference, _ = _one_device_run("adamp")
   # dense2 is scale invariant only as a whole: no shard of it is.
   assert not np.allclose(params["dense2"], reference["dense2"], rtol=1e-4)
   # Leaves sharded over their channels only are per-channel complete: they agree.
@@ -354,7 +349,7 @@ def test_shard_map_axis_name_alone_for_non_channel_sharding():
     "scale": P(),
   }
   result, _ = _shard_map_run(dopt.adamp(1e-2, 1e-4, axis_name="x"), specs)
-  reference, _ = _one_device_run(dopt.adamp(1e-2, 1e-4))
+  reference, _ = _one_device_run("adamp")
   for k in ("conv", "dense", "dense2", "bias", "scale"):
     _assert_close(result[k], reference[k])
 
