@@ -72,19 +72,24 @@ OPTIMIZERS = {
 }
 
 
-def _train(tx, params, steps=STEPS):
-  """Init and ``steps`` steps, all jitted; the batches are the same on any number of devices."""
+def _train_all(params):
+  """Init and STEPS steps of every optimizer, in one jitted program (one compilation)."""
+  batches = jax.tree.map(lambda *x: np.stack(x), *[make_batch(i) for i in range(STEPS)])
 
-  @jax.jit
-  def step(params, state, batch):
-    grads = jax.grad(loss)(params, batch)
-    updates, state = tx.update(grads, state, params)
-    return optax.apply_updates(params, updates), state
+  def train(tx, params):
+    def step(carry, batch):
+      params, state = carry
+      updates, state = tx.update(jax.grad(loss)(params, batch), state, params)
+      return (optax.apply_updates(params, updates), state), None
 
-  state = jax.jit(tx.init)(params)
-  for i in range(steps):
-    params, state = step(params, state, make_batch(i))
-  return params, state
+    return jax.lax.scan(step, (params, tx.init(params)), batches)[0]
+
+  return jax.jit(lambda p: {name: train(make(), p) for name, make in OPTIMIZERS.items()})(params)
+
+
+@functools.cache
+def _jit_runs():
+  return _train_all(_single(init_params())), _train_all(_sharded(init_params()))
 
 
 def _assert_close(actual, expected, rtol=RTOL):
@@ -100,16 +105,14 @@ def _assert_same_sharding(array, sharding):
 
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_jit_over_named_sharding_matches_one_device(name):
-  tx = OPTIMIZERS[name]()
-  reference, reference_state = _train(tx, _single(init_params()))
-  params = _sharded(init_params())
-  params_out, state_out = _train(tx, params)
+  (reference, reference_state), (params_out, state_out) = (run[name] for run in _jit_runs())
   _assert_close(params_out, reference)
   _assert_close(state_out, reference_state)
   # The params keep their sharding, and the state follows them.
+  params = _sharded(init_params())
   for k in params:
     _assert_same_sharding(params_out[k], params[k].sharding)
-  state_shardings = dopt.state_shardings(tx, params)
+  state_shardings = dopt.state_shardings(OPTIMIZERS[name](), params)
   for leaf, sharding in zip(
     jax.tree.leaves(state_out), jax.tree.leaves(state_shardings), strict=True
   ):
