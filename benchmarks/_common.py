@@ -90,19 +90,21 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
   return "\n".join(lines) + "\n"
 
 
-def init_linen_cnn(seed: int, sample: Any) -> tuple[Any, Any]:
+def init_linen_cnn(seed: int, sample: Any, features: tuple[int, ...] = (16, 32)) -> tuple[Any, Any]:
   """Params and BatchNorm statistics of ``D.LinenCNN`` initialised with ``seed``."""
   import jax
 
-  variables = D.LinenCNN().init(jax.random.key(seed), sample, train=False)
+  variables = D.LinenCNN(features).init(jax.random.key(seed), sample, train=False)
   return variables["params"], variables["batch_stats"]
 
 
-def evaluate_linen_cnn(params: Any, batch_stats: Any, x: Any, y: Any) -> tuple[Any, Any]:
+def evaluate_linen_cnn(
+  params: Any, batch_stats: Any, x: Any, y: Any, features: tuple[int, ...] = (16, 32)
+) -> tuple[Any, Any]:
   """Accuracy and cross-entropy of ``D.LinenCNN`` in inference mode."""
   import jax.numpy as jnp
 
-  logits = D.LinenCNN().apply(
+  logits = D.LinenCNN(features).apply(
     {"params": params, "batch_stats": batch_stats}, jnp.asarray(x), train=False
   )
   return D.accuracy(logits, jnp.asarray(y)), D.cross_entropy(logits, jnp.asarray(y))
@@ -119,6 +121,7 @@ def train_linen_cnn(
   record_every: int = 1,
   l2: Any = 0.0,
   l2_mask: Any = None,
+  features: tuple[int, ...] = (16, 32),
 ) -> dict[str, Any]:
   """Trains ``D.LinenCNN`` with ``tx`` over ``batches`` in one ``lax.scan``; jittable, vmappable.
 
@@ -135,6 +138,7 @@ def train_linen_cnn(
     l2: coefficient of an L2 penalty ``l2 / 2 * ||theta||^2`` added to the loss
       (the "+L2" baselines), over the leaves selected by ``l2_mask``.
     l2_mask: pytree of bools like the params (None: all leaves).
+    features: widths of ``D.LinenCNN``'s convolutions.
 
   Returns:
     ``loss`` per step, ``record`` per step, ``test_accuracy``, ``test_loss``,
@@ -145,8 +149,8 @@ def train_linen_cnn(
   import optax
 
   x_train, y_train = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
-  model = D.LinenCNN()
-  params, batch_stats = init_linen_cnn(seed, x_train[:1])
+  model = D.LinenCNN(features)
+  params, batch_stats = init_linen_cnn(seed, x_train[:1], features)
   opt_state = tx.init(params)
   if hparams is not None:
     opt_state.hyperparams.update(
@@ -193,8 +197,10 @@ def train_linen_cnn(
     step, (params, batch_stats, opt_state), (jnp.asarray(batches), jnp.arange(len(batches)))
   )
 
-  test_accuracy, test_loss = evaluate_linen_cnn(params, batch_stats, data.x_test, data.y_test)
-  train_accuracy, _ = evaluate_linen_cnn(params, batch_stats, x_train, y_train)
+  test_accuracy, test_loss = evaluate_linen_cnn(
+    params, batch_stats, data.x_test, data.y_test, features
+  )
+  train_accuracy, _ = evaluate_linen_cnn(params, batch_stats, x_train, y_train, features)
   return {
     "loss": losses,
     "record": recorded,
