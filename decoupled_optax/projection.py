@@ -148,11 +148,18 @@ def _detect_leaf(
   axis = channel_axis % param.ndim
   reduce_axes = tuple(a for a in range(param.ndim) if a != axis)
   g, w = grad.astype(dtype), param.astype(dtype)
-  # One pass over g and w gives the per-channel statistics both views need;
-  # the whole-tensor ones are their sums.
+  # The per-channel statistics both views need, each a reduction over the
+  # leading axes with its product fused in; the whole-tensor ones are their
+  # sums. The barriers keep XLA from (a) merging ``sum(sum(g * w, axes))``
+  # back into a second full-size reduction, and (b) sharing ``g * g`` with
+  # Adam's ``g**2``, which would write g**2 to a param-sized temporary.
+  g_squared_input = jax.lax.optimization_barrier(g)
   g_dot_w = _global_sum(jnp.sum(g * w, axis=reduce_axes, keepdims=True), axis_name)
-  g_sq = _global_sum(jnp.sum(g * g, axis=reduce_axes, keepdims=True), axis_name)
+  g_sq = _global_sum(
+    jnp.sum(g_squared_input * g_squared_input, axis=reduce_axes, keepdims=True), axis_name
+  )
   w_sq = _global_sum(jnp.sum(w * w, axis=reduce_axes, keepdims=True), axis_name)
+  g_dot_w, g_sq, w_sq = jax.lax.optimization_barrier((g_dot_w, g_sq, w_sq))
 
   def cosine(dot: jax.Array, a_sq: jax.Array, b_sq: jax.Array) -> jax.Array:
     # torch.nn.functional.cosine_similarity clamps each norm by eps.
@@ -349,6 +356,8 @@ def _project_leaf(update: jax.Array, param: jax.Array, projector: RadialProjecto
   w_dot_u = _global_sum(
     jnp.sum(w * u, axis=projector.reduce_axes, keepdims=True), projector.axis_name
   )
+  # Without the barrier XLA turns the total back into a full-size reduction.
+  w_dot_u = jax.lax.optimization_barrier(w_dot_u)
   w_dot_u_total = _global_sum(jnp.sum(w_dot_u), projector.channel_axis_name)
   coefficient = projector.channel_weight * w_dot_u + projector.whole_weight * w_dot_u_total
   return (u - w * coefficient).astype(update.dtype)
