@@ -154,6 +154,8 @@ def keep_param_sharding(
       param = param_leaves[i]
       if not (_is_tracer(param) and isinstance(leaf, jax.Array)):
         return leaf
+      if not jnp.issubdtype(param.dtype, jnp.inexact):
+        return leaf  # integer or bool params: no optimizer state to speak of
       return leaf + _zero_like_param(param).astype(leaf.dtype)
 
     return map_param_state(state, params, follow, lambda leaf: leaf)

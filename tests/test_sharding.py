@@ -72,7 +72,7 @@ OPTIMIZERS = {
 }
 
 
-def _train_all(params):
+def _train_all(params, optimizers=OPTIMIZERS):
   """Init and STEPS steps of every optimizer, in one jitted program (one compilation)."""
   batches = jax.tree.map(lambda *x: np.stack(x), *[make_batch(i) for i in range(STEPS)])
 
@@ -84,7 +84,7 @@ def _train_all(params):
 
     return jax.lax.scan(step, (params, tx.init(params)), batches)[0]
 
-  return jax.jit(lambda p: {name: train(make(), p) for name, make in OPTIMIZERS.items()})(params)
+  return jax.jit(lambda p: {name: train(make(), p) for name, make in optimizers.items()})(params)
 
 
 @functools.cache
@@ -131,6 +131,19 @@ def test_scale_invariance_test_is_global_under_jit():
   assert float(projectors["dense2"].whole_weight) > 0
   assert float(multipliers["dense"]) == 1.0 and float(multipliers["emb"]) == 1.0
   _assert_close(sharded, reference)
+
+
+def test_explicit_mesh_axes():
+  """jax.make_mesh's default axes are Explicit: the same numbers and shardings there."""
+  mesh = jax.make_mesh((4, 2), ("x", "y"), axis_types=(jax.sharding.AxisType.Explicit,) * 2)
+  reference = _jit_runs()[0]["adamp"]
+  with jax.set_mesh(mesh):
+    params = {k: jax.device_put(v, NamedSharding(mesh, SPECS[k])) for k, v in init_params().items()}
+    params_out, state_out = _train_all(params, {"adamp": OPTIMIZERS["adamp"]})["adamp"]
+  _assert_close((params_out, state_out), reference)
+  for k in params:
+    _assert_same_sharding(params_out[k], params[k].sharding)
+    _assert_same_sharding(state_out[0].mu[k], params[k].sharding)
 
 
 # --- The state follows the params ----------------------------------------------------------
