@@ -1,0 +1,64 @@
+"""Smoke runs of the examples and the reproductions (a few steps each), so they do not rot.
+
+Each script exposes ``main(argv)``; it is imported from its file and run with
+``--smoke --out <tmp>``, in this process (jax and flax are imported once).
+The cost is mostly XLA compilation, one program per optimizer.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+pytest.importorskip("flax")
+pytest.importorskip("sklearn")
+pytest.importorskip("matplotlib")
+pytest.importorskip("tqdm")
+
+ROOT = Path(__file__).resolve().parent.parent
+for folder in ("examples", "benchmarks"):
+  if str(ROOT / folder) not in sys.path:
+    sys.path.insert(0, str(ROOT / folder))
+
+
+def _load(relative: str) -> ModuleType:
+  path = ROOT / relative
+  spec = importlib.util.spec_from_file_location(path.stem, path)
+  assert spec is not None and spec.loader is not None
+  module = importlib.util.module_from_spec(spec)
+  sys.modules[spec.name] = module  # dataclasses look their module up
+  spec.loader.exec_module(module)
+  return module
+
+
+@pytest.mark.parametrize("script", ["examples/flax_linen_digits.py", "examples/flax_nnx_digits.py"])
+def test_example_smoke(script: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+  results = _load(script).main(["--smoke", "--out", str(tmp_path)])
+  assert set(results) == {"AdamWR", "AdamP"}
+  assert all(0.0 <= acc <= 1.0 for acc in results.values())
+  assert (tmp_path / f"{Path(script).stem}.png").stat().st_size > 0
+  assert capsys.readouterr().out.strip().splitlines()[-1].startswith("test accuracy: ")
+
+
+@pytest.mark.parametrize(
+  ("script", "figures"),
+  [
+    ("benchmarks/repro_l2_insensitivity.py", ["repro_l2_insensitivity.png"]),
+    ("benchmarks/repro_norm_growth.py", ["repro_norm_growth_toy.png", "repro_norm_growth_cnn.png"]),
+    ("benchmarks/repro_warm_restarts.py", ["repro_warm_restarts.png"]),
+    ("benchmarks/repro_decoupling.py", ["repro_decoupling.png"]),
+  ],
+)
+def test_reproduction_smoke(script: str, figures: list[str], tmp_path: Path) -> None:
+  _load(script).main(["--smoke", "--out", str(tmp_path)])
+  name = Path(script).stem
+  for figure in figures:
+    assert (tmp_path / figure).stat().st_size > 0
+  assert (tmp_path / f"{name}.md").read_text().startswith("# ")
+  payload = json.loads((tmp_path / f"{name}.json").read_text())
+  assert payload["command"].startswith(f"python benchmarks/{name}.py")
