@@ -20,6 +20,7 @@ import inspect
 from typing import Any
 
 import jax
+import numpy as np
 import optax
 
 from decoupled_optax._validation import (
@@ -37,12 +38,14 @@ from decoupled_optax.weight_decay import (
 
 
 def _check_mask(mask: MaskOrFn) -> None:
-  if isinstance(mask, jax.Array) and mask.ndim == 0:
+  scalar = isinstance(mask, (bool, np.bool_)) or (isinstance(mask, jax.Array) and mask.ndim == 0)
+  if scalar:
     raise ValueError(
-      "mask is a scalar array. This happens when optax.inject_hyperparams treats a "
-      "callable mask as a schedule and evaluates it on the step count, which silently "
-      "disables weight decay. Pass static_args=('mask',) to optax.inject_hyperparams, "
-      "or use decoupled_optax.inject_hyperparams, which does it for you."
+      f"mask must be a pytree of bools or a callable of the params, got the scalar {mask!r}. "
+      "This happens when optax.inject_hyperparams treats a callable mask as a schedule and "
+      "evaluates it on the step count, which silently disables weight decay. Pass "
+      "static_args=('mask',) to optax.inject_hyperparams, or use "
+      "decoupled_optax.inject_hyperparams, which does it for you."
     )
 
 
@@ -423,26 +426,34 @@ def sgdp(
   )
 
 
+# Arguments that must stay Python values: optax would trace an int channel axis
+# and evaluate a callable mask as if it were a schedule.
+_STATIC_ARGUMENTS = ("mask", "channel_axis", "axis_name")
+
+
 def inject_hyperparams(
   inner_factory: Any,
   static_args: str | tuple[str, ...] = (),
   hyperparam_dtype: Any | None = None,
 ) -> Any:
-  """``optax.inject_hyperparams`` that never mistakes a callable ``mask`` for a schedule.
+  """``optax.inject_hyperparams`` that keeps ``mask`` and ``channel_axis`` static.
 
   optax treats every callable argument as a schedule unless it is listed in
-  ``static_args``; a callable mask would then be evaluated on the step count
-  and weight decay silently turned off. This adds ``'mask'`` to
-  ``static_args`` when the factory takes one.
+  ``static_args``: a callable mask would be evaluated on the step count and
+  weight decay silently turned off. It also turns integer arguments into
+  traced arrays, which the projection's ``channel_axis`` cannot be. This adds
+  ``mask``, ``channel_axis`` and ``axis_name`` to ``static_args`` when the
+  factory takes them; learning rate, weight decay, schedule and the other
+  numeric hyperparameters are injected as usual.
 
   Example:
     >>> import decoupled_optax as dopt
-    >>> tx = dopt.inject_hyperparams(dopt.adamw)(
+    >>> tx = dopt.inject_hyperparams(dopt.adamp)(
     ...     learning_rate=1e-3, weight_decay=1e-4, mask=lambda p: {"w": True})
   """
   names = {static_args} if isinstance(static_args, str) else set(static_args)
-  if "mask" in inspect.signature(inner_factory).parameters:
-    names.add("mask")
+  parameters = inspect.signature(inner_factory).parameters
+  names.update(name for name in _STATIC_ARGUMENTS if name in parameters)
   return optax.inject_hyperparams(
     inner_factory, static_args=tuple(sorted(names)), hyperparam_dtype=hyperparam_dtype
   )
