@@ -69,7 +69,7 @@ def decoupled_chain(
   mask: MaskOrFn = None,
   scale_weight_decay_by_lr: bool = False,
   project_radial: bool = False,
-  warn_convention: bool = True,
+  weight_decay_factor: Any = 1.0,
 ) -> optax.GradientTransformation:
   """Direction, optional radial projection, and decoupled decay, in either convention.
 
@@ -86,9 +86,9 @@ def decoupled_chain(
     project_radial: insert :func:`decoupled_optax.project_out_radial` after the
       direction. The caller wraps the result in
       :func:`decoupled_optax.detect_scale_invariance`.
-    warn_convention: in the paper's convention, warn if ``weight_decay``
-      looks like a PyTorch value. An alias that rescales the decay it was
-      given (sgdp's ``1 / (1 - momentum)``) checks the given value itself.
+    weight_decay_factor: a constant that multiplies ``weight_decay`` (SGDP's
+      official ``1 / (1 - momentum)``). The convention warning judges the
+      ``weight_decay`` the user gave, before this factor.
 
   Returns:
     The chain, an :class:`optax.GradientTransformationExtraArgs`.
@@ -99,7 +99,11 @@ def decoupled_chain(
   steps = [direction]
   if project_radial:
     steps.append(project_out_radial())
-  decay = add_decoupled_weight_decay(weight_decay, mask)
+  if callable(weight_decay):
+    scaled_decay = lambda count: weight_decay_factor * weight_decay(count)
+  else:
+    scaled_decay = weight_decay_factor * weight_decay
+  decay = add_decoupled_weight_decay(scaled_decay, mask)
   if scale_weight_decay_by_lr:
     steps += [
       decay,
@@ -112,8 +116,7 @@ def decoupled_chain(
         "learning_rate must be a scalar in the paper's convention; pass the schedule as "
         "schedule=... (the multiplier eta_t), or set scale_weight_decay_by_lr=True."
       )
-    if warn_convention:
-      warn_if_torch_convention(weight_decay, learning_rate)
+    warn_if_torch_convention(weight_decay, learning_rate)
     steps += [optax.scale(learning_rate), decay, _scale_by_multiplier(schedule, -1.0)]
   # Under jit, the state follows the params' sharding (see decoupled_optax.sharding).
   return keep_param_sharding(optax.chain(*steps))
@@ -397,23 +400,15 @@ def sgdp(
   Reference: Heo et al., ICLR 2021; official ``adamp`` package 0.3.0, ``SGDP``.
   """
   check_unit_interval("momentum", momentum)
-  check_non_negative("weight_decay", weight_decay)
-  if callable(weight_decay):
-    decay = lambda count: weight_decay(count) / (1.0 - momentum)  # noqa: E731
-  else:
-    decay = weight_decay / (1.0 - momentum)
-  if not scale_weight_decay_by_lr:
-    # The convention is judged on the lambda the user gave, not on lambda / (1 - momentum).
-    warn_if_torch_convention(weight_decay, learning_rate)
   chain = decoupled_chain(
     _momentum_direction(momentum, nesterov, accumulator_dtype),
     learning_rate=learning_rate,
-    weight_decay=decay,
+    weight_decay=weight_decay,
+    weight_decay_factor=1.0 / (1.0 - momentum),
     schedule=schedule,
     mask=mask,
     scale_weight_decay_by_lr=scale_weight_decay_by_lr,
     project_radial=True,
-    warn_convention=False,
   )
   return detect_scale_invariance(
     chain,
