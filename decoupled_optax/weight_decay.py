@@ -7,6 +7,7 @@ https://arxiv.org/abs/1711.05101.
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -230,5 +231,13 @@ def warn_if_torch_convention(weight_decay: Any, learning_rate: Any) -> None:
     f"weight_decay={decay * rate:g} (= {decay:g} * {rate:g}) gives the same "
     f"trajectory in the paper's convention.",
     WeightDecayConventionWarning,
-    stacklevel=3,
+    stacklevel=_user_stacklevel(),
   )
+
+
+def _user_stacklevel() -> int:
+  """The stacklevel of the first caller outside this package, so a warning points at user code."""
+  frame, level = sys._getframe(2), 2
+  while frame is not None and frame.f_globals.get("__name__", "").startswith("decoupled_optax"):
+    frame, level = frame.f_back, level + 1
+  return level

@@ -165,3 +165,10 @@ def test_warning_is_silent_for_traced_values():
   with warnings.catch_warnings():
     warnings.simplefilter("error")
     jax.jit(lambda lr, wd: dopt.adamw(lr, wd).init({"w": jnp.ones(2)}))(1e-3, 1e-1)
+
+
+@pytest.mark.parametrize("alias", [dopt.adamw, dopt.sgdw, dopt.adamp, dopt.sgdp])
+def test_convention_warning_points_at_the_callers_line(alias):
+  with pytest.warns(dopt.WeightDecayConventionWarning) as record:
+    alias(1e-3, weight_decay=0.02)
+  assert record[0].filename == __file__
