@@ -387,9 +387,6 @@ def copy_candidates(num_floats: int, with_torch: bool) -> list[Candidate]:
     holder["x"].block_until_ready()
 
   out = [Candidate("copy (jax, a + 1)", "jax", "copy", jax_copy)]
-  if jax.default_backend() == "cpu":
-    src, dst = np.ones(num_floats, np.float32), np.empty(num_floats, np.float32)
-    out.append(Candidate("copy (numpy)", "numpy", "copy", lambda: np.copyto(dst, src)))
   if with_torch and jax.default_backend() == "cpu":
     tsrc, tdst = torch.ones(num_floats), torch.empty(num_floats)
     out.append(Candidate("copy (torch)", "torch", "copy", lambda: tdst.copy_(tsrc)))
