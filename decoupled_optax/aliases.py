@@ -17,6 +17,7 @@ The two agree when ``lambda_paper = alpha * lambda_torch``.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -68,8 +69,8 @@ def decoupled_chain(
   schedule: optax.ScalarOrSchedule | None = None,
   mask: MaskOrFn = None,
   scale_weight_decay_by_lr: bool = False,
-  project_radial: bool = False,
   weight_decay_factor: Any = 1.0,
+  radial_projection: Mapping[str, Any] | None = None,
 ) -> optax.GradientTransformation:
   """Direction, optional radial projection, and decoupled decay, in either convention.
 
@@ -83,12 +84,13 @@ def decoupled_chain(
     mask: which leaves are decayed, as in optax.
     scale_weight_decay_by_lr: False for the paper's convention, True for
       PyTorch / optax's.
-    project_radial: insert :func:`decoupled_optax.project_out_radial` after the
-      direction. The caller wraps the result in
-      :func:`decoupled_optax.detect_scale_invariance`.
     weight_decay_factor: a constant that multiplies ``weight_decay`` (SGDP's
       official ``1 / (1 - momentum)``). The convention warning judges the
       ``weight_decay`` the user gave, before this factor.
+    radial_projection: AdamP/SGDP's projection. When given, these keyword
+      arguments go to :func:`decoupled_optax.detect_scale_invariance`, which
+      wraps the chain, and :func:`decoupled_optax.project_out_radial` follows
+      the direction.
 
   Returns:
     The chain, an :class:`optax.GradientTransformationExtraArgs`.
@@ -97,7 +99,7 @@ def decoupled_chain(
   check_non_negative("weight_decay", weight_decay)
   _check_mask(mask)
   steps = [direction]
-  if project_radial:
+  if radial_projection is not None:
     steps.append(project_out_radial())
   if callable(weight_decay):
     scaled_decay = lambda count: weight_decay_factor * weight_decay(count)
@@ -118,8 +120,11 @@ def decoupled_chain(
       )
     warn_if_torch_convention(weight_decay, learning_rate)
     steps += [optax.scale(learning_rate), decay, _scale_by_multiplier(schedule, -1.0)]
+  chain = optax.chain(*steps)
+  if radial_projection is not None:
+    chain = detect_scale_invariance(chain, **radial_projection)
   # Under jit, the state follows the params' sharding (see decoupled_optax.sharding).
-  return keep_param_sharding(optax.chain(*steps))
+  return keep_param_sharding(chain)
 
 
 def adamw(
@@ -326,23 +331,21 @@ def adamp(
   check_unit_interval("b2", b2)
   check_non_negative("eps", eps)
   direction = scale_by_adamp_nesterov(b1, b2, eps) if nesterov else optax.scale_by_adam(b1, b2, eps)
-  chain = decoupled_chain(
+  return decoupled_chain(
     direction,
     learning_rate=learning_rate,
     weight_decay=weight_decay,
     schedule=schedule,
     mask=mask,
     scale_weight_decay_by_lr=scale_weight_decay_by_lr,
-    project_radial=True,
-  )
-  return detect_scale_invariance(
-    chain,
-    delta=delta,
-    wd_ratio=wd_ratio,
-    eps=eps,
-    channel_axis=channel_axis,
-    axis_name=axis_name,
-    param_specs=param_specs,
+    radial_projection=dict(
+      delta=delta,
+      wd_ratio=wd_ratio,
+      eps=eps,
+      channel_axis=channel_axis,
+      axis_name=axis_name,
+      param_specs=param_specs,
+    ),
   )
 
 
@@ -400,7 +403,7 @@ def sgdp(
   Reference: Heo et al., ICLR 2021; official ``adamp`` package 0.3.0, ``SGDP``.
   """
   check_unit_interval("momentum", momentum)
-  chain = decoupled_chain(
+  return decoupled_chain(
     _momentum_direction(momentum, nesterov, accumulator_dtype),
     learning_rate=learning_rate,
     weight_decay=weight_decay,
@@ -408,16 +411,14 @@ def sgdp(
     schedule=schedule,
     mask=mask,
     scale_weight_decay_by_lr=scale_weight_decay_by_lr,
-    project_radial=True,
-  )
-  return detect_scale_invariance(
-    chain,
-    delta=delta,
-    wd_ratio=wd_ratio,
-    eps=eps,
-    channel_axis=channel_axis,
-    axis_name=axis_name,
-    param_specs=param_specs,
+    radial_projection=dict(
+      delta=delta,
+      wd_ratio=wd_ratio,
+      eps=eps,
+      channel_axis=channel_axis,
+      axis_name=axis_name,
+      param_specs=param_specs,
+    ),
   )
 
 
