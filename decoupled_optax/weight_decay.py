@@ -27,7 +27,10 @@ MaskOrFn = Any | Callable[[optax.Params], Any] | None
 
 
 class AddDecoupledWeightDecayState(NamedTuple):
-  """State of :func:`add_decoupled_weight_decay`: the step of the decay schedule."""
+  """State of :func:`add_decoupled_weight_decay` with a scheduled decay: the schedule's step.
+
+  A constant decay keeps ``optax.EmptyState()``.
+  """
 
   count: jnp.ndarray  # int32 scalar
 
@@ -76,19 +79,25 @@ def add_decoupled_weight_decay(
   """
   check_non_negative("weight_decay", weight_decay)
 
-  def init_fn(params: optax.Params) -> AddDecoupledWeightDecayState:
+  # Only a schedule needs a step count; a constant decay keeps no state, so
+  # the compiled step is exactly optax.adamw's (no counter kernel).
+  scheduled = callable(weight_decay)
+
+  def init_fn(params: optax.Params) -> AddDecoupledWeightDecayState | optax.EmptyState:
     del params
-    return AddDecoupledWeightDecayState(count=jnp.zeros([], jnp.int32))
+    if scheduled:
+      return AddDecoupledWeightDecayState(count=jnp.zeros([], jnp.int32))
+    return optax.EmptyState()
 
   def update_fn(
     updates: optax.Updates,
-    state: AddDecoupledWeightDecayState,
+    state: AddDecoupledWeightDecayState | optax.EmptyState,
     params: optax.Params | None = None,
     **extra_args: Any,
-  ) -> tuple[optax.Updates, AddDecoupledWeightDecayState]:
+  ) -> tuple[optax.Updates, AddDecoupledWeightDecayState | optax.EmptyState]:
     if params is None:
       raise ValueError(optax.NO_PARAMS_MSG)
-    decay = weight_decay(state.count) if callable(weight_decay) else weight_decay
+    decay = weight_decay(state.count) if scheduled else weight_decay
     multipliers = extra_args.get(WEIGHT_DECAY_MULTIPLIERS)
 
     def decay_leaf(update: jax.Array, param: jax.Array, multiplier: Any = None) -> jax.Array:
@@ -101,7 +110,9 @@ def add_decoupled_weight_decay(
       updates = jax.tree.map(decay_leaf, updates, params, is_leaf=lambda x: x is None)
     else:
       updates = jax.tree.map(decay_leaf, updates, params, multipliers, is_leaf=lambda x: x is None)
-    return updates, AddDecoupledWeightDecayState(count=optax.safe_increment(state.count))
+    if scheduled:
+      state = AddDecoupledWeightDecayState(count=optax.safe_increment(state.count))
+    return updates, state
 
   transform = optax.GradientTransformationExtraArgs(init_fn, update_fn)
   if mask is None:
