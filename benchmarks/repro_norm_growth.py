@@ -101,6 +101,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
   # --- the digits CNN
   data = C.D.load_digits(args.seed)
+  if args.smoke:
+    data = C.D.smoke_subset(data)
   num_train = len(data.x_train)
   steps_per_epoch = num_train // args.batch_size
   steps = 8 if args.smoke else args.epochs * steps_per_epoch
@@ -112,17 +114,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     "Adam": (optax.adam(adam_lr), adam_lr, 1),
     "AdamP": (dopt.adamp(adam_lr, 0.0), adam_lr, 1),
   }
+  features = (4, 4) if args.smoke else (16, 32)  # smoke: --smoke's O0 code runs slow convolutions
   record = lambda params, _: {k: jnp.linalg.norm(w) for k, w in conv_kernels(params).items()}  # noqa: E731
   runs: dict[str, dict[str, Any]] = {}
+  init_params = C.D.jit(lambda x: C.init_linen_cnn(args.seed, x, features)[0], smoke=args.smoke)(
+    jnp.asarray(data.x_train[:1])
+  )
+  init = {k: float(jnp.linalg.norm(w)) for k, w in conv_kernels(init_params).items()}
   for name, (tx, lr, power) in optimizers.items():
-    result = jax.jit(lambda tx=tx: C.train_linen_cnn(tx, data, batches, args.seed, record=record))()
+    result = C.D.jit(
+      lambda data, tx=tx: C.train_linen_cnn(
+        tx, data, batches, args.seed, record=record, features=features
+      ),
+      smoke=args.smoke,
+    )(jax.tree.map(jnp.asarray, data))
     norms = {k: np.asarray(v) for k, v in result["record"].items()}
-    init = {
-      k: float(jnp.linalg.norm(w))
-      for k, w in conv_kernels(
-        C.init_linen_cnn(args.seed, jnp.asarray(data.x_train[:1]))[0]
-      ).items()
-    }
     runs[name] = {
       "norms": norms,
       "init": init,

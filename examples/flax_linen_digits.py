@@ -16,6 +16,7 @@ with the BatchNorm statistics alongside. Writes ``flax_linen_digits.png``
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 from typing import Any
@@ -43,16 +44,22 @@ def train(
   seed: int,
   quiet: bool,
 ) -> dict[str, Any]:
-  """Trains one model; returns the per-step loss and the test accuracy after each epoch."""
+  """Trains one model; returns the per-step loss and the test accuracy after each epoch.
+
+  ``quiet`` (the smoke runs) also compiles without XLA's optimisations, to compile faster.
+  """
   model = D.LinenCNN()
-  variables = model.init(jax.random.key(seed), jnp.asarray(data.x_train[:1]), train=False)
+  init = D.jit(
+    functools.partial(model.init, train=False), smoke=quiet
+  )  # one program, not one per leaf
+  variables = init(jax.random.key(seed), jnp.asarray(data.x_train[:1]))
   state = TrainState.create(
     apply_fn=model.apply, params=variables["params"], tx=tx, batch_stats=variables["batch_stats"]
   )
   x_train, y_train = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
   x_test, y_test = jnp.asarray(data.x_test), jnp.asarray(data.y_test)
 
-  @jax.jit
+  @functools.partial(D.jit, smoke=quiet)
   def train_step(state: TrainState, idx: jax.Array) -> tuple[TrainState, jax.Array]:
     x, y = x_train[idx], y_train[idx]
 
@@ -65,7 +72,7 @@ def train(
     (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     return state.apply_gradients(grads=grads, batch_stats=batch_stats), loss
 
-  @jax.jit
+  @functools.partial(D.jit, smoke=quiet)
   def test_accuracy(state: TrainState) -> jax.Array:
     logits = state.apply_fn(
       {"params": state.params, "batch_stats": state.batch_stats}, x_test, train=False
@@ -100,6 +107,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args.steps = 5
   start = time.perf_counter()
   data = D.load_digits(args.seed)
+  if args.smoke:
+    data = D.smoke_subset(data)
   num_train = len(data.x_train)
   steps_per_epoch = num_train // args.batch_size
   total = args.epochs * steps_per_epoch if args.steps is None else args.steps

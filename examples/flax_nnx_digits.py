@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args.steps = 5
   start = time.perf_counter()
   data = D.load_digits(args.seed)
+  if args.smoke:
+    data = D.smoke_subset(data)
   num_train = len(data.x_train)
   steps_per_epoch = num_train // args.batch_size
   total = args.epochs * steps_per_epoch if args.steps is None else args.steps
