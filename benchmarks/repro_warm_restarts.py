@@ -54,6 +54,63 @@ def optimizers(
   }
 
 
+def plot(
+  path: Any,
+  mean: dict[str, np.ndarray],
+  std: dict[str, np.ndarray],
+  schedules: dict[str, tuple[np.ndarray, np.ndarray]],
+  period_ends: np.ndarray,
+  steps_per_epoch: int,
+) -> None:
+  """Test error (%, mean ± std per epoch) and, below, eta_t and the per-step decay lambda_t eta_t."""
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), sharex="col")
+  for col, pair in enumerate((("AdamWR", "AdamW (cosine)"), ("SGDWR", "SGDW (cosine)"))):
+    ax_decay = axes[1, col].twinx()
+    for name in pair:
+      epochs_axis = np.arange(1, len(mean[name]) + 1)
+      (line,) = axes[0, col].plot(epochs_axis, mean[name], marker=".", label=name)
+      axes[0, col].fill_between(
+        epochs_axis,
+        mean[name] - std[name],
+        mean[name] + std[name],
+        alpha=0.2,
+        color=line.get_color(),
+      )
+      eta, lam = schedules[name]
+      t_epochs = np.arange(len(eta)) / steps_per_epoch
+      axes[1, col].plot(t_epochs, eta, color=line.get_color(), label=f"{name}: eta_t (left)")
+      ax_decay.plot(
+        t_epochs,
+        lam * eta,
+        ls="--",
+        color=line.get_color(),
+        label=f"{name}: lambda_t * eta_t (right)",
+      )
+    for e in period_ends:
+      axes[0, col].axvline(e, color="gray", lw=0.6, ls=":")
+    axes[0, col].set(ylabel="test error (%)", yscale="log", title=f"{pair[0]} vs {pair[1]}")
+    axes[1, col].set(
+      xlabel="epoch",
+      ylabel="eta_t",
+      title="eta_t (solid) and decay per step lambda_t * eta_t (dashed)",
+    )
+    ax_decay.set_ylabel("fraction of the weight removed per step")
+    ax_decay.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
+    lines = axes[1, col].get_lines() + ax_decay.get_lines()
+    axes[1, col].legend(lines, [ln.get_label() for ln in lines], fontsize=7, loc="upper right")
+    axes[0, col].legend(fontsize=7)
+  for ax in axes.flat:
+    ax.grid(alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
   """Runs the reproduction; returns the test error after every epoch per optimizer."""
 
@@ -66,6 +123,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   args = C.parse_args(__doc__.splitlines()[0], argv, extra)
   out = C.Outputs("repro_warm_restarts", args.out, argv)
   data = C.D.load_digits(args.seed)
+  if args.smoke:
+    data = C.D.smoke_subset(data)
   num_train = len(data.x_train)
   batch_size = args.batch_size
   steps_per_epoch = 3 if args.smoke else num_train // batch_size
@@ -76,6 +135,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   batches = np.stack([C.D.batch_indices(int(s), num_train, batch_size, steps) for s in seeds])
   period_ends = np.cumsum([first * 2**i for i in range(restarts)])
 
+  features = (4, 4) if args.smoke else (16, 32)  # smoke: --smoke's O0 code runs slow convolutions
   curves: dict[str, np.ndarray] = {}
   schedules: dict[str, tuple[np.ndarray, np.ndarray]] = {}
   for name, (tx, eta, lam) in optimizers(
@@ -84,14 +144,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     def run(seed: Any, batches: Any, data: Any, tx: Any = tx) -> Any:
       def record(params: Any, stats: Any) -> Any:
-        return 1.0 - C.evaluate_linen_cnn(params, stats, data.x_test, data.y_test)[0]
+        return 1.0 - C.evaluate_linen_cnn(params, stats, data.x_test, data.y_test, features)[0]
 
       return C.train_linen_cnn(
-        tx, data, batches, seed, record=record, record_every=steps_per_epoch
+        tx, data, batches, seed, record=record, record_every=steps_per_epoch, features=features
       )["record"]
 
     # The data is an argument, not a constant folded into the program: faster to compile.
-    errors = jax.jit(jax.vmap(run, in_axes=(0, 0, None)))(
+    errors = C.D.jit(jax.vmap(run, in_axes=(0, 0, None)), smoke=args.smoke)(
       jnp.asarray(seeds), jnp.asarray(batches), jax.tree.map(jnp.asarray, data)
     )
     curves[name] = np.asarray(errors)[:, steps_per_epoch - 1 :: steps_per_epoch]  # (seeds, epochs)
@@ -127,36 +187,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     },
   )
 
-  import matplotlib
-
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-
-  fig, axes = plt.subplots(2, 2, figsize=(11, 7.5), sharex="col")
-  epochs_axis = np.arange(1, epochs + 1)
-  t_epochs = np.arange(steps) / steps_per_epoch
-  for col, pair in enumerate((("AdamWR", "AdamW (cosine)"), ("SGDWR", "SGDW (cosine)"))):
-    for name in pair:
-      c = 100 * curves[name]
-      (line,) = axes[0, col].plot(epochs_axis, c.mean(0), marker=".", label=name)
-      axes[0, col].fill_between(
-        epochs_axis, c.mean(0) - c.std(0), c.mean(0) + c.std(0), alpha=0.2, color=line.get_color()
-      )
-      eta, lam = schedules[name]
-      axes[1, col].plot(t_epochs, eta, color=line.get_color(), label=f"{name}: eta_t")
-      axes[1, col].plot(
-        t_epochs, lam / lam.max(), ls="--", color=line.get_color(), label=f"{name}: lambda_t / max"
-      )
-    for e in period_ends:
-      axes[0, col].axvline(e, color="gray", lw=0.6, ls=":")
-    axes[0, col].set(ylabel="test error (%)", yscale="log", title=f"{pair[0]} vs {pair[1]}")
-    axes[1, col].set(xlabel="epoch", title="eta_t and the normalized decay lambda_t")
-  for ax in axes.flat:
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(out.figure("repro_warm_restarts.png"), dpi=110)
-  plt.close(fig)
+  plot(
+    out.figure("repro_warm_restarts.png"),
+    {n: 100 * c.mean(0) for n, c in curves.items()},
+    {n: 100 * c.std(0) for n, c in curves.items()},
+    schedules,
+    period_ends,
+    steps_per_epoch,
+  )
   return {"curves": curves, "period_ends": period_ends}
 
 
