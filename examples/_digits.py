@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -247,3 +248,50 @@ def plot_training(histories: dict[str, dict[str, np.ndarray]], path: Path, title
   path.parent.mkdir(parents=True, exist_ok=True)
   fig.savefig(path, dpi=110)
   plt.close(fig)
+
+
+def run_example(
+  train: Callable[..., dict[str, np.ndarray]],
+  description: str,
+  figure: str,
+  title: str,
+  argv: list[str] | None = None,
+) -> dict[str, float]:
+  """The examples' driver: parse arguments, train each example optimizer with ``train``, plot, report.
+
+  ``train(name, tx, data, batches, steps_per_epoch, seed, quiet=...)`` is the
+  framework-specific part (linen ``TrainState`` or ``nnx.Optimizer``); it
+  returns the loss per step and the test accuracy at each epoch end.
+  """
+  parser = base_parser(description)
+  parser.add_argument("--epochs", type=int, default=30)
+  parser.add_argument("--batch-size", type=int, default=64)
+  parser.add_argument("--steps", type=int, default=None, help="stop after this many steps")
+  args = parser.parse_args(argv)
+  if args.smoke and args.steps is None:
+    args.steps = 5
+  start = time.perf_counter()
+  data = load_digits(args.seed)
+  if args.smoke:
+    data = smoke_subset(data)
+  num_train = len(data.x_train)
+  steps_per_epoch = num_train // args.batch_size
+  total = args.epochs * steps_per_epoch if args.steps is None else args.steps
+  batches = batch_indices(args.seed, num_train, args.batch_size, total)
+  histories, results = {}, {}
+  optimizers = example_optimizers(steps_per_epoch, args.epochs, args.batch_size, num_train)
+  for name, (tx, eta, lam, alpha) in optimizers.items():
+    history = train(name, tx, data, batches, steps_per_epoch, args.seed, quiet=args.smoke)
+    steps = np.arange(total)
+    history["step"] = steps
+    history["eta"] = np.asarray(jax.vmap(eta)(steps))
+    history["decay"] = np.asarray(jax.vmap(lam)(steps)) * history["eta"]
+    history["alpha"] = alpha
+    histories[name] = history
+    results[name] = float(history["test_accuracy"][-1])
+  plot_training(histories, args.out / figure, title)
+  print(f"{total} steps per optimizer, {time.perf_counter() - start:.1f} s in all")
+  for name, acc in results.items():
+    print(f"{name} test accuracy: {acc:.4f}")
+  print(f"test accuracy: {results['AdamWR']:.4f}")
+  return results

@@ -17,8 +17,6 @@ with the BatchNorm statistics alongside. Writes ``flax_linen_digits.png``
 from __future__ import annotations
 
 import functools
-import time
-from pathlib import Path
 from typing import Any
 
 import _digits as D  # also puts the checkout on sys.path
@@ -98,40 +96,13 @@ def train(
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
   """Runs the example; returns the final test accuracy of each optimizer."""
-  parser = D.base_parser(__doc__.splitlines()[0])
-  parser.add_argument("--epochs", type=int, default=30)
-  parser.add_argument("--batch-size", type=int, default=64)
-  parser.add_argument("--steps", type=int, default=None, help="stop after this many steps")
-  args = parser.parse_args(argv)
-  if args.smoke and args.steps is None:
-    args.steps = 5
-  start = time.perf_counter()
-  data = D.load_digits(args.seed)
-  if args.smoke:
-    data = D.smoke_subset(data)
-  num_train = len(data.x_train)
-  steps_per_epoch = num_train // args.batch_size
-  total = args.epochs * steps_per_epoch if args.steps is None else args.steps
-  batches = D.batch_indices(args.seed, num_train, args.batch_size, total)
-  histories, results = {}, {}
-  for name, (tx, eta, lam, alpha) in D.example_optimizers(
-    steps_per_epoch, args.epochs, args.batch_size, num_train
-  ).items():
-    history = train(name, tx, data, batches, steps_per_epoch, args.seed, quiet=args.smoke)
-    steps = np.arange(total)
-    history["step"] = steps
-    history["eta"] = np.asarray(jax.vmap(eta)(steps))
-    history["decay"] = np.asarray(jax.vmap(lam)(steps)) * history["eta"]
-    history["alpha"] = alpha
-    histories[name] = history
-    results[name] = float(history["test_accuracy"][-1])
-  out: Path = args.out
-  D.plot_training(histories, out / "flax_linen_digits.png", "Flax linen, digits, BatchNorm CNN")
-  print(f"{total} steps per optimizer, {time.perf_counter() - start:.1f} s in all")
-  for name, acc in results.items():
-    print(f"{name} test accuracy: {acc:.4f}")
-  print(f"test accuracy: {results['AdamWR']:.4f}")
-  return results
+  return D.run_example(
+    train,
+    __doc__.splitlines()[0],
+    "flax_linen_digits.png",
+    "Flax linen, digits, BatchNorm CNN",
+    argv,
+  )
 
 
 if __name__ == "__main__":
