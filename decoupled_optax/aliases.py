@@ -32,6 +32,7 @@ from decoupled_optax.directions import scale_by_adamp_nesterov
 from decoupled_optax.projection import AxisName, detect_scale_invariance, project_out_radial
 from decoupled_optax.sharding import keep_param_sharding
 from decoupled_optax.weight_decay import (
+  MASK_AS_SCHEDULE_HINT,
   MaskOrFn,
   add_decoupled_weight_decay,
   warn_if_torch_convention,
@@ -43,10 +44,7 @@ def _check_mask(mask: MaskOrFn) -> None:
   if scalar:
     raise ValueError(
       f"mask must be a pytree of bools or a callable of the params, got the scalar {mask!r}. "
-      "This happens when optax.inject_hyperparams treats a callable mask as a schedule and "
-      "evaluates it on the step count, which silently disables weight decay. Pass "
-      "static_args=('mask',) to optax.inject_hyperparams, or use "
-      "decoupled_optax.inject_hyperparams, which does it for you."
+      + MASK_AS_SCHEDULE_HINT
     )
 
 

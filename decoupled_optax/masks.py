@@ -32,6 +32,8 @@ from typing import Any
 
 import jax
 
+from decoupled_optax.weight_decay import MASK_AS_SCHEDULE_HINT
+
 #: Leaf names that are never decayed by default: Flax's biases and the
 #: scales of ``BatchNorm``, ``LayerNorm``, ``GroupNorm`` and ``RMSNorm``.
 DEFAULT_EXCLUDED_NAMES: tuple[str, ...] = ("bias", "scale")
@@ -114,9 +116,7 @@ def weight_decay_mask(
     # mask on the step count as if it were a schedule; answering False would
     # silently turn weight decay off.
     raise TypeError(
-      "weight_decay_mask got a scalar instead of a params pytree. If you use "
-      "optax.inject_hyperparams, pass static_args=('mask',), or use "
-      "decoupled_optax.inject_hyperparams, which does it for you."
+      "weight_decay_mask got a scalar instead of a params pytree. " + MASK_AS_SCHEDULE_HINT
     )
   excluded = frozenset(exclude_names)
 

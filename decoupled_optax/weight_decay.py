@@ -25,6 +25,15 @@ WEIGHT_DECAY_MULTIPLIERS = "weight_decay_multipliers"
 
 MaskOrFn = Any | Callable[[optax.Params], Any] | None
 
+# What to do when optax.inject_hyperparams has evaluated a callable mask on the
+# step count as if it were a schedule (which silently disables weight decay).
+MASK_AS_SCHEDULE_HINT = (
+  "This happens when optax.inject_hyperparams treats a callable mask as a schedule and "
+  "evaluates it on the step count, which silently disables weight decay. Pass "
+  "static_args=('mask',) to optax.inject_hyperparams, or use "
+  "decoupled_optax.inject_hyperparams, which does it for you."
+)
+
 
 class AddDecoupledWeightDecayState(NamedTuple):
   """State of :func:`add_decoupled_weight_decay` with a scheduled decay: the schedule's step.
