@@ -260,9 +260,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
   args = C.parse_args(__doc__.splitlines()[0], argv, extra)
   out = C.Outputs("repro_decoupling", args.out, argv)
-  data = C.D.load_digits(args.seed)
-  if args.smoke:
-    data = C.D.smoke_subset(data)
+  data = C.D.load_digits(args.seed, smoke=args.smoke)
   num_train = len(data.x_train)
   features = (2, 2) if args.smoke else FEATURES
   steps = 3 if args.smoke else args.epochs * (num_train // args.batch_size)

@@ -100,9 +100,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   ]
 
   # --- the digits CNN
-  data = C.D.load_digits(args.seed)
-  if args.smoke:
-    data = C.D.smoke_subset(data)
+  data = C.D.load_digits(args.seed, smoke=args.smoke)
   num_train = len(data.x_train)
   steps_per_epoch = num_train // args.batch_size
   steps = 8 if args.smoke else args.epochs * steps_per_epoch

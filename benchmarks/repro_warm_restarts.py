@@ -122,9 +122,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
   args = C.parse_args(__doc__.splitlines()[0], argv, extra)
   out = C.Outputs("repro_warm_restarts", args.out, argv)
-  data = C.D.load_digits(args.seed)
-  if args.smoke:
-    data = C.D.smoke_subset(data)
+  data = C.D.load_digits(args.seed, smoke=args.smoke)
   num_train = len(data.x_train)
   batch_size = args.batch_size
   steps_per_epoch = 3 if args.smoke else num_train // batch_size

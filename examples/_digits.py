@@ -51,8 +51,8 @@ class Digits(NamedTuple):
   y_test: np.ndarray
 
 
-def load_digits(seed: int = 0, test_fraction: float = 0.2) -> Digits:
-  """scikit-learn's digits, split at random (stratified) with ``seed``."""
+def load_digits(seed: int = 0, test_fraction: float = 0.2, *, smoke: bool = False) -> Digits:
+  """scikit-learn's digits, split at random (stratified) with ``seed``; ``smoke``: a small subset."""
   from sklearn.datasets import load_digits as sk_load_digits
   from sklearn.model_selection import train_test_split
 
@@ -62,7 +62,8 @@ def load_digits(seed: int = 0, test_fraction: float = 0.2) -> Digits:
   x_train, x_test, y_train, y_test = train_test_split(
     x, y, test_size=test_fraction, random_state=seed, stratify=y
   )
-  return Digits(x_train, y_train, x_test, y_test)
+  data = Digits(x_train, y_train, x_test, y_test)
+  return smoke_subset(data) if smoke else data
 
 
 def smoke_subset(data: Digits, num_train: int = 128, num_test: int = 64) -> Digits:
@@ -271,9 +272,7 @@ def run_example(
   if args.smoke and args.steps is None:
     args.steps = 5
   start = time.perf_counter()
-  data = load_digits(args.seed)
-  if args.smoke:
-    data = smoke_subset(data)
+  data = load_digits(args.seed, smoke=args.smoke)
   num_train = len(data.x_train)
   steps_per_epoch = num_train // args.batch_size
   total = args.epochs * steps_per_epoch if args.steps is None else args.steps
