@@ -29,6 +29,12 @@ from decoupled_optax._validation import (
   check_unit_interval,
 )
 from decoupled_optax.directions import scale_by_adamp_nesterov
+from decoupled_optax.fused import (
+  AdamDirection,
+  Direction,
+  MomentumDirection,
+  fused_scale_invariance,
+)
 from decoupled_optax.projection import AxisName, detect_scale_invariance, project_out_radial
 from decoupled_optax.sharding import keep_param_sharding
 from decoupled_optax.weight_decay import (
@@ -69,6 +75,7 @@ def decoupled_chain(
   scale_weight_decay_by_lr: bool = False,
   weight_decay_factor: Any = 1.0,
   radial_projection: Mapping[str, Any] | None = None,
+  fused_direction: Direction | None = None,
 ) -> optax.GradientTransformation:
   """Direction, optional radial projection, and decoupled decay, in either convention.
 
@@ -89,6 +96,11 @@ def decoupled_chain(
       arguments go to :func:`decoupled_optax.detect_scale_invariance`, which
       wraps the chain, and :func:`decoupled_optax.project_out_radial` follows
       the direction.
+    fused_direction: with ``radial_projection``, what ``direction``
+      computes, so that on the CPU the moments and the projection's
+      statistics run in one fused pass (see
+      :func:`decoupled_optax.fused.fused_scale_invariance`); None for the
+      generic chain everywhere.
 
   Returns:
     The chain, an :class:`optax.GradientTransformationExtraArgs`.
@@ -96,7 +108,7 @@ def decoupled_chain(
   check_non_negative("learning_rate", learning_rate)
   check_non_negative("weight_decay", weight_decay)
   _check_mask(mask)
-  steps = [direction]
+  steps = []
   if radial_projection is not None:
     steps.append(project_out_radial())
   if callable(weight_decay):
@@ -118,9 +130,17 @@ def decoupled_chain(
       )
     warn_if_torch_convention(weight_decay, learning_rate)
     steps += [optax.scale(learning_rate), decay, _scale_by_multiplier(schedule, -1.0)]
-  chain = optax.chain(*steps)
-  if radial_projection is not None:
-    chain = detect_scale_invariance(chain, **radial_projection)
+  if radial_projection is None:
+    chain = optax.chain(direction, *steps)
+  elif fused_direction is None:
+    chain = detect_scale_invariance(
+      optax.chain(direction, optax.chain(*steps)), **radial_projection
+    )
+  else:
+    # The same state as the generic chain above.
+    chain = fused_scale_invariance(
+      fused_direction, direction, optax.chain(*steps), **radial_projection
+    )
   # Under jit, the state follows the params' sharding (see decoupled_optax.sharding).
   return keep_param_sharding(chain)
 
@@ -191,11 +211,16 @@ def adamw(
 
 def _momentum_direction(
   momentum: float, nesterov: bool, accumulator_dtype: Any | None
-) -> optax.GradientTransformation:
-  """PyTorch SGD momentum: a buffer of raw gradients, the rate applied afterwards."""
+) -> tuple[optax.GradientTransformation, MomentumDirection | None]:
+  """PyTorch SGD momentum: a buffer of raw gradients, the rate applied afterwards.
+
+  Returns the transform and, for the fused CPU pass of SGDP, what it
+  computes (None without a buffer).
+  """
   if isinstance(momentum, (int, float)) and momentum == 0 and not nesterov:
-    return optax.identity()
-  return optax.trace(decay=momentum, nesterov=nesterov, accumulator_dtype=accumulator_dtype)
+    return optax.identity(), None
+  trace = optax.trace(decay=momentum, nesterov=nesterov, accumulator_dtype=accumulator_dtype)
+  return trace, MomentumDirection(momentum, nesterov)
 
 
 def sgdw(
@@ -249,7 +274,7 @@ def sgdw(
   """
   check_unit_interval("momentum", momentum)
   return decoupled_chain(
-    _momentum_direction(momentum, nesterov, accumulator_dtype),
+    _momentum_direction(momentum, nesterov, accumulator_dtype)[0],
     learning_rate=learning_rate,
     weight_decay=weight_decay,
     schedule=schedule,
@@ -274,6 +299,7 @@ def adamp(
   schedule: optax.ScalarOrSchedule | None = None,
   mask: MaskOrFn = None,
   scale_weight_decay_by_lr: bool = False,
+  cpu_kernel: bool = True,
 ) -> optax.GradientTransformation:
   r"""AdamP: Adam without the radial update component on scale-invariant weights.
 
@@ -310,6 +336,9 @@ def adamp(
     schedule: eta_t, the schedule multiplier.
     mask: leaves to decay, as in optax.
     scale_weight_decay_by_lr: use the PyTorch / official-AdamP convention.
+    cpu_kernel: on the CPU, run Adam's moments and the projection's
+      statistics in one fused pass (:mod:`decoupled_optax.fused`), where the
+      kernel was built; False runs the generic chain. Same result either way.
 
   Returns:
     An optax ``GradientTransformationExtraArgs``.
@@ -344,6 +373,7 @@ def adamp(
       axis_name=axis_name,
       param_specs=param_specs,
     ),
+    fused_direction=AdamDirection(b1, b2, eps, nesterov) if cpu_kernel else None,
   )
 
 
@@ -363,6 +393,7 @@ def sgdp(
   schedule: optax.ScalarOrSchedule | None = None,
   mask: MaskOrFn = None,
   scale_weight_decay_by_lr: bool = False,
+  cpu_kernel: bool = True,
 ) -> optax.GradientTransformation:
   r"""SGDP: momentum SGD without the radial update component on scale-invariant weights.
 
@@ -387,6 +418,7 @@ def sgdp(
     schedule: eta_t, the schedule multiplier.
     mask: leaves to decay, as in optax.
     scale_weight_decay_by_lr: use the PyTorch / official-SGDP convention.
+    cpu_kernel: as in :func:`adamp`, for the momentum buffer.
 
   Returns:
     An optax ``GradientTransformationExtraArgs``.
@@ -401,8 +433,9 @@ def sgdp(
   Reference: Heo et al., ICLR 2021; official ``adamp`` package 0.3.0, ``SGDP``.
   """
   check_unit_interval("momentum", momentum)
+  direction, fused = _momentum_direction(momentum, nesterov, accumulator_dtype)
   return decoupled_chain(
-    _momentum_direction(momentum, nesterov, accumulator_dtype),
+    direction,
     learning_rate=learning_rate,
     weight_decay=weight_decay,
     weight_decay_factor=1.0 / (1.0 - momentum),
@@ -417,6 +450,7 @@ def sgdp(
       axis_name=axis_name,
       param_specs=param_specs,
     ),
+    fused_direction=fused if cpu_kernel else None,
   )
 
 

@@ -62,6 +62,8 @@ class RadialProjector(NamedTuple):
     channel_axis_name: mapped axes that shard the channel dim: the
       whole-tensor sum of the per-channel sums is psum'd over them; None if
       none (static).
+    param_dot_update: the per-channel ``w.u`` if the detection already
+      computed it (the fused CPU pass of AdamP/SGDP), else None.
   """
 
   channel_weight: jax.Array
@@ -69,6 +71,7 @@ class RadialProjector(NamedTuple):
   reduce_axes: tuple[int, ...]
   axis_name: AxisName
   channel_axis_name: AxisName = None
+  param_dot_update: jax.Array | None = None
 
 
 def _statistics_dtype(dtype: jnp.dtype) -> jnp.dtype:
@@ -123,8 +126,26 @@ def _specs_per_leaf(param_specs: Any, params: Any) -> Any:
   )
 
 
-def _detect_leaf(
-  grad: jax.Array,
+def _leaf_statistics(
+  grad: jax.Array, param: jax.Array, reduce_axes: tuple[int, ...]
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """This shard's per-channel ``(g.w, |g|^2, |w|^2)``, shaped to broadcast against the leaf."""
+  dtype = _statistics_dtype(param.dtype)
+  g, w = grad.astype(dtype), param.astype(dtype)
+  # Each statistic is a reduction over the leading axes with its product
+  # fused in; the whole-tensor ones are their sums. The barriers keep XLA from
+  # (a) merging ``sum(sum(g * w, axes))`` back into a second full-size
+  # reduction, and (b) sharing ``g * g`` with Adam's ``g**2``, which would
+  # write g**2 to a param-sized temporary.
+  g_squared_input = jax.lax.optimization_barrier(g)
+  g_dot_w = jnp.sum(g * w, axis=reduce_axes, keepdims=True)
+  g_sq = jnp.sum(g_squared_input * g_squared_input, axis=reduce_axes, keepdims=True)
+  w_sq = jnp.sum(w * w, axis=reduce_axes, keepdims=True)
+  return jax.lax.optimization_barrier((g_dot_w, g_sq, w_sq))
+
+
+def _projector_from_statistics(
+  statistics: tuple[jax.Array, jax.Array, jax.Array],
   param: jax.Array,
   *,
   delta: float,
@@ -133,33 +154,25 @@ def _detect_leaf(
   channel_axis: int,
   axis_name: AxisName,
   channel_axis_name: AxisName = None,
-) -> tuple[RadialProjector | None, Any]:
-  """The official ``_projection`` test for one leaf; returns (projector, decay multiplier).
+  param_dot_update: jax.Array | None = None,
+) -> tuple[RadialProjector, Any]:
+  """The official ``_projection`` test of one leaf from this shard's per-channel statistics.
 
-  ``param`` and ``grad`` may be shards: ``axis_name`` names the mapped axes
-  that shard the non-channel dims, ``channel_axis_name`` those that shard
-  the channel dim. Per-channel sums are psum'd over the former; the max over
-  channels and the whole-tensor sums are reduced over the latter.
+  ``statistics`` are ``(g.w, |g|^2, |w|^2)`` per channel, shaped to broadcast
+  against ``param``. ``param`` may be a shard: ``axis_name`` names the
+  mapped axes that shard the non-channel dims, ``channel_axis_name`` those
+  that shard the channel dim. Per-channel sums are psum'd over the former;
+  the max over channels and the whole-tensor sums are reduced over the
+  latter. ``param_dot_update`` (this shard's per-channel ``w.u``), when the
+  caller already has it, spares :func:`project_out_radial` its reduction.
+
+  Returns:
+    ``(projector, decay multiplier)``.
   """
-  if param.ndim < 2 or param.size == 0:
-    # Biases and normalization scales are never projected (official code: p.ndim > 1).
-    return None, jnp.ones([], _statistics_dtype(param.dtype))
   dtype = _statistics_dtype(param.dtype)
   axis = channel_axis % param.ndim
   reduce_axes = tuple(a for a in range(param.ndim) if a != axis)
-  g, w = grad.astype(dtype), param.astype(dtype)
-  # The per-channel statistics both views need, each a reduction over the
-  # leading axes with its product fused in; the whole-tensor ones are their
-  # sums. The barriers keep XLA from (a) merging ``sum(sum(g * w, axes))``
-  # back into a second full-size reduction, and (b) sharing ``g * g`` with
-  # Adam's ``g**2``, which would write g**2 to a param-sized temporary.
-  g_squared_input = jax.lax.optimization_barrier(g)
-  g_dot_w = _global_sum(jnp.sum(g * w, axis=reduce_axes, keepdims=True), axis_name)
-  g_sq = _global_sum(
-    jnp.sum(g_squared_input * g_squared_input, axis=reduce_axes, keepdims=True), axis_name
-  )
-  w_sq = _global_sum(jnp.sum(w * w, axis=reduce_axes, keepdims=True), axis_name)
-  g_dot_w, g_sq, w_sq = jax.lax.optimization_barrier((g_dot_w, g_sq, w_sq))
+  g_dot_w, g_sq, w_sq = (_global_sum(s, axis_name) for s in statistics)
 
   def cosine(dot: jax.Array, a_sq: jax.Array, b_sq: jax.Array) -> jax.Array:
     # torch.nn.functional.cosine_similarity clamps each norm by eps.
@@ -180,10 +193,57 @@ def _detect_leaf(
     ~channel_invariant & whole_invariant, 1.0 / (jnp.sqrt(w_sq_total) + eps) ** 2, zero
   )
   multiplier = jnp.where(channel_invariant | whole_invariant, wd_ratio, 1.0).astype(dtype)
+  if param_dot_update is not None:
+    param_dot_update = _global_sum(param_dot_update, axis_name)
   projector = RadialProjector(
-    channel_weight, whole_weight, reduce_axes, axis_name, channel_axis_name
+    channel_weight, whole_weight, reduce_axes, axis_name, channel_axis_name, param_dot_update
   )
   return projector, multiplier
+
+
+def _detect_leaf(
+  grad: jax.Array,
+  param: jax.Array,
+  *,
+  channel_axis: int,
+  **options: Any,
+) -> tuple[RadialProjector | None, Any]:
+  """The official ``_projection`` test for one leaf; returns (projector, decay multiplier).
+
+  ``options`` are those of :func:`_projector_from_statistics`.
+  """
+  if param.ndim < 2 or param.size == 0:
+    # Biases and normalization scales are never projected (official code: p.ndim > 1).
+    return None, jnp.ones([], _statistics_dtype(param.dtype))
+  axis = channel_axis % param.ndim
+  reduce_axes = tuple(a for a in range(param.ndim) if a != axis)
+  statistics = _leaf_statistics(grad, param, reduce_axes)
+  return _projector_from_statistics(statistics, param, channel_axis=channel_axis, **options)
+
+
+def _leaf_axis_names(
+  treedef: Any,
+  flat_grads: list[Any],
+  params: Any,
+  axis_name: AxisName,
+  param_specs: Any,
+  channel_axis: int,
+) -> list[tuple[AxisName, AxisName]]:
+  """``(reduce-dim axes, channel-dim axes)`` of every leaf, from ``axis_name``/``param_specs``."""
+  if param_specs is None:
+    return [(axis_name, None)] * len(flat_grads)
+  allowed = set(_axis_names(axis_name))
+  flat_names = []
+  flat_specs = treedef.flatten_up_to(_specs_per_leaf(param_specs, params))
+  for g, spec in zip(flat_grads, flat_specs, strict=True):
+    names = (None, None) if g is None else _spec_axis_names(spec, g.ndim, channel_axis)
+    unknown = set(_axis_names(names[0]) + _axis_names(names[1])) - allowed
+    if axis_name is not None and unknown:
+      raise ValueError(
+        f"param_specs name the mesh axes {sorted(unknown)}, which are not in axis_name={axis_name!r}."
+      )
+    flat_names.append(names)
+  return flat_names
 
 
 def scale_invariance(
@@ -211,20 +271,7 @@ def scale_invariance(
   treedef = jax.tree.structure(grads, is_leaf=is_none)
   flat_grads = treedef.flatten_up_to(grads)
   flat_params = treedef.flatten_up_to(params)
-  if param_specs is None:
-    flat_names = [(axis_name, None)] * len(flat_grads)
-  else:
-    allowed = set(_axis_names(axis_name))
-    flat_names = []
-    flat_specs = treedef.flatten_up_to(_specs_per_leaf(param_specs, params))
-    for g, spec in zip(flat_grads, flat_specs, strict=True):
-      names = (None, None) if g is None else _spec_axis_names(spec, g.ndim, channel_axis)
-      unknown = set(_axis_names(names[0]) + _axis_names(names[1])) - allowed
-      if axis_name is not None and unknown:
-        raise ValueError(
-          f"param_specs name the mesh axes {sorted(unknown)}, which are not in axis_name={axis_name!r}."
-        )
-      flat_names.append(names)
+  flat_names = _leaf_axis_names(treedef, flat_grads, params, axis_name, param_specs, channel_axis)
   flat_pairs = [
     None
     if g is None
@@ -353,11 +400,13 @@ def detect_scale_invariance(
 def _project_leaf(update: jax.Array, param: jax.Array, projector: RadialProjector) -> jax.Array:
   dtype = _statistics_dtype(update.dtype)
   u, w = update.astype(dtype), param.astype(dtype)
-  w_dot_u = _global_sum(
-    jnp.sum(w * u, axis=projector.reduce_axes, keepdims=True), projector.axis_name
-  )
-  # Without the barrier XLA turns the total back into a full-size reduction.
-  w_dot_u = jax.lax.optimization_barrier(w_dot_u)
+  w_dot_u = projector.param_dot_update
+  if w_dot_u is None:
+    w_dot_u = _global_sum(
+      jnp.sum(w * u, axis=projector.reduce_axes, keepdims=True), projector.axis_name
+    )
+    # Without the barrier XLA turns the total back into a full-size reduction.
+    w_dot_u = jax.lax.optimization_barrier(w_dot_u)
   w_dot_u_total = _global_sum(jnp.sum(w_dot_u), projector.channel_axis_name)
   coefficient = projector.channel_weight * w_dot_u + projector.whole_weight * w_dot_u_total
   return (u - w * coefficient).astype(update.dtype)

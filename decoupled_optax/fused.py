@@ -1,0 +1,308 @@
+r"""AdamP/SGDP's first pass in one read of the arrays on the CPU.
+
+On a CPU, XLA emits each reduction as its own kernel, so AdamP's four
+per-channel statistics g.w, |g|^2, |w|^2 and w.u (u the Adam or momentum
+direction) each cost a pass over the arrays: 18 array passes per step
+against optax.adamw's 10. :func:`fused_scale_invariance` does the moment
+update and the four statistics in one pass, with a small C++ kernel called
+through the XLA FFI (``decoupled_optax._cpu_kernels``, built at install when a
+C++ compiler is present). XLA then fuses the projection, the weight decay and
+the parameter update into one elementwise pass: the two-pass floor of 10.
+
+It computes exactly what the generic chain computes::
+
+  detect_scale_invariance(optax.chain(direction, *tail))
+
+where ``direction`` is Adam (``optax.scale_by_adam`` or the official
+Nesterov variant) or optax's momentum ``trace``, and the first of ``tail`` is
+:func:`decoupled_optax.project_out_radial`. The state is that chain's state,
+so checkpoints move between the two. The kernel runs for float32 leaves with
+``ndim > 1`` when the step is lowered for the CPU; everything else (other
+dtypes and leaves, GPUs and TPUs, a missing kernel) runs the generic chain,
+chosen with :func:`jax.lax.platform_dependent`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from decoupled_optax.projection import (
+  RADIAL_PROJECTORS,
+  AxisName,
+  _detect_leaf,
+  _leaf_axis_names,
+  _projector_from_statistics,
+  detect_scale_invariance,
+)
+from decoupled_optax.weight_decay import WEIGHT_DECAY_MULTIPLIERS
+
+_TARGET_PREFIX = "decoupled_optax_first_pass_"
+
+
+@functools.cache
+def _registered_kernels() -> frozenset[str]:
+  """Registers the FFI handlers once; the direction kinds that have a kernel."""
+  try:
+    from decoupled_optax import _cpu_kernels  # type: ignore[attr-defined]
+  except ImportError:
+    return frozenset()
+  handlers = _cpu_kernels.handlers()
+  for kind, capsule in handlers.items():
+    jax.ffi.register_ffi_target(_TARGET_PREFIX + kind, capsule, platform="cpu")
+  return frozenset(handlers)
+
+
+def cpu_kernel_available() -> bool:
+  """Whether the fused CPU kernel was built and could be registered with XLA."""
+  return bool(_registered_kernels())
+
+
+@dataclasses.dataclass(frozen=True)
+class AdamDirection:
+  """Adam's moments and direction, as ``optax.scale_by_adam`` with ``eps_root=0``.
+
+  ``nesterov`` is the official AdamP's, see
+  :func:`decoupled_optax.scale_by_adamp_nesterov`.
+  """
+
+  b1: Any
+  b2: Any
+  eps: Any
+  nesterov: bool = False
+  kind = "adam"
+
+
+@dataclasses.dataclass(frozen=True)
+class MomentumDirection:
+  """optax.trace's momentum buffer of raw gradients and PyTorch's Nesterov."""
+
+  decay: Any
+  nesterov: bool = False
+  kind = "momentum"
+
+
+Direction = AdamDirection | MomentumDirection
+
+
+def _layout(shape: tuple[int, ...], channel_axis: int) -> dict[str, Any]:
+  axis = channel_axis % len(shape)
+  return dict(
+    outer=math.prod(shape[:axis]), channels=shape[axis], inner=math.prod(shape[axis + 1 :])
+  )
+
+
+def _first_pass(
+  direction: Direction,
+  count: jax.Array | None,
+  grad: jax.Array,
+  param: jax.Array,
+  moments: tuple[jax.Array, ...],
+  channel_axis: int,
+) -> tuple[tuple[jax.Array, ...], jax.Array, jax.Array]:
+  """One leaf through the kernel: ``(new moments, direction, statistics (4, channels))``.
+
+  ``count`` is the direction's step count after this update (Adam's bias
+  correction). The direction itself is recomputed from the new moments with
+  the kernel's formula, so XLA fuses it into the final update.
+  """
+  layout = _layout(param.shape, channel_axis)
+  f32 = jnp.float32
+  if isinstance(direction, AdamDirection):
+    # 1 - b computed as optax does (in double for Python floats): in float32,
+    # 1 - 0.999 is off by 1e-5 relative.
+    b1, one_minus_b1, b2, one_minus_b2, eps = (
+      jnp.asarray(x, f32)
+      for x in (direction.b1, 1 - direction.b1, direction.b2, 1 - direction.b2, direction.eps)
+    )
+    bias_correction1 = 1 - b1**count
+    bias_correction2 = 1 - b2**count
+    scalars = jnp.stack(
+      [b1, one_minus_b1, b2, one_minus_b2, eps, bias_correction1, bias_correction2]
+    )
+    result_shapes = (
+      jax.ShapeDtypeStruct(param.shape, f32),
+      jax.ShapeDtypeStruct(param.shape, f32),
+      jax.ShapeDtypeStruct((4, layout["channels"]), f32),
+    )
+    aliases = {2: 0, 3: 1}
+  else:
+    decay = jnp.asarray(direction.decay, f32)
+    scalars = decay[None]
+    result_shapes = (
+      jax.ShapeDtypeStruct(param.shape, f32),
+      jax.ShapeDtypeStruct((4, layout["channels"]), f32),
+    )
+    aliases = {2: 0}
+  *new_moments, statistics = jax.ffi.ffi_call(
+    _TARGET_PREFIX + direction.kind,
+    result_shapes,
+    input_output_aliases=aliases,
+    vmap_method="sequential",
+  )(grad, param, *moments, scalars, nesterov=direction.nesterov, **layout)
+  if isinstance(direction, AdamDirection):
+    mu, nu = new_moments
+    numerator = b1 * mu + one_minus_b1 * grad if direction.nesterov else mu
+    update = (numerator / bias_correction1) / (jnp.sqrt(nu / bias_correction2) + eps)
+  else:
+    (trace,) = new_moments
+    update = grad + decay * trace if direction.nesterov else trace
+  return tuple(new_moments), update, statistics
+
+
+def _plain_type(x: jax.Array) -> bool:
+  """Whether ``x``'s type is just shape and dtype: no mesh, no varying manual axes.
+
+  The kernel's results have plain types; a leaf typed with a mesh (under
+  ``jax.set_mesh``, Explicit axes, or inside ``shard_map``) keeps the generic path.
+  """
+  aval = jax.typeof(x)
+  return aval == jax.core.ShapedArray(aval.shape, aval.dtype)
+
+
+def _moment_trees(direction: Direction, state: Any) -> tuple[Any, ...]:
+  if isinstance(direction, AdamDirection):
+    return (state.mu, state.nu)
+  return (state.trace,)
+
+
+def _with_moment_trees(direction: Direction, state: Any, trees: tuple[Any, ...]) -> Any:
+  if isinstance(direction, AdamDirection):
+    return state._replace(mu=trees[0], nu=trees[1])
+  return state._replace(trace=trees[0])
+
+
+def fused_scale_invariance(
+  direction: Direction,
+  direction_transform: optax.GradientTransformation,
+  tail: optax.GradientTransformation,
+  *,
+  delta: float = 0.1,
+  wd_ratio: float = 0.1,
+  eps: float = 1e-8,
+  channel_axis: int = -1,
+  axis_name: AxisName = None,
+  param_specs: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+  """``detect_scale_invariance(chain(direction_transform, tail))`` with the fused CPU pass.
+
+  Args:
+    direction: what ``direction_transform`` computes, for the kernel.
+    direction_transform: the optax transform of the direction
+      (``optax.scale_by_adam``, :func:`decoupled_optax.scale_by_adamp_nesterov`
+      or ``optax.trace``); it keeps the state and runs where the kernel does not.
+    tail: the rest of the chain, starting with
+      :func:`decoupled_optax.project_out_radial`.
+    delta, wd_ratio, eps, channel_axis, axis_name, param_specs: as in
+      :func:`decoupled_optax.detect_scale_invariance`.
+
+  Returns:
+    An :class:`optax.GradientTransformationExtraArgs` with the generic
+    chain's state.
+  """
+  detection = dict(delta=delta, wd_ratio=wd_ratio, eps=eps, channel_axis=channel_axis)
+  chain = optax.chain(direction_transform, tail)
+  generic = detect_scale_invariance(
+    chain, **detection, axis_name=axis_name, param_specs=param_specs
+  )
+  if direction.kind not in _registered_kernels():
+    return generic
+  tail = optax.with_extra_args_support(tail)
+
+  def fusable_leaves(updates: optax.Updates, state: Any, params: optax.Params) -> list[bool]:
+    """Which leaves the kernel takes: float32, ndim > 1, non-empty, plain types.
+
+    Under plain jit with sharded params GSPMD gathers the kernel's operands.
+    """
+    treedef = jax.tree.structure(updates, is_leaf=lambda x: x is None)
+    moments = [treedef.flatten_up_to(t) for t in _moment_trees(direction, state[0])]
+    return [
+      g is not None
+      and w.ndim > 1
+      and w.size > 0
+      and all(x.dtype == jnp.float32 and _plain_type(x) for x in (g, w, *old))
+      for g, w, *old in zip(
+        treedef.flatten_up_to(updates), treedef.flatten_up_to(params), *moments, strict=True
+      )
+    ]
+
+  def fused_update(
+    updates: optax.Updates,
+    state: Any,
+    params: optax.Params,
+    fusable: list[bool],
+    **extra_args: Any,
+  ) -> tuple[optax.Updates, Any]:
+    direction_state, tail_state = state
+    # optax's own direction update, for the leaves the kernel skips; XLA drops
+    # what the kernel replaces.
+    directions, new_direction_state = direction_transform.update(updates, direction_state, params)
+    is_none = lambda x: x is None  # noqa: E731
+    treedef = jax.tree.structure(updates, is_leaf=is_none)
+    flat_grads = treedef.flatten_up_to(updates)
+    flat_params = treedef.flatten_up_to(params)
+    flat_directions = treedef.flatten_up_to(directions)
+    flat_old = [treedef.flatten_up_to(t) for t in _moment_trees(direction, direction_state)]
+    flat_new = [treedef.flatten_up_to(t) for t in _moment_trees(direction, new_direction_state)]
+    flat_names = _leaf_axis_names(treedef, flat_grads, params, axis_name, param_specs, channel_axis)
+    projectors, multipliers = [], []
+    for i, (g, w, names) in enumerate(zip(flat_grads, flat_params, flat_names, strict=True)):
+      if g is None:
+        projectors.append(None)
+        multipliers.append(None)
+        continue
+      options = dict(detection, axis_name=names[0], channel_axis_name=names[1])
+      old = tuple(t[i] for t in flat_old)
+      if not fusable[i]:
+        projector, multiplier = _detect_leaf(g, w, **options)
+      else:
+        new, flat_directions[i], statistics = _first_pass(
+          direction, getattr(new_direction_state, "count", None), g, w, old, channel_axis
+        )
+        for t, moment in zip(flat_new, new, strict=True):
+          t[i] = moment
+        broadcast = lambda s, w=w: jnp.reshape(  # noqa: E731
+          s, [n if a == channel_axis % w.ndim else 1 for a, n in enumerate(w.shape)]
+        )
+        projector, multiplier = _projector_from_statistics(
+          tuple(broadcast(s) for s in statistics[:3]),
+          w,
+          **options,
+          param_dot_update=broadcast(statistics[3]),
+        )
+      projectors.append(projector)
+      multipliers.append(multiplier)
+    new_direction_state = _with_moment_trees(
+      direction, new_direction_state, tuple(treedef.unflatten(t) for t in flat_new)
+    )
+    extra_args[RADIAL_PROJECTORS] = treedef.unflatten(projectors)
+    extra_args[WEIGHT_DECAY_MULTIPLIERS] = treedef.unflatten(multipliers)
+    updates, tail_state = tail.update(
+      treedef.unflatten(flat_directions), tail_state, params, **extra_args
+    )
+    return updates, (new_direction_state, tail_state)
+
+  def update_fn(
+    updates: optax.Updates,
+    state: Any,
+    params: optax.Params | None = None,
+    **extra_args: Any,
+  ) -> tuple[optax.Updates, Any]:
+    if params is None:
+      raise ValueError(optax.NO_PARAMS_MSG)
+    # Decided here, on the caller's types, not on the branches' closures.
+    fusable = fusable_leaves(updates, state, params)
+    if not any(fusable):
+      return generic.update(updates, state, params, **extra_args)
+    return jax.lax.platform_dependent(
+      cpu=lambda: fused_update(updates, state, params, fusable, **extra_args),
+      default=lambda: generic.update(updates, state, params, **extra_args),
+    )
+
+  return optax.GradientTransformationExtraArgs(generic.init, update_fn)
