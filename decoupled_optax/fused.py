@@ -38,7 +38,7 @@ from decoupled_optax.projection import (
   AxisName,
   _detect_leaf,
   _leaf_axis_names,
-  _projector_from_statistics,
+  _projectors_from_statistics,
   detect_scale_invariance,
 )
 from decoupled_optax.weight_decay import WEIGHT_DECAY_MULTIPLIERS
@@ -251,33 +251,37 @@ def fused_scale_invariance(
     flat_old = [treedef.flatten_up_to(t) for t in _moment_trees(direction, direction_state)]
     flat_new = [treedef.flatten_up_to(t) for t in _moment_trees(direction, new_direction_state)]
     flat_names = _leaf_axis_names(treedef, flat_grads, params, axis_name, param_specs, channel_axis)
-    projectors, multipliers = [], []
+    projectors: list[Any] = [None] * len(flat_grads)
+    multipliers: list[Any] = [None] * len(flat_grads)
+    # The kernel's leaves, grouped by their mapped axes: (leaf indices, statistics).
+    groups: dict[tuple[Any, Any], tuple[list[int], list[jax.Array]]] = {}
     for i, (g, w, names) in enumerate(zip(flat_grads, flat_params, flat_names, strict=True)):
       if g is None:
-        projectors.append(None)
-        multipliers.append(None)
         continue
-      options = dict(detection, axis_name=names[0], channel_axis_name=names[1])
-      old = tuple(t[i] for t in flat_old)
       if not fusable[i]:
-        projector, multiplier = _detect_leaf(g, w, **options)
-      else:
-        new, flat_directions[i], statistics = _first_pass(
-          direction, getattr(new_direction_state, "count", None), g, w, old, channel_axis
+        projectors[i], multipliers[i] = _detect_leaf(
+          g, w, **detection, axis_name=names[0], channel_axis_name=names[1]
         )
-        for t, moment in zip(flat_new, new, strict=True):
-          t[i] = moment
-        broadcast = lambda s, w=w: jnp.reshape(  # noqa: E731
-          s, [n if a == channel_axis % w.ndim else 1 for a, n in enumerate(w.shape)]
-        )
-        projector, multiplier = _projector_from_statistics(
-          tuple(broadcast(s) for s in statistics[:3]),
-          w,
-          **options,
-          param_dot_update=broadcast(statistics[3]),
-        )
-      projectors.append(projector)
-      multipliers.append(multiplier)
+        continue
+      old = tuple(t[i] for t in flat_old)
+      new, flat_directions[i], statistics = _first_pass(
+        direction, getattr(new_direction_state, "count", None), g, w, old, channel_axis
+      )
+      for t, moment in zip(flat_new, new, strict=True):
+        t[i] = moment
+      indices, group_statistics = groups.setdefault(names, ([], []))
+      indices.append(i)
+      group_statistics.append(statistics)
+    for (reduce_names, channel_names), (indices, statistics) in groups.items():
+      results = _projectors_from_statistics(
+        statistics,
+        [flat_params[i].shape for i in indices],
+        **detection,
+        axis_name=reduce_names,
+        channel_axis_name=channel_names,
+      )
+      for i, (projector, multiplier) in zip(indices, results, strict=True):
+        projectors[i], multipliers[i] = projector, multiplier
     new_direction_state = _with_moment_trees(
       direction, new_direction_state, tuple(treedef.unflatten(t) for t in flat_new)
     )

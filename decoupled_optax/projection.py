@@ -33,6 +33,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.sharding import PartitionSpec
 
@@ -62,8 +63,9 @@ class RadialProjector(NamedTuple):
     channel_axis_name: mapped axes that shard the channel dim: the
       whole-tensor sum of the per-channel sums is psum'd over them; None if
       none (static).
-    param_dot_update: the per-channel ``w.u`` if the detection already
-      computed it (the fused CPU pass of AdamP/SGDP), else None.
+    coefficient: ``c`` itself, shaped like ``channel_weight``, if the
+      detection already knew ``w.u`` (the fused CPU pass of AdamP/SGDP),
+      else None.
   """
 
   channel_weight: jax.Array
@@ -71,7 +73,7 @@ class RadialProjector(NamedTuple):
   reduce_axes: tuple[int, ...]
   axis_name: AxisName
   channel_axis_name: AxisName = None
-  param_dot_update: jax.Array | None = None
+  coefficient: jax.Array | None = None
 
 
 def _statistics_dtype(dtype: jnp.dtype) -> jnp.dtype:
@@ -126,10 +128,8 @@ def _specs_per_leaf(param_specs: Any, params: Any) -> Any:
   )
 
 
-def _leaf_statistics(
-  grad: jax.Array, param: jax.Array, reduce_axes: tuple[int, ...]
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """This shard's per-channel ``(g.w, |g|^2, |w|^2)``, shaped to broadcast against the leaf."""
+def _leaf_statistics(grad: jax.Array, param: jax.Array, reduce_axes: tuple[int, ...]) -> jax.Array:
+  """This shard's per-channel ``(g.w, |g|^2, |w|^2)``, shaped ``(3, channels)``."""
   dtype = _statistics_dtype(param.dtype)
   g, w = grad.astype(dtype), param.astype(dtype)
   # Each statistic is a reduction over the leading axes with its product
@@ -138,15 +138,15 @@ def _leaf_statistics(
   # reduction, and (b) sharing ``g * g`` with Adam's ``g**2``, which would
   # write g**2 to a param-sized temporary.
   g_squared_input = jax.lax.optimization_barrier(g)
-  g_dot_w = jnp.sum(g * w, axis=reduce_axes, keepdims=True)
-  g_sq = jnp.sum(g_squared_input * g_squared_input, axis=reduce_axes, keepdims=True)
-  w_sq = jnp.sum(w * w, axis=reduce_axes, keepdims=True)
-  return jax.lax.optimization_barrier((g_dot_w, g_sq, w_sq))
+  g_dot_w = jnp.sum(g * w, axis=reduce_axes)
+  g_sq = jnp.sum(g_squared_input * g_squared_input, axis=reduce_axes)
+  w_sq = jnp.sum(w * w, axis=reduce_axes)
+  return jnp.stack(jax.lax.optimization_barrier((g_dot_w, g_sq, w_sq)))
 
 
-def _projector_from_statistics(
-  statistics: tuple[jax.Array, jax.Array, jax.Array],
-  param: jax.Array,
+def _projectors_from_statistics(
+  statistics: Sequence[jax.Array],
+  shapes: Sequence[tuple[int, ...]],
   *,
   delta: float,
   wd_ratio: Any,
@@ -154,51 +154,79 @@ def _projector_from_statistics(
   channel_axis: int,
   axis_name: AxisName,
   channel_axis_name: AxisName = None,
-  param_dot_update: jax.Array | None = None,
-) -> tuple[RadialProjector, Any]:
-  """The official ``_projection`` test of one leaf from this shard's per-channel statistics.
+) -> list[tuple[RadialProjector, jax.Array]]:
+  """The official ``_projection`` test of several leaves from their per-channel statistics.
 
-  ``statistics`` are ``(g.w, |g|^2, |w|^2)`` per channel, shaped to broadcast
-  against ``param``. ``param`` may be a shard: ``axis_name`` names the
-  mapped axes that shard the non-channel dims, ``channel_axis_name`` those
-  that shard the channel dim. Per-channel sums are psum'd over the former;
-  the max over channels and the whole-tensor sums are reduced over the
-  latter. ``param_dot_update`` (this shard's per-channel ``w.u``), when the
-  caller already has it, spares :func:`project_out_radial` its reduction.
+  The leaves' small per-channel math runs batched, padded to the widest
+  leaf, so XLA compiles a few fusions for all of them rather than several
+  per leaf.
+
+  Args:
+    statistics: per leaf, this shard's per-channel sums ``(g.w, |g|^2,
+      |w|^2)`` or ``(g.w, |g|^2, |w|^2, w.u)``, shaped ``(3 or 4, channels)``.
+      With ``w.u`` the projector carries the projection's coefficient and
+      :func:`project_out_radial` needs no reduction of its own.
+    shapes: the leaves' (shard) shapes. ``axis_name`` names the mapped axes
+      that shard their non-channel dims, ``channel_axis_name`` those that
+      shard the channel dim. Per-channel sums are psum'd over the former;
+      the max over channels and the whole-tensor sums are reduced over the
+      latter.
+    delta, wd_ratio, eps, channel_axis: as in :func:`detect_scale_invariance`.
 
   Returns:
-    ``(projector, decay multiplier)``.
+    ``(projector, decay multiplier)`` per leaf.
   """
-  dtype = _statistics_dtype(param.dtype)
-  axis = channel_axis % param.ndim
-  reduce_axes = tuple(a for a in range(param.ndim) if a != axis)
-  g_dot_w, g_sq, w_sq = (_global_sum(s, axis_name) for s in statistics)
+  widths = [s.shape[-1] for s in statistics]
+  widest = max(widths)
+  stacked = jnp.stack([jnp.pad(s, ((0, 0), (0, widest - s.shape[-1]))) for s in statistics])
+  stacked = _global_sum(stacked, axis_name)  # (leaves, statistics, widest)
+  g_dot_w, g_sq, w_sq = stacked[:, 0], stacked[:, 1], stacked[:, 2]
+  real_channel = jnp.arange(widest) < jnp.asarray(widths)[:, None]
 
   def cosine(dot: jax.Array, a_sq: jax.Array, b_sq: jax.Array) -> jax.Array:
     # torch.nn.functional.cosine_similarity clamps each norm by eps.
     return jnp.abs(dot) / (jnp.maximum(jnp.sqrt(a_sq), eps) * jnp.maximum(jnp.sqrt(b_sq), eps))
 
   # Global sizes: a shard's row length times the shards of the reduced dims.
-  row_length = param.size // param.shape[axis] * _mapped_size(axis_name)
-  size = row_length * param.shape[axis] * _mapped_size(channel_axis_name)
-  max_cosine = _global_max(jnp.max(cosine(g_dot_w, g_sq, w_sq)), channel_axis_name)
-  channel_invariant = max_cosine < delta / math.sqrt(row_length)
-  g_dot_w_total = _global_sum(jnp.sum(g_dot_w), channel_axis_name)
-  g_sq_total = _global_sum(jnp.sum(g_sq), channel_axis_name)
-  w_sq_total = _global_sum(jnp.sum(w_sq), channel_axis_name)
-  whole_invariant = cosine(g_dot_w_total, g_sq_total, w_sq_total) < delta / math.sqrt(size)
-  zero = jnp.zeros([], dtype)
-  channel_weight = jnp.where(channel_invariant, 1.0 / (jnp.sqrt(w_sq) + eps) ** 2, zero)
+  row_length = np.array(
+    [math.prod(shape) // shape[channel_axis] * _mapped_size(axis_name) for shape in shapes]
+  )
+  size = row_length * np.array([shape[channel_axis] for shape in shapes])
+  size = size * _mapped_size(channel_axis_name)
+  channel_cosine = jnp.where(real_channel, cosine(g_dot_w, g_sq, w_sq), 0.0)
+  max_cosine = _global_max(jnp.max(channel_cosine, axis=1), channel_axis_name)
+  channel_invariant = max_cosine < delta / np.sqrt(row_length)
+  g_dot_w_total, g_sq_total, w_sq_total = _global_sum(
+    jnp.sum(stacked[:, :3], axis=2), channel_axis_name
+  ).T
+  whole_invariant = cosine(g_dot_w_total, g_sq_total, w_sq_total) < delta / np.sqrt(size)
+  zero = jnp.zeros([], stacked.dtype)
+  channel_weight = jnp.where(channel_invariant[:, None], 1.0 / (jnp.sqrt(w_sq) + eps) ** 2, zero)
   whole_weight = jnp.where(
     ~channel_invariant & whole_invariant, 1.0 / (jnp.sqrt(w_sq_total) + eps) ** 2, zero
   )
-  multiplier = jnp.where(channel_invariant | whole_invariant, wd_ratio, 1.0).astype(dtype)
-  if param_dot_update is not None:
-    param_dot_update = _global_sum(param_dot_update, axis_name)
-  projector = RadialProjector(
-    channel_weight, whole_weight, reduce_axes, axis_name, channel_axis_name, param_dot_update
-  )
-  return projector, multiplier
+  multipliers = jnp.where(channel_invariant | whole_invariant, wd_ratio, 1.0).astype(stacked.dtype)
+  coefficients = None
+  if stacked.shape[1] == 4:
+    w_dot_u = stacked[:, 3]
+    w_dot_u_total = _global_sum(jnp.sum(w_dot_u, axis=1), channel_axis_name)
+    coefficients = channel_weight * w_dot_u + (whole_weight * w_dot_u_total)[:, None]
+
+  results = []
+  for i, (shape, width) in enumerate(zip(shapes, widths, strict=True)):
+    axis = channel_axis % len(shape)
+    broadcast_shape = [n if a == axis else 1 for a, n in enumerate(shape)]
+    per_channel = lambda x, i=i, width=width, shape=broadcast_shape: x[i, :width].reshape(shape)  # noqa: E731
+    projector = RadialProjector(
+      per_channel(channel_weight),
+      whole_weight[i],
+      tuple(a for a in range(len(shape)) if a != axis),
+      axis_name,
+      channel_axis_name,
+      None if coefficients is None else per_channel(coefficients),
+    )
+    results.append((projector, multipliers[i]))
+  return results
 
 
 def _detect_leaf(
@@ -210,7 +238,7 @@ def _detect_leaf(
 ) -> tuple[RadialProjector | None, Any]:
   """The official ``_projection`` test for one leaf; returns (projector, decay multiplier).
 
-  ``options`` are those of :func:`_projector_from_statistics`.
+  ``options`` are those of :func:`_projectors_from_statistics`.
   """
   if param.ndim < 2 or param.size == 0:
     # Biases and normalization scales are never projected (official code: p.ndim > 1).
@@ -218,7 +246,9 @@ def _detect_leaf(
   axis = channel_axis % param.ndim
   reduce_axes = tuple(a for a in range(param.ndim) if a != axis)
   statistics = _leaf_statistics(grad, param, reduce_axes)
-  return _projector_from_statistics(statistics, param, channel_axis=channel_axis, **options)
+  return _projectors_from_statistics(
+    [statistics], [param.shape], channel_axis=channel_axis, **options
+  )[0]
 
 
 def _leaf_axis_names(
@@ -400,15 +430,15 @@ def detect_scale_invariance(
 def _project_leaf(update: jax.Array, param: jax.Array, projector: RadialProjector) -> jax.Array:
   dtype = _statistics_dtype(update.dtype)
   u, w = update.astype(dtype), param.astype(dtype)
-  w_dot_u = projector.param_dot_update
-  if w_dot_u is None:
+  coefficient = projector.coefficient
+  if coefficient is None:
     w_dot_u = _global_sum(
       jnp.sum(w * u, axis=projector.reduce_axes, keepdims=True), projector.axis_name
     )
     # Without the barrier XLA turns the total back into a full-size reduction.
     w_dot_u = jax.lax.optimization_barrier(w_dot_u)
-  w_dot_u_total = _global_sum(jnp.sum(w_dot_u), projector.channel_axis_name)
-  coefficient = projector.channel_weight * w_dot_u + projector.whole_weight * w_dot_u_total
+    w_dot_u_total = _global_sum(jnp.sum(w_dot_u), projector.channel_axis_name)
+    coefficient = projector.channel_weight * w_dot_u + projector.whole_weight * w_dot_u_total
   return (u - w * coefficient).astype(update.dtype)
 
 
