@@ -1,0 +1,217 @@
+"""The fused CPU first pass of AdamP/SGDP against the generic chain and NumPy.
+
+The reference tests in test_aliases.py (torch, the official adamp) run the
+aliases with their default ``cpu_kernel=True``, so on the CPU they test the
+kernel against the peers; these tests pin the kernel against the generic
+chain on every layout it handles, and against float64 NumPy directly.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import decoupled_optax as dopt
+from decoupled_optax import fused
+
+
+def test_the_kernel_is_built():
+  # The project's install builds it (setup.py); without it the CPU numbers of
+  # benchmarks/ and docs/performance.md do not hold.
+  assert fused.cpu_kernel_available(), "decoupled_optax._cpu_kernels was not built"
+
+
+def _tree(seed: int = 0) -> tuple[dict, dict]:
+  """Every layout the kernel sees, plus leaves it must leave to the generic chain."""
+  rng = np.random.default_rng(seed)
+  shapes = {
+    "conv_hwio": (3, 3, 8, 16),  # channel last: the row-vectorized loop
+    "wide": (512, 1024),  # above the two-thread threshold
+    "dense": (32, 10),
+    "bias": (16,),
+    "empty": (0, 4),
+    "half": (4, 8),  # bfloat16: generic chain
+  }
+  params = {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
+  grads = {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
+  # A conv followed by BatchNorm: the gradient is orthogonal to each output channel.
+  w, g = params["conv_hwio"], grads["conv_hwio"]
+  grads["conv_hwio"] = g - w * ((g * w).sum((0, 1, 2)) / (w * w).sum((0, 1, 2)))
+  # A whole-tensor scale-invariant dense kernel.
+  w, g = params["wide"], grads["wide"]
+  grads["wide"] = g - w * ((g * w).sum() / (w * w).sum())
+  params = jax.tree.map(jnp.asarray, params)
+  grads = jax.tree.map(jnp.asarray, grads)
+  params["half"] = params["half"].astype(jnp.bfloat16)
+  grads["half"] = grads["half"].astype(jnp.bfloat16)
+  return params, grads
+
+
+def _torch_layout_tree(seed: int = 1) -> tuple[dict, dict]:
+  """Channel first (OIHW, (out, in)) for channel_axis=0: the inner-run loop."""
+  rng = np.random.default_rng(seed)
+  params = {
+    "conv_oihw": rng.standard_normal((16, 8, 3, 3)).astype(np.float32),
+    "dense": rng.standard_normal((10, 32)).astype(np.float32),
+  }
+  grads = {k: rng.standard_normal(v.shape).astype(np.float32) for k, v in params.items()}
+  w, g = params["conv_oihw"], grads["conv_oihw"]
+  grads["conv_oihw"] = g - w * (
+    (g * w).sum((1, 2, 3), keepdims=True) / (w * w).sum((1, 2, 3), keepdims=True)
+  )
+  return jax.tree.map(jnp.asarray, params), jax.tree.map(jnp.asarray, grads)
+
+
+def _trajectory(tx, params, grads, steps=6):
+  state = tx.init(params)
+  step = jax.jit(lambda p, s, g: tx.update(g, s, p))
+  updates_seen = []
+  for i in range(steps):
+    scaled = jax.tree.map(lambda g, i=i: g * (1 + 0.1 * i), grads)
+    updates, state = step(params, state, scaled)
+    updates_seen.append(updates)
+    params = optax.apply_updates(params, updates)
+  return params, state, updates_seen
+
+
+FACTORIES = {
+  "adamp": lambda **kw: dopt.adamp(1e-3, 1e-2, scale_weight_decay_by_lr=True, **kw),
+  "adamp_nesterov": lambda **kw: dopt.adamp(1e-3, 1e-4, nesterov=True, **kw),
+  "sgdp": lambda **kw: dopt.sgdp(0.1, 0.9, 1e-4, **kw),
+  "sgdp_nesterov": lambda **kw: dopt.sgdp(
+    0.1, 0.9, 1e-2, nesterov=True, scale_weight_decay_by_lr=True, **kw
+  ),
+}
+
+
+def _assert_trees_close(actual, desired, rtol=2e-6):
+  """Equal to float32 rounding: relative to each element, or to the leaf's scale."""
+  assert jax.tree.structure(actual) == jax.tree.structure(desired)
+  for a, d in zip(jax.tree.leaves(actual), jax.tree.leaves(desired), strict=True):
+    assert a.dtype == d.dtype
+    a, d = np.asarray(a, np.float32), np.asarray(d, np.float32)
+    scale = float(np.max(np.abs(d), initial=0.0))
+    np.testing.assert_allclose(a, d, rtol=rtol, atol=rtol * scale + 1e-30)
+
+
+@pytest.mark.parametrize("name", sorted(FACTORIES))
+@pytest.mark.parametrize("layout", ["flax", "torch"])
+def test_fused_equals_generic_chain(name, layout):
+  if layout == "flax":
+    params, grads = _tree()
+    channel_axis = -1
+  else:
+    params, grads = _torch_layout_tree()
+    channel_axis = 0
+  fused_run = _trajectory(FACTORIES[name](channel_axis=channel_axis), params, grads)
+  generic_run = _trajectory(
+    FACTORIES[name](channel_axis=channel_axis, cpu_kernel=False), params, grads
+  )
+  _assert_trees_close(fused_run, generic_run)
+
+
+def test_middle_channel_axis():
+  """outer > 1 and inner > 1: channel_axis=2 of an HWOI-like kernel."""
+  rng = np.random.default_rng(2)
+  params = {"k": jnp.asarray(rng.standard_normal((3, 3, 16, 8)), jnp.float32)}
+  grads = {"k": jnp.asarray(rng.standard_normal((3, 3, 16, 8)), jnp.float32)}
+  runs = [
+    _trajectory(dopt.adamp(1e-3, 1e-4, channel_axis=2, cpu_kernel=k), params, grads)
+    for k in (True, False)
+  ]
+  _assert_trees_close(*runs)
+
+
+def _compiled_text(tx, params, grads) -> str:
+  return jax.jit(lambda p, s, g: tx.update(g, s, p)).lower(params, tx.init(params), grads).as_text()
+
+
+def test_kernel_runs_exactly_where_it_should():
+  params, grads = _tree()
+  text = _compiled_text(dopt.adamp(1e-3, 1e-4), params, grads)
+  # conv_hwio, wide and dense; not bias, empty, or the bfloat16 leaf.
+  assert text.count("decoupled_optax_first_pass_adam") == 3
+  assert "decoupled_optax_first_pass" not in _compiled_text(
+    dopt.adamp(1e-3, 1e-4, cpu_kernel=False), params, grads
+  )
+  assert (
+    _compiled_text(dopt.sgdp(0.1, 0.9), params, grads).count("decoupled_optax_first_pass_momentum")
+    == 3
+  )
+  # Without momentum SGDP has no buffer: the generic chain.
+  assert "decoupled_optax_first_pass" not in _compiled_text(dopt.sgdp(0.1), params, grads)
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_kernel_statistics_against_float64(nesterov):
+  rng = np.random.default_rng(3)
+  shape = (3, 3, 8, 16)
+  g, w, m, v = (rng.standard_normal(shape).astype(np.float32) for _ in range(4))
+  v = np.abs(v)
+  b1, b2, eps, count = 0.9, 0.999, 1e-8, 3
+  direction = fused.AdamDirection(b1, b2, eps, nesterov)
+  (mu, nu), update, statistics = jax.jit(
+    lambda *a: fused._first_pass(direction, jnp.int32(count), *a[:2], a[2:], -1)
+  )(g, w, m, v)
+  g64, w64, m64, v64 = (x.astype(np.float64) for x in (g, w, m, v))
+  mu64 = (1 - b1) * g64 + b1 * m64
+  nu64 = (1 - b2) * g64**2 + b2 * v64
+  numerator = b1 * mu64 + (1 - b1) * g64 if nesterov else mu64
+  # The bias corrections in float32, as optax computes them (1 - 0.999^3 loses
+  # digits to cancellation there, for optax and the kernel alike).
+  correction1, correction2 = (np.float64(1 - np.float32(b) ** count) for b in (b1, b2))
+  u64 = numerator / correction1 / (np.sqrt(nu64 / correction2) + eps)
+  np.testing.assert_allclose(mu, mu64, rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(nu, nu64, rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(update, u64, rtol=1e-5, atol=1e-6)
+  axes = (0, 1, 2)
+  expected = np.stack(
+    [(g64 * w64).sum(axes), (g64 * g64).sum(axes), (w64 * w64).sum(axes), (w64 * u64).sum(axes)]
+  )
+  np.testing.assert_allclose(statistics, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_moments_are_updated_in_place_when_donated():
+  params, grads = _tree()
+  tx = dopt.adamp(1e-3, 1e-4)
+
+  def step(params, state, grads):
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  compiled = jax.jit(step, donate_argnums=(0, 1)).lower(params, tx.init(params), grads).compile()
+  # No param-sized temporaries: the kernel writes the donated moments.
+  assert compiled.memory_analysis().temp_size_in_bytes < params["wide"].nbytes
+
+
+def test_vmap_over_models():
+  params, grads = _torch_layout_tree()
+  stack = lambda tree: jax.tree.map(lambda x: jnp.stack([x, 2 * x]), tree)  # noqa: E731
+  tx = dopt.adamp(1e-3, 1e-4, channel_axis=0)
+  updates, _ = jax.vmap(lambda p, g: tx.update(g, tx.init(p), p))(stack(params), stack(grads))
+  for index, scale in enumerate([1, 2]):
+    p = jax.tree.map(lambda x, scale=scale: scale * x, params)
+    g = jax.tree.map(lambda x, scale=scale: scale * x, grads)
+    expected, _ = dopt.adamp(1e-3, 1e-4, channel_axis=0, cpu_kernel=False).update(g, tx.init(p), p)
+    _assert_trees_close(jax.tree.map(lambda x, index=index: x[index], updates), expected)
+
+
+def test_injected_hyperparameters_reach_the_kernel():
+  params, grads = _tree()
+  kwargs = dict(learning_rate=1e-3, weight_decay=1e-4, b1=0.8, b2=0.99)
+  runs = [
+    _trajectory(dopt.inject_hyperparams(dopt.adamp)(**kwargs, cpu_kernel=k), params, grads)
+    for k in (True, False)
+  ]
+  _assert_trees_close(*runs)
+
+
+def test_checkpoints_move_between_the_paths():
+  params, grads = _tree()
+  fused_state = _trajectory(dopt.adamp(1e-3, 1e-4), params, grads)[1]
+  generic = dopt.adamp(1e-3, 1e-4, cpu_kernel=False)
+  assert jax.tree.structure(fused_state) == jax.tree.structure(generic.init(params))
+  generic.update(grads, fused_state, params)  # a fused state resumes on the generic path
