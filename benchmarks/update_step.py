@@ -259,6 +259,15 @@ def jax_optimizers() -> dict[str, tuple[str, Callable[[], optax.GradientTransfor
       "sgdp",
       lambda: dopt.sgdp(LEARNING_RATE, MOMENTUM, WEIGHT_DECAY, **torch_conv),
     ),
+    # The same without the fused CPU pass (what runs on GPUs and TPUs).
+    "ours adamp generic": (
+      "adamp",
+      lambda: dopt.adamp(LEARNING_RATE, WEIGHT_DECAY, **torch_conv, cpu_kernel=False),
+    ),
+    "ours sgdp generic": (
+      "sgdp",
+      lambda: dopt.sgdp(LEARNING_RATE, MOMENTUM, WEIGHT_DECAY, **torch_conv, cpu_kernel=False),
+    ),
   }
 
 
@@ -435,6 +444,7 @@ def machine_info() -> dict[str, Any]:
     "torch_threads": None if torch is None else torch.get_num_threads(),
     "adamp": None if official_adamp is None else getattr(official_adamp, "__version__", "0.3.0"),
     "decoupled_optax": dopt.__version__,
+    "cpu_kernel": dopt.cpu_kernel_available(),
     "xla_flags": os.environ.get("XLA_FLAGS", ""),
   }
   try:

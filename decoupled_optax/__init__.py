@@ -14,6 +14,12 @@ from decoupled_optax.aliases import (
   sgdw,
 )
 from decoupled_optax.directions import scale_by_adamp_nesterov
+from decoupled_optax.fused import (
+  AdamDirection,
+  MomentumDirection,
+  cpu_kernel_available,
+  fused_scale_invariance,
+)
 from decoupled_optax.masks import make_weight_decay_mask, weight_decay_mask
 from decoupled_optax.projection import (
   RadialProjector,
@@ -43,7 +49,9 @@ from decoupled_optax.weight_decay import (
 __version__ = "0.1.0"
 
 __all__ = [
+  "AdamDirection",
   "AddDecoupledWeightDecayState",
+  "MomentumDirection",
   "RadialProjector",
   "RestartPosition",
   "WeightDecayConventionWarning",
@@ -51,8 +59,10 @@ __all__ = [
   "adamw",
   "add_decoupled_weight_decay",
   "cosine_warm_restart_schedule",
+  "cpu_kernel_available",
   "decoupled_chain",
   "detect_scale_invariance",
+  "fused_scale_invariance",
   "init_sharded",
   "inject_hyperparams",
   "keep_param_sharding",

@@ -28,10 +28,8 @@ from decoupled_optax._validation import (
   check_non_negative,
   check_unit_interval,
 )
-from decoupled_optax.directions import scale_by_adamp_nesterov
 from decoupled_optax.fused import (
   AdamDirection,
-  Direction,
   MomentumDirection,
   fused_scale_invariance,
 )
@@ -66,7 +64,7 @@ def _scale_by_multiplier(
 
 
 def decoupled_chain(
-  direction: optax.GradientTransformation,
+  direction: optax.GradientTransformation | AdamDirection | MomentumDirection,
   *,
   learning_rate: optax.ScalarOrSchedule,
   weight_decay: optax.ScalarOrSchedule,
@@ -75,12 +73,15 @@ def decoupled_chain(
   scale_weight_decay_by_lr: bool = False,
   weight_decay_factor: Any = 1.0,
   radial_projection: Mapping[str, Any] | None = None,
-  fused_direction: Direction | None = None,
 ) -> optax.GradientTransformation:
   """Direction, optional radial projection, and decoupled decay, in either convention.
 
   Args:
-    direction: the update direction (``optax.scale_by_adam()``, ``optax.trace(...)``, ...).
+    direction: the update direction (``optax.scale_by_adam()``, ``optax.trace(...)``,
+      ...), or an :class:`decoupled_optax.AdamDirection` /
+      :class:`decoupled_optax.MomentumDirection`, which with
+      ``radial_projection`` may run fused on the CPU
+      (:func:`decoupled_optax.fused_scale_invariance`).
     learning_rate: alpha, the base rate; an optax schedule only when
       ``scale_weight_decay_by_lr=True``.
     weight_decay: lambda, a scalar or a schedule.
@@ -93,14 +94,10 @@ def decoupled_chain(
       official ``1 / (1 - momentum)``). The convention warning judges the
       ``weight_decay`` the user gave, before this factor.
     radial_projection: AdamP/SGDP's projection. When given, these keyword
-      arguments go to :func:`decoupled_optax.detect_scale_invariance`, which
-      wraps the chain, and :func:`decoupled_optax.project_out_radial` follows
-      the direction.
-    fused_direction: with ``radial_projection``, what ``direction``
-      computes, so that on the CPU the moments and the projection's
-      statistics run in one fused pass (see
-      :func:`decoupled_optax.fused.fused_scale_invariance`); None for the
-      generic chain everywhere.
+      arguments go to :func:`decoupled_optax.detect_scale_invariance` (or
+      :func:`decoupled_optax.fused_scale_invariance` for a fusable
+      direction), which wraps the chain, and
+      :func:`decoupled_optax.project_out_radial` follows the direction.
 
   Returns:
     The chain, an :class:`optax.GradientTransformationExtraArgs`.
@@ -130,17 +127,16 @@ def decoupled_chain(
       )
     warn_if_torch_convention(weight_decay, learning_rate)
     steps += [optax.scale(learning_rate), decay, _scale_by_multiplier(schedule, -1.0)]
+  fusable = isinstance(direction, (AdamDirection, MomentumDirection))
+  transform = direction.transform() if fusable else direction
   if radial_projection is None:
-    chain = optax.chain(direction, *steps)
-  elif fused_direction is None:
-    chain = detect_scale_invariance(
-      optax.chain(direction, optax.chain(*steps)), **radial_projection
-    )
+    chain = optax.chain(transform, *steps)
+  elif fusable:
+    chain = fused_scale_invariance(direction, optax.chain(*steps), **radial_projection)
   else:
-    # The same state as the generic chain above.
-    chain = fused_scale_invariance(
-      fused_direction, direction, optax.chain(*steps), **radial_projection
-    )
+    # The fused chain's state structure: (direction, (projection, decay, ...)).
+    options = {k: v for k, v in radial_projection.items() if k != "cpu_kernel"}
+    chain = detect_scale_invariance(optax.chain(transform, optax.chain(*steps)), **options)
   # Under jit, the state follows the params' sharding (see decoupled_optax.sharding).
   return keep_param_sharding(chain)
 
@@ -211,16 +207,11 @@ def adamw(
 
 def _momentum_direction(
   momentum: float, nesterov: bool, accumulator_dtype: Any | None
-) -> tuple[optax.GradientTransformation, MomentumDirection | None]:
-  """PyTorch SGD momentum: a buffer of raw gradients, the rate applied afterwards.
-
-  Returns the transform and, for the fused CPU pass of SGDP, what it
-  computes (None without a buffer).
-  """
+) -> optax.GradientTransformation | MomentumDirection:
+  """PyTorch SGD momentum: a buffer of raw gradients, the rate applied afterwards."""
   if isinstance(momentum, (int, float)) and momentum == 0 and not nesterov:
-    return optax.identity(), None
-  trace = optax.trace(decay=momentum, nesterov=nesterov, accumulator_dtype=accumulator_dtype)
-  return trace, MomentumDirection(momentum, nesterov)
+    return optax.identity()
+  return MomentumDirection(momentum, nesterov, accumulator_dtype)
 
 
 def sgdw(
@@ -274,7 +265,7 @@ def sgdw(
   """
   check_unit_interval("momentum", momentum)
   return decoupled_chain(
-    _momentum_direction(momentum, nesterov, accumulator_dtype)[0],
+    _momentum_direction(momentum, nesterov, accumulator_dtype),
     learning_rate=learning_rate,
     weight_decay=weight_decay,
     schedule=schedule,
@@ -357,9 +348,8 @@ def adamp(
   check_unit_interval("b1", b1)
   check_unit_interval("b2", b2)
   check_non_negative("eps", eps)
-  direction = scale_by_adamp_nesterov(b1, b2, eps) if nesterov else optax.scale_by_adam(b1, b2, eps)
   return decoupled_chain(
-    direction,
+    AdamDirection(b1, b2, eps, nesterov),
     learning_rate=learning_rate,
     weight_decay=weight_decay,
     schedule=schedule,
@@ -372,8 +362,8 @@ def adamp(
       channel_axis=channel_axis,
       axis_name=axis_name,
       param_specs=param_specs,
+      cpu_kernel=cpu_kernel,
     ),
-    fused_direction=AdamDirection(b1, b2, eps, nesterov) if cpu_kernel else None,
   )
 
 
@@ -433,9 +423,8 @@ def sgdp(
   Reference: Heo et al., ICLR 2021; official ``adamp`` package 0.3.0, ``SGDP``.
   """
   check_unit_interval("momentum", momentum)
-  direction, fused = _momentum_direction(momentum, nesterov, accumulator_dtype)
   return decoupled_chain(
-    direction,
+    _momentum_direction(momentum, nesterov, accumulator_dtype),
     learning_rate=learning_rate,
     weight_decay=weight_decay,
     weight_decay_factor=1.0 / (1.0 - momentum),
@@ -449,14 +438,14 @@ def sgdp(
       channel_axis=channel_axis,
       axis_name=axis_name,
       param_specs=param_specs,
+      cpu_kernel=cpu_kernel,
     ),
-    fused_direction=fused if cpu_kernel else None,
   )
 
 
 # Arguments that must stay Python values: optax would trace an int channel axis
 # and evaluate a callable mask as if it were a schedule.
-_STATIC_ARGUMENTS = ("mask", "channel_axis", "axis_name")
+_STATIC_ARGUMENTS = ("mask", "channel_axis", "axis_name", "cpu_kernel")
 
 
 def inject_hyperparams(
@@ -470,7 +459,7 @@ def inject_hyperparams(
   ``static_args``: a callable mask would be evaluated on the step count and
   weight decay silently turned off. It also turns integer arguments into
   traced arrays, which the projection's ``channel_axis`` cannot be. This adds
-  ``mask``, ``channel_axis`` and ``axis_name`` to ``static_args`` when the
+  ``mask``, ``channel_axis``, ``axis_name`` and ``cpu_kernel`` to ``static_args`` when the
   factory takes them; learning rate, weight decay, schedule and the other
   numeric hyperparameters are injected as usual.
 

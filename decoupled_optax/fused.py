@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from decoupled_optax.directions import scale_by_adamp_nesterov
 from decoupled_optax.projection import (
   RADIAL_PROJECTORS,
   AxisName,
@@ -72,20 +73,31 @@ class AdamDirection:
   :func:`decoupled_optax.scale_by_adamp_nesterov`.
   """
 
-  b1: Any
-  b2: Any
-  eps: Any
+  b1: Any = 0.9
+  b2: Any = 0.999
+  eps: Any = 1e-8
   nesterov: bool = False
   kind = "adam"
+
+  def transform(self) -> optax.GradientTransformation:
+    """The optax transform that computes this direction (and keeps its state)."""
+    if self.nesterov:
+      return scale_by_adamp_nesterov(self.b1, self.b2, self.eps)
+    return optax.scale_by_adam(self.b1, self.b2, self.eps)
 
 
 @dataclasses.dataclass(frozen=True)
 class MomentumDirection:
   """optax.trace's momentum buffer of raw gradients and PyTorch's Nesterov."""
 
-  decay: Any
+  decay: Any = 0.9
   nesterov: bool = False
+  accumulator_dtype: Any | None = None
   kind = "momentum"
+
+  def transform(self) -> optax.GradientTransformation:
+    """The optax transform that computes this direction (and keeps its state)."""
+    return optax.trace(self.decay, self.nesterov, self.accumulator_dtype)
 
 
 Direction = AdamDirection | MomentumDirection
@@ -180,7 +192,6 @@ def _with_moment_trees(direction: Direction, state: Any, trees: tuple[Any, ...])
 
 def fused_scale_invariance(
   direction: Direction,
-  direction_transform: optax.GradientTransformation,
   tail: optax.GradientTransformation,
   *,
   delta: float = 0.1,
@@ -189,29 +200,50 @@ def fused_scale_invariance(
   channel_axis: int = -1,
   axis_name: AxisName = None,
   param_specs: Any = None,
+  cpu_kernel: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
-  """``detect_scale_invariance(chain(direction_transform, tail))`` with the fused CPU pass.
+  r"""``detect_scale_invariance(chain(direction.transform(), tail))``, fused on the CPU.
+
+  The first pass reads :math:`g, w` and the moments once, writes the moments
+  and accumulates, per output channel,
+
+  .. math:: g \cdot w, \quad \|g\|^2, \quad \|w\|^2, \quad w \cdot u
+
+  with :math:`u` the direction; the projection's coefficient follows from
+  them, and XLA fuses :math:`u - w c`, the decay and the learning rate into
+  the parameter update.
 
   Args:
-    direction: what ``direction_transform`` computes, for the kernel.
-    direction_transform: the optax transform of the direction
-      (``optax.scale_by_adam``, :func:`decoupled_optax.scale_by_adamp_nesterov`
-      or ``optax.trace``); it keeps the state and runs where the kernel does not.
+    direction: :class:`AdamDirection` or :class:`MomentumDirection`.
     tail: the rest of the chain, starting with
       :func:`decoupled_optax.project_out_radial`.
     delta, wd_ratio, eps, channel_axis, axis_name, param_specs: as in
       :func:`decoupled_optax.detect_scale_invariance`.
+    cpu_kernel: False gives the generic chain everywhere.
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs` with the generic
     chain's state.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> import decoupled_optax as dopt
+    >>> adamp = dopt.fused_scale_invariance(
+    ...     dopt.AdamDirection(b1=0.9, b2=0.999, eps=1e-8),
+    ...     optax.chain(dopt.project_out_radial(), optax.scale(-1e-3)))
+    >>> params = {"kernel": jnp.ones((3, 3, 4, 8))}
+    >>> grads = jax.tree.map(jnp.ones_like, params)
+    >>> updates, state = jax.jit(adamp.update)(grads, adamp.init(params), params)
+
+  Reference: Heo et al., ICLR 2021, Algorithm 1; official ``adamp`` package.
   """
   detection = dict(delta=delta, wd_ratio=wd_ratio, eps=eps, channel_axis=channel_axis)
+  direction_transform = direction.transform()
   chain = optax.chain(direction_transform, tail)
   generic = detect_scale_invariance(
     chain, **detection, axis_name=axis_name, param_specs=param_specs
   )
-  if direction.kind not in _registered_kernels():
+  if not cpu_kernel or direction.kind not in _registered_kernels():
     return generic
   tail = optax.with_extra_args_support(tail)
 
