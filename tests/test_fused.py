@@ -215,3 +215,14 @@ def test_checkpoints_move_between_the_paths():
   generic = dopt.adamp(1e-3, 1e-4, cpu_kernel=False)
   assert jax.tree.structure(fused_state) == jax.tree.structure(generic.init(params))
   generic.update(grads, fused_state, params)  # a fused state resumes on the generic path
+
+
+@pytest.mark.parametrize("platform", ["cuda", "rocm", "tpu"])
+def test_accelerators_get_the_generic_chain(platform):
+  """The kernel is registered for the CPU only; lowering elsewhere must not reference it."""
+  params, grads = _tree()
+  tx = dopt.adamp(1e-3, 1e-4)
+  traced = jax.jit(lambda p, s, g: tx.update(g, s, p)).trace(params, tx.init(params), grads)
+  text = traced.lower(lowering_platforms=(platform,)).as_text()
+  assert "decoupled_optax_first_pass" not in text
+  assert "decoupled_optax_first_pass" in traced.lower(lowering_platforms=("cpu",)).as_text()
