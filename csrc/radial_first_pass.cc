@@ -13,6 +13,10 @@
 
 #include <Python.h>
 
+#ifdef __linux__
+#include <sched.h>
+#endif
+
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -24,6 +28,14 @@
 namespace ffi = xla::ffi;
 
 namespace {
+
+// On x86-64 Linux, compiled for AVX-512, AVX2 and baseline x86-64 and picked
+// at load time; elsewhere for the compiler's default target.
+#if defined(__x86_64__) && defined(__linux__)
+#define ACCUMULATE_TARGETS __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define ACCUMULATE_TARGETS
+#endif
 
 constexpr int kStatistics = 4;  // g.w, g.g, w.w, w.u
 // Float sums over at most this many rows, then added into double sums: the
@@ -74,10 +86,9 @@ struct Layout {
 };
 
 // Rows [row_begin, row_end) of the outer axis, channels [c_begin, c_end);
-// adds the statistics of channel c to sums[k * channels + c]. Compiled for
-// AVX-512, AVX2 and baseline x86-64, picked at load time.
+// adds the statistics of channel c to sums[k * channels + c].
 template <class Direction>
-__attribute__((target_clones("avx512f", "avx2", "default"))) void Accumulate(const Direction& direction, const float* grad, const float* param,
+ACCUMULATE_TARGETS void Accumulate(const Direction& direction, const float* grad, const float* param,
                 const Layout& layout, int64_t row_begin, int64_t row_end, int64_t c_begin,
                 int64_t c_end, double* sums) {
   const int64_t channels = layout.channels, inner = layout.inner;
@@ -135,14 +146,25 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) void Accumulate(con
   }
 }
 
+// The cores this process may run on (taskset, cgroup cpusets), not the host's.
+int64_t UsableCores() {
+  static const int64_t cores = [] {
+#ifdef __linux__
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof(set), &set) == 0) return static_cast<int64_t>(CPU_COUNT(&set));
+#endif
+    return std::max<int64_t>(1, std::thread::hardware_concurrency());
+  }();
+  return cores;
+}
+
 // Splits the leaf over threads (rows if there are enough, else channels).
 template <class Direction>
 void FirstPass(const Direction& direction, const float* grad, const float* param,
                const Layout& layout, float* statistics) {
   const int64_t channels = layout.channels;
   const int64_t size = layout.outer * channels * layout.inner;
-  const int64_t hardware = std::max<int64_t>(1, std::thread::hardware_concurrency());
-  const int64_t threads = std::clamp<int64_t>(size / kElementsPerThread, 1, hardware);
+  const int64_t threads = std::clamp<int64_t>(size / kElementsPerThread, 1, UsableCores());
   const bool split_rows = layout.outer >= threads;
   std::vector<std::vector<double>> sums(split_rows ? threads : 1,
                                         std::vector<double>(kStatistics * channels, 0.0));
