@@ -290,7 +290,7 @@ def adamp(
   schedule: optax.ScalarOrSchedule | None = None,
   mask: MaskOrFn = None,
   scale_weight_decay_by_lr: bool = False,
-  cpu_kernel: bool = True,
+  cpu_kernel: bool | None = None,
 ) -> optax.GradientTransformation:
   r"""AdamP: Adam without the radial update component on scale-invariant weights.
 
@@ -328,8 +328,9 @@ def adamp(
     mask: leaves to decay, as in optax.
     scale_weight_decay_by_lr: use the PyTorch / official-AdamP convention.
     cpu_kernel: on the CPU, run Adam's moments and the projection's
-      statistics in one fused pass (:mod:`decoupled_optax.fused`), where the
-      kernel was built; False runs the generic chain. Same result either way.
+      statistics in one fused pass where the kernel was built; None (default)
+      when the process has a single CPU device, True always, False never. See
+      :func:`decoupled_optax.fused_scale_invariance`. Same result either way.
 
   Returns:
     An optax ``GradientTransformationExtraArgs``.
@@ -383,7 +384,7 @@ def sgdp(
   schedule: optax.ScalarOrSchedule | None = None,
   mask: MaskOrFn = None,
   scale_weight_decay_by_lr: bool = False,
-  cpu_kernel: bool = True,
+  cpu_kernel: bool | None = None,
 ) -> optax.GradientTransformation:
   r"""SGDP: momentum SGD without the radial update component on scale-invariant weights.
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -37,9 +38,11 @@ from decoupled_optax.directions import scale_by_adamp_nesterov
 from decoupled_optax.projection import (
   RADIAL_PROJECTORS,
   AxisName,
-  _detect_leaf,
   _leaf_axis_names,
-  _projectors_from_statistics,
+  _leaf_statistics,
+  _projected,
+  _projectors,
+  _reduce_axes,
   detect_scale_invariance,
 )
 from decoupled_optax.weight_decay import WEIGHT_DECAY_MULTIPLIERS
@@ -58,6 +61,13 @@ def _registered_kernels() -> frozenset[str]:
   for kind, capsule in handlers.items():
     jax.ffi.register_ffi_target(_TARGET_PREFIX + kind, capsule, platform="cpu")
   return frozenset(handlers)
+
+
+def _single_cpu_device() -> bool:
+  try:
+    return jax.device_count("cpu") == 1
+  except RuntimeError:  # no CPU backend (JAX_PLATFORMS without cpu)
+    return False
 
 
 def cpu_kernel_available() -> bool:
@@ -85,6 +95,32 @@ class AdamDirection:
       return scale_by_adamp_nesterov(self.b1, self.b2, self.eps)
     return optax.scale_by_adam(self.b1, self.b2, self.eps)
 
+  def scalars(self, count: jax.Array) -> dict[str, jax.Array]:
+    """The step's scalars; ``count`` is the step count after this update."""
+    # 1 - b computed as optax does (in double for Python floats): in float32,
+    # 1 - 0.999 is off by 1e-5 relative.
+    b1, one_minus_b1, b2, one_minus_b2, eps = (
+      jnp.asarray(x, jnp.float32) for x in (self.b1, 1 - self.b1, self.b2, 1 - self.b2, self.eps)
+    )
+    bias_correction1, bias_correction2 = 1 - b1**count, 1 - b2**count
+    kernel = [b1, one_minus_b1, b2, one_minus_b2, eps, bias_correction1, bias_correction2]
+    return dict(
+      b1=b1,
+      one_minus_b1=one_minus_b1,
+      eps=eps,
+      bias_correction1=bias_correction1,
+      bias_correction2=bias_correction2,
+      kernel=jnp.stack(kernel),
+    )
+
+  def direction(
+    self, s: dict[str, jax.Array], grad: jax.Array, moments: Sequence[jax.Array]
+  ) -> jax.Array:
+    """The direction from the updated moments, as the kernel computes it."""
+    mu, nu = moments
+    numerator = s["b1"] * mu + s["one_minus_b1"] * grad if self.nesterov else mu
+    return (numerator / s["bias_correction1"]) / (jnp.sqrt(nu / s["bias_correction2"]) + s["eps"])
+
 
 @dataclasses.dataclass(frozen=True)
 class MomentumDirection:
@@ -99,6 +135,19 @@ class MomentumDirection:
     """The optax transform that computes this direction (and keeps its state)."""
     return optax.trace(self.decay, self.nesterov, self.accumulator_dtype)
 
+  def scalars(self, count: jax.Array | None) -> dict[str, jax.Array]:
+    """The step's scalars (no step count needed)."""
+    del count
+    decay = jnp.asarray(self.decay, jnp.float32)
+    return dict(decay=decay, kernel=decay[None])
+
+  def direction(
+    self, s: dict[str, jax.Array], grad: jax.Array, moments: Sequence[jax.Array]
+  ) -> jax.Array:
+    """The direction from the updated buffer, as the kernel computes it."""
+    (trace,) = moments
+    return grad + s["decay"] * trace if self.nesterov else trace
+
 
 Direction = AdamDirection | MomentumDirection
 
@@ -112,7 +161,7 @@ def _layout(shape: tuple[int, ...], channel_axis: int) -> dict[str, Any]:
 
 def _first_pass(
   direction: Direction,
-  count: jax.Array | None,
+  scalars: dict[str, jax.Array],
   grad: jax.Array,
   param: jax.Array,
   moments: tuple[jax.Array, ...],
@@ -120,52 +169,20 @@ def _first_pass(
 ) -> tuple[tuple[jax.Array, ...], jax.Array, jax.Array]:
   """One leaf through the kernel: ``(new moments, direction, statistics (4, channels))``.
 
-  ``count`` is the direction's step count after this update (Adam's bias
-  correction). The direction itself is recomputed from the new moments with
-  the kernel's formula, so XLA fuses it into the final update.
+  ``scalars`` are ``direction.scalars(count)``, computed once per step. The
+  direction itself is recomputed from the new moments with the kernel's
+  formula, so XLA fuses it into the final update.
   """
   layout = _layout(param.shape, channel_axis)
-  f32 = jnp.float32
-  if isinstance(direction, AdamDirection):
-    # 1 - b computed as optax does (in double for Python floats): in float32,
-    # 1 - 0.999 is off by 1e-5 relative.
-    b1, one_minus_b1, b2, one_minus_b2, eps = (
-      jnp.asarray(x, f32)
-      for x in (direction.b1, 1 - direction.b1, direction.b2, 1 - direction.b2, direction.eps)
-    )
-    bias_correction1 = 1 - b1**count
-    bias_correction2 = 1 - b2**count
-    scalars = jnp.stack(
-      [b1, one_minus_b1, b2, one_minus_b2, eps, bias_correction1, bias_correction2]
-    )
-    result_shapes = (
-      jax.ShapeDtypeStruct(param.shape, f32),
-      jax.ShapeDtypeStruct(param.shape, f32),
-      jax.ShapeDtypeStruct((4, layout["channels"]), f32),
-    )
-    aliases = {2: 0, 3: 1}
-  else:
-    decay = jnp.asarray(direction.decay, f32)
-    scalars = decay[None]
-    result_shapes = (
-      jax.ShapeDtypeStruct(param.shape, f32),
-      jax.ShapeDtypeStruct((4, layout["channels"]), f32),
-    )
-    aliases = {2: 0}
+  moment_shapes = [jax.ShapeDtypeStruct(param.shape, jnp.float32) for _ in moments]
   *new_moments, statistics = jax.ffi.ffi_call(
     _TARGET_PREFIX + direction.kind,
-    result_shapes,
-    input_output_aliases=aliases,
+    (*moment_shapes, jax.ShapeDtypeStruct((4, layout["channels"]), jnp.float32)),
+    # The moments are updated in place (operands 2, 3 are results 0, 1).
+    input_output_aliases={2 + k: k for k in range(len(moments))},
     vmap_method="sequential",
-  )(grad, param, *moments, scalars, nesterov=direction.nesterov, **layout)
-  if isinstance(direction, AdamDirection):
-    mu, nu = new_moments
-    numerator = b1 * mu + one_minus_b1 * grad if direction.nesterov else mu
-    update = (numerator / bias_correction1) / (jnp.sqrt(nu / bias_correction2) + eps)
-  else:
-    (trace,) = new_moments
-    update = grad + decay * trace if direction.nesterov else trace
-  return tuple(new_moments), update, statistics
+  )(grad, param, *moments, scalars["kernel"], nesterov=direction.nesterov, **layout)
+  return tuple(new_moments), direction.direction(scalars, grad, new_moments), statistics
 
 
 def _plain_type(x: jax.Array) -> bool:
@@ -200,7 +217,7 @@ def fused_scale_invariance(
   channel_axis: int = -1,
   axis_name: AxisName = None,
   param_specs: Any = None,
-  cpu_kernel: bool = True,
+  cpu_kernel: bool | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""``detect_scale_invariance(chain(direction.transform(), tail))``, fused on the CPU.
 
@@ -219,7 +236,13 @@ def fused_scale_invariance(
       :func:`decoupled_optax.project_out_radial`.
     delta, wd_ratio, eps, channel_axis, axis_name, param_specs: as in
       :func:`decoupled_optax.detect_scale_invariance`.
-    cpu_kernel: False gives the generic chain everywhere.
+    cpu_kernel: whether the CPU runs the kernel. None (default): when the
+      process sees a single CPU device, the usual CPU setup. With several
+      CPU devices (``--xla_force_host_platform_device_count``, multi-host
+      CPU clusters) params may be sharded under ``jit``, and GSPMD would
+      gather every leaf for the kernel and return its results replicated, so
+      the generic chain runs there unless True is given (for unsharded
+      params). False: the generic chain everywhere.
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs` with the generic
@@ -243,6 +266,8 @@ def fused_scale_invariance(
   generic = detect_scale_invariance(
     chain, **detection, axis_name=axis_name, param_specs=param_specs
   )
+  if cpu_kernel is None:
+    cpu_kernel = _single_cpu_device()
   if not cpu_kernel or direction.kind not in _registered_kernels():
     return generic
   tail = optax.with_extra_args_support(tail)
@@ -272,48 +297,42 @@ def fused_scale_invariance(
     **extra_args: Any,
   ) -> tuple[optax.Updates, Any]:
     direction_state, tail_state = state
-    # optax's own direction update, for the leaves the kernel skips; XLA drops
-    # what the kernel replaces.
-    directions, new_direction_state = direction_transform.update(updates, direction_state, params)
     is_none = lambda x: x is None  # noqa: E731
     treedef = jax.tree.structure(updates, is_leaf=is_none)
+    skip_fused = lambda tree: treedef.unflatten(  # noqa: E731
+      [None if f else x for f, x in zip(fusable, treedef.flatten_up_to(tree), strict=True)]
+    )
+    # optax's own direction update for the leaves the kernel does not take.
+    directions, new_direction_state = direction_transform.update(
+      skip_fused(updates),
+      _with_moment_trees(
+        direction,
+        direction_state,
+        tuple(skip_fused(t) for t in _moment_trees(direction, direction_state)),
+      ),
+      params,
+    )
     flat_grads = treedef.flatten_up_to(updates)
     flat_params = treedef.flatten_up_to(params)
     flat_directions = treedef.flatten_up_to(directions)
     flat_old = [treedef.flatten_up_to(t) for t in _moment_trees(direction, direction_state)]
     flat_new = [treedef.flatten_up_to(t) for t in _moment_trees(direction, new_direction_state)]
     flat_names = _leaf_axis_names(treedef, flat_grads, params, axis_name, param_specs, channel_axis)
-    projectors: list[Any] = [None] * len(flat_grads)
-    multipliers: list[Any] = [None] * len(flat_grads)
-    # The kernel's leaves, grouped by their mapped axes: (leaf indices, statistics).
-    groups: dict[tuple[Any, Any], tuple[list[int], list[jax.Array]]] = {}
-    for i, (g, w, names) in enumerate(zip(flat_grads, flat_params, flat_names, strict=True)):
-      if g is None:
-        continue
-      if not fusable[i]:
-        projectors[i], multipliers[i] = _detect_leaf(
-          g, w, **detection, axis_name=names[0], channel_axis_name=names[1]
+    flat_statistics: list[jax.Array | None] = [None] * len(flat_grads)
+    scalars = direction.scalars(getattr(new_direction_state, "count", None))
+    for i, (g, w) in enumerate(zip(flat_grads, flat_params, strict=True)):
+      if fusable[i]:
+        old = tuple(t[i] for t in flat_old)
+        new, flat_directions[i], flat_statistics[i] = _first_pass(
+          direction, scalars, g, w, old, channel_axis
         )
-        continue
-      old = tuple(t[i] for t in flat_old)
-      new, flat_directions[i], statistics = _first_pass(
-        direction, getattr(new_direction_state, "count", None), g, w, old, channel_axis
-      )
-      for t, moment in zip(flat_new, new, strict=True):
-        t[i] = moment
-      indices, group_statistics = groups.setdefault(names, ([], []))
-      indices.append(i)
-      group_statistics.append(statistics)
-    for (reduce_names, channel_names), (indices, statistics) in groups.items():
-      results = _projectors_from_statistics(
-        statistics,
-        [flat_params[i].shape for i in indices],
-        **detection,
-        axis_name=reduce_names,
-        channel_axis_name=channel_names,
-      )
-      for i, (projector, multiplier) in zip(indices, results, strict=True):
-        projectors[i], multipliers[i] = projector, multiplier
+        for t, moment in zip(flat_new, new, strict=True):
+          t[i] = moment
+      elif g is not None and _projected(w):
+        flat_statistics[i] = _leaf_statistics(g, w, _reduce_axes(w.ndim, channel_axis))
+    projectors, multipliers = _projectors(
+      flat_statistics, flat_grads, flat_params, flat_names, batch_leaves=True, **detection
+    )
     new_direction_state = _with_moment_trees(
       direction, new_direction_state, tuple(treedef.unflatten(t) for t in flat_new)
     )

@@ -178,10 +178,12 @@ def _projectors_from_statistics(
   """
   widths = [s.shape[-1] for s in statistics]
   widest = max(widths)
-  stacked = jnp.stack([jnp.pad(s, ((0, 0), (0, widest - s.shape[-1]))) for s in statistics])
-  stacked = _global_sum(stacked, axis_name)  # (leaves, statistics, widest)
+  padded = [
+    s if s.shape[-1] == widest else jnp.pad(s, ((0, 0), (0, widest - s.shape[-1])))
+    for s in statistics
+  ]
+  stacked = _global_sum(jnp.stack(padded), axis_name)  # (leaves, statistics, widest)
   g_dot_w, g_sq, w_sq = stacked[:, 0], stacked[:, 1], stacked[:, 2]
-  real_channel = jnp.arange(widest) < jnp.asarray(widths)[:, None]
 
   def cosine(dot: jax.Array, a_sq: jax.Array, b_sq: jax.Array) -> jax.Array:
     # torch.nn.functional.cosine_similarity clamps each norm by eps.
@@ -193,7 +195,10 @@ def _projectors_from_statistics(
   )
   size = row_length * np.array([shape[channel_axis] for shape in shapes])
   size = size * _mapped_size(channel_axis_name)
-  channel_cosine = jnp.where(real_channel, cosine(g_dot_w, g_sq, w_sq), 0.0)
+  channel_cosine = cosine(g_dot_w, g_sq, w_sq)
+  if min(widths) < widest:  # padding channels must not win the max (0/0 if eps == 0)
+    real_channel = jnp.arange(widest) < np.array(widths)[:, None]
+    channel_cosine = jnp.where(real_channel, channel_cosine, 0.0)
   max_cosine = _global_max(jnp.max(channel_cosine, axis=1), channel_axis_name)
   channel_invariant = max_cosine < delta / np.sqrt(row_length)
   g_dot_w_total, g_sq_total, w_sq_total = _global_sum(
@@ -229,26 +234,55 @@ def _projectors_from_statistics(
   return results
 
 
-def _detect_leaf(
-  grad: jax.Array,
-  param: jax.Array,
-  *,
-  channel_axis: int,
-  **options: Any,
-) -> tuple[RadialProjector | None, Any]:
-  """The official ``_projection`` test for one leaf; returns (projector, decay multiplier).
+def _reduce_axes(ndim: int, channel_axis: int) -> tuple[int, ...]:
+  return tuple(a for a in range(ndim) if a != channel_axis % ndim)
 
-  ``options`` are those of :func:`_projectors_from_statistics`.
+
+def _projected(param: jax.Array) -> bool:
+  # Biases and normalization scales are never projected (official code: p.ndim > 1).
+  return param.ndim > 1 and param.size > 0
+
+
+def _projectors(
+  flat_statistics: Sequence[jax.Array | None],
+  flat_grads: Sequence[Any],
+  flat_params: Sequence[Any],
+  flat_names: Sequence[tuple[AxisName, AxisName]],
+  *,
+  batch_leaves: bool,
+  **detection: Any,
+) -> tuple[list[RadialProjector | None], list[jax.Array | None]]:
+  """Per leaf ``(projector, decay multiplier)`` from the leaves' statistics.
+
+  A leaf without statistics is not projected: its multiplier is 1 (None for
+  a None gradient). With ``batch_leaves`` the others go through
+  :func:`_projectors_from_statistics` in groups of the same mapped axes,
+  dtype and number of statistics, else one by one. Batching compiles
+  faster, but under ``jit`` with sharded params GSPMD propagates the
+  stacked (replicated) statistics back into the updates and may return the
+  params replicated, so only the single-device fused path batches.
   """
-  if param.ndim < 2 or param.size == 0:
-    # Biases and normalization scales are never projected (official code: p.ndim > 1).
-    return None, jnp.ones([], _statistics_dtype(param.dtype))
-  axis = channel_axis % param.ndim
-  reduce_axes = tuple(a for a in range(param.ndim) if a != axis)
-  statistics = _leaf_statistics(grad, param, reduce_axes)
-  return _projectors_from_statistics(
-    [statistics], [param.shape], channel_axis=channel_axis, **options
-  )[0]
+  projectors: list[RadialProjector | None] = [None] * len(flat_params)
+  multipliers: list[jax.Array | None] = [
+    None if g is None else jnp.ones([], _statistics_dtype(p.dtype))
+    for g, p in zip(flat_grads, flat_params, strict=True)
+  ]
+  groups: dict[tuple[Any, ...], list[int]] = {}
+  for i, (statistics, names) in enumerate(zip(flat_statistics, flat_names, strict=True)):
+    if statistics is not None:
+      key = (names, statistics.dtype, statistics.shape[0], None if batch_leaves else i)
+      groups.setdefault(key, []).append(i)
+  for (names, *_), indices in groups.items():
+    results = _projectors_from_statistics(
+      [flat_statistics[i] for i in indices],
+      [flat_params[i].shape for i in indices],
+      **detection,
+      axis_name=names[0],
+      channel_axis_name=names[1],
+    )
+    for i, (projector, multiplier) in zip(indices, results, strict=True):
+      projectors[i], multipliers[i] = projector, multiplier
+  return projectors, multipliers
 
 
 def _leaf_axis_names(
@@ -302,23 +336,25 @@ def scale_invariance(
   flat_grads = treedef.flatten_up_to(grads)
   flat_params = treedef.flatten_up_to(params)
   flat_names = _leaf_axis_names(treedef, flat_grads, params, axis_name, param_specs, channel_axis)
-  flat_pairs = [
-    None
-    if g is None
-    else _detect_leaf(
-      g,
-      p,
-      delta=delta,
-      wd_ratio=wd_ratio,
-      eps=eps,
-      channel_axis=channel_axis,
-      axis_name=names[0],
-      channel_axis_name=names[1],
-    )
-    for g, p, names in zip(flat_grads, flat_params, flat_names, strict=True)
+  flat_statistics = [
+    _leaf_statistics(g, p, _reduce_axes(p.ndim, channel_axis))
+    if g is not None and _projected(p)
+    else None
+    for g, p in zip(flat_grads, flat_params, strict=True)
   ]
-  projectors = treedef.unflatten([None if pair is None else pair[0] for pair in flat_pairs])
-  multipliers = treedef.unflatten([None if pair is None else pair[1] for pair in flat_pairs])
+  flat_projectors, flat_multipliers = _projectors(
+    flat_statistics,
+    flat_grads,
+    flat_params,
+    flat_names,
+    batch_leaves=False,
+    delta=delta,
+    wd_ratio=wd_ratio,
+    eps=eps,
+    channel_axis=channel_axis,
+  )
+  projectors = treedef.unflatten(flat_projectors)
+  multipliers = treedef.unflatten(flat_multipliers)
   return projectors, multipliers
 
 

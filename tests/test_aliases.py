@@ -244,9 +244,16 @@ def test_sgdw_paper_mode_matches_authors_sgd_lua(nesterov, mask_name):
 # ---------------------------------------------------------------- AdamP
 
 
+# Both paths of AdamP/SGDP: the fused CPU kernel and the generic chain (what
+# GPUs, TPUs and multi-device CPU runs use). tests/conftest.py gives this
+# process 8 CPU devices, where the default would pick the generic chain.
+PATHS = pytest.mark.parametrize("cpu_kernel", [True, False], ids=["kernel", "generic"])
+
+
+@PATHS
 @pytest.mark.parametrize("mask_name", ["no_mask", "tree_mask"])
 @pytest.mark.parametrize("nesterov", [False, True])
-def test_adamp_matches_official_adamp(nesterov, mask_name):
+def test_adamp_matches_official_adamp(nesterov, mask_name, cpu_kernel):
   tx = dopt.adamp(
     ADAM_LR,
     TORCH_WD,
@@ -254,6 +261,7 @@ def test_adamp_matches_official_adamp(nesterov, mask_name):
     schedule=table_schedule(ETA),
     mask=MASKS[mask_name],
     scale_weight_decay_by_lr=True,
+    cpu_kernel=cpu_kernel,
   )
   reference, _, _ = run_torch(
     lambda groups: _groups(TORCH_WD, lr=ADAM_LR, nesterov=nesterov)(groups, AdamP),
@@ -264,9 +272,10 @@ def test_adamp_matches_official_adamp(nesterov, mask_name):
   assert_trajectories_match(run_ours(tx, STEPS), reference)
 
 
+@PATHS
 @pytest.mark.parametrize("nesterov", [False, True])
-def test_adamp_paper_mode_matches_official_with_converted_decay(nesterov):
-  tx = dopt.adamp(ADAM_LR, ADAM_LR * TORCH_WD, nesterov=nesterov)
+def test_adamp_paper_mode_matches_official_with_converted_decay(nesterov, cpu_kernel):
+  tx = dopt.adamp(ADAM_LR, ADAM_LR * TORCH_WD, nesterov=nesterov, cpu_kernel=cpu_kernel)
   reference, _, _ = run_torch(
     lambda groups: _groups(TORCH_WD, lr=ADAM_LR, nesterov=nesterov)(groups, AdamP), STEPS
   )
@@ -299,11 +308,12 @@ def _sgdp_reference(nesterov, optimizer_cls, mask_name="no_mask", eta=ETA):
   )
 
 
+@PATHS
 @pytest.mark.parametrize("mask_name", ["no_mask", "tree_mask"])
 @pytest.mark.parametrize(
   "nesterov, optimizer_cls", [(True, SGDP), (False, BugFreeSGDP)], ids=["nesterov", "plain"]
 )
-def test_sgdp_matches_official_sgdp(nesterov, optimizer_cls, mask_name):
+def test_sgdp_matches_official_sgdp(nesterov, optimizer_cls, mask_name, cpu_kernel):
   tx = dopt.sgdp(
     SGD_LR,
     SGDP_MOMENTUM,
@@ -312,6 +322,7 @@ def test_sgdp_matches_official_sgdp(nesterov, optimizer_cls, mask_name):
     schedule=table_schedule(ETA),
     mask=MASKS[mask_name],
     scale_weight_decay_by_lr=True,
+    cpu_kernel=cpu_kernel,
   )
   reference, _, _ = _sgdp_reference(nesterov, optimizer_cls, mask_name)
   assert_trajectories_match(run_ours(tx, STEPS), reference)

@@ -77,6 +77,8 @@ def _trajectory(tx, params, grads, steps=6):
   return params, state, updates_seen
 
 
+# cpu_kernel=True throughout: tests/conftest.py gives this process 8 CPU
+# devices, where the default (None) picks the generic chain.
 FACTORIES = {
   "adamp": lambda **kw: dopt.adamp(1e-3, 1e-2, scale_weight_decay_by_lr=True, **kw),
   "adamp_nesterov": lambda **kw: dopt.adamp(1e-3, 1e-4, nesterov=True, **kw),
@@ -106,7 +108,9 @@ def test_fused_equals_generic_chain(name, layout):
   else:
     params, grads = _torch_layout_tree()
     channel_axis = 0
-  fused_run = _trajectory(FACTORIES[name](channel_axis=channel_axis), params, grads)
+  fused_run = _trajectory(
+    FACTORIES[name](channel_axis=channel_axis, cpu_kernel=True), params, grads
+  )
   generic_run = _trajectory(
     FACTORIES[name](channel_axis=channel_axis, cpu_kernel=False), params, grads
   )
@@ -131,18 +135,25 @@ def _compiled_text(tx, params, grads) -> str:
 
 def test_kernel_runs_exactly_where_it_should():
   params, grads = _tree()
-  text = _compiled_text(dopt.adamp(1e-3, 1e-4), params, grads)
+  text = _compiled_text(dopt.adamp(1e-3, 1e-4, cpu_kernel=True), params, grads)
   # conv_hwio, wide and dense; not bias, empty, or the bfloat16 leaf.
   assert text.count("decoupled_optax_first_pass_adam") == 3
   assert "decoupled_optax_first_pass" not in _compiled_text(
     dopt.adamp(1e-3, 1e-4, cpu_kernel=False), params, grads
   )
   assert (
-    _compiled_text(dopt.sgdp(0.1, 0.9), params, grads).count("decoupled_optax_first_pass_momentum")
+    _compiled_text(dopt.sgdp(0.1, 0.9, cpu_kernel=True), params, grads).count(
+      "decoupled_optax_first_pass_momentum"
+    )
     == 3
   )
   # Without momentum SGDP has no buffer: the generic chain.
-  assert "decoupled_optax_first_pass" not in _compiled_text(dopt.sgdp(0.1), params, grads)
+  assert "decoupled_optax_first_pass" not in _compiled_text(
+    dopt.sgdp(0.1, cpu_kernel=True), params, grads
+  )
+  # Several CPU devices (this process has 8): the default is the generic chain.
+  assert jax.device_count("cpu") > 1
+  assert "decoupled_optax_first_pass" not in _compiled_text(dopt.adamp(1e-3, 1e-4), params, grads)
 
 
 @pytest.mark.parametrize("nesterov", [False, True])
@@ -154,7 +165,7 @@ def test_kernel_statistics_against_float64(nesterov):
   b1, b2, eps, count = 0.9, 0.999, 1e-8, 3
   direction = fused.AdamDirection(b1, b2, eps, nesterov)
   (mu, nu), update, statistics = jax.jit(
-    lambda *a: fused._first_pass(direction, jnp.int32(count), *a[:2], a[2:], -1)
+    lambda *a: fused._first_pass(direction, direction.scalars(jnp.int32(count)), *a[:2], a[2:], -1)
   )(g, w, m, v)
   g64, w64, m64, v64 = (x.astype(np.float64) for x in (g, w, m, v))
   mu64 = (1 - b1) * g64 + b1 * m64
@@ -176,7 +187,7 @@ def test_kernel_statistics_against_float64(nesterov):
 
 def test_moments_are_updated_in_place_when_donated():
   params, grads = _tree()
-  tx = dopt.adamp(1e-3, 1e-4)
+  tx = dopt.adamp(1e-3, 1e-4, cpu_kernel=True)
 
   def step(params, state, grads):
     updates, state = tx.update(grads, state, params)
@@ -190,7 +201,7 @@ def test_moments_are_updated_in_place_when_donated():
 def test_vmap_over_models():
   params, grads = _torch_layout_tree()
   stack = lambda tree: jax.tree.map(lambda x: jnp.stack([x, 2 * x]), tree)  # noqa: E731
-  tx = dopt.adamp(1e-3, 1e-4, channel_axis=0)
+  tx = dopt.adamp(1e-3, 1e-4, channel_axis=0, cpu_kernel=True)
   updates, _ = jax.vmap(lambda p, g: tx.update(g, tx.init(p), p))(stack(params), stack(grads))
   for index, scale in enumerate([1, 2]):
     p = jax.tree.map(lambda x, scale=scale: scale * x, params)
@@ -211,7 +222,7 @@ def test_injected_hyperparameters_reach_the_kernel():
 
 def test_checkpoints_move_between_the_paths():
   params, grads = _tree()
-  fused_state = _trajectory(dopt.adamp(1e-3, 1e-4), params, grads)[1]
+  fused_state = _trajectory(dopt.adamp(1e-3, 1e-4, cpu_kernel=True), params, grads)[1]
   generic = dopt.adamp(1e-3, 1e-4, cpu_kernel=False)
   assert jax.tree.structure(fused_state) == jax.tree.structure(generic.init(params))
   generic.update(grads, fused_state, params)  # a fused state resumes on the generic path
@@ -221,7 +232,7 @@ def test_checkpoints_move_between_the_paths():
 def test_accelerators_get_the_generic_chain(platform):
   """The kernel is registered for the CPU only; lowering elsewhere must not reference it."""
   params, grads = _tree()
-  tx = dopt.adamp(1e-3, 1e-4)
+  tx = dopt.adamp(1e-3, 1e-4, cpu_kernel=True)
   traced = jax.jit(lambda p, s, g: tx.update(g, s, p)).trace(params, tx.init(params), grads)
   text = traced.lower(lowering_platforms=(platform,)).as_text()
   assert "decoupled_optax_first_pass" not in text
