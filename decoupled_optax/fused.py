@@ -17,9 +17,10 @@ where ``direction`` is Adam (``optax.scale_by_adam`` or the official
 Nesterov variant) or optax's momentum ``trace``, and the first of ``tail`` is
 :func:`decoupled_optax.project_out_radial`. The state is that chain's state,
 so checkpoints move between the two. The kernel runs for float32 leaves with
-``ndim > 1`` when the step is lowered for the CPU; everything else (other
-dtypes and leaves, GPUs and TPUs, a missing kernel) runs the generic chain,
-chosen with :func:`jax.lax.platform_dependent`.
+``ndim > 1`` when the step is lowered for the CPU (chosen with
+:func:`jax.lax.platform_dependent`) and, by default, when the process has a
+single CPU device; everything else (other dtypes and leaves, GPUs and TPUs,
+sharded CPU runs, a missing kernel) runs the generic chain.
 """
 
 from __future__ import annotations
@@ -95,8 +96,15 @@ class AdamDirection:
       return scale_by_adamp_nesterov(self.b1, self.b2, self.eps)
     return optax.scale_by_adam(self.b1, self.b2, self.eps)
 
-  def scalars(self, count: jax.Array) -> dict[str, jax.Array]:
-    """The step's scalars; ``count`` is the step count after this update."""
+  def moments(self, state: optax.ScaleByAdamState) -> tuple[Any, Any]:
+    return state.mu, state.nu
+
+  def with_moments(self, state: optax.ScaleByAdamState, moments: Sequence[Any]) -> Any:
+    return state._replace(mu=moments[0], nu=moments[1])
+
+  def scalars(self, state: optax.ScaleByAdamState) -> dict[str, jax.Array]:
+    """The step's scalars, from the state after this update (its step count)."""
+    count = state.count
     # 1 - b computed as optax does (in double for Python floats): in float32,
     # 1 - 0.999 is off by 1e-5 relative.
     b1, one_minus_b1, b2, one_minus_b2, eps = (
@@ -135,9 +143,15 @@ class MomentumDirection:
     """The optax transform that computes this direction (and keeps its state)."""
     return optax.trace(self.decay, self.nesterov, self.accumulator_dtype)
 
-  def scalars(self, count: jax.Array | None) -> dict[str, jax.Array]:
-    """The step's scalars (no step count needed)."""
-    del count
+  def moments(self, state: optax.TraceState) -> tuple[Any]:
+    return (state.trace,)
+
+  def with_moments(self, state: optax.TraceState, moments: Sequence[Any]) -> Any:
+    return state._replace(trace=moments[0])
+
+  def scalars(self, state: optax.TraceState) -> dict[str, jax.Array]:
+    """The step's scalars."""
+    del state
     decay = jnp.asarray(self.decay, jnp.float32)
     return dict(decay=decay, kernel=decay[None])
 
@@ -193,18 +207,6 @@ def _plain_type(x: jax.Array) -> bool:
   """
   aval = jax.typeof(x)
   return aval == jax.core.ShapedArray(aval.shape, aval.dtype)
-
-
-def _moment_trees(direction: Direction, state: Any) -> tuple[Any, ...]:
-  if isinstance(direction, AdamDirection):
-    return (state.mu, state.nu)
-  return (state.trace,)
-
-
-def _with_moment_trees(direction: Direction, state: Any, trees: tuple[Any, ...]) -> Any:
-  if isinstance(direction, AdamDirection):
-    return state._replace(mu=trees[0], nu=trees[1])
-  return state._replace(trace=trees[0])
 
 
 def fused_scale_invariance(
@@ -278,7 +280,7 @@ def fused_scale_invariance(
     Under plain jit with sharded params GSPMD gathers the kernel's operands.
     """
     treedef = jax.tree.structure(updates, is_leaf=lambda x: x is None)
-    moments = [treedef.flatten_up_to(t) for t in _moment_trees(direction, state[0])]
+    moments = [treedef.flatten_up_to(t) for t in direction.moments(state[0])]
     return [
       g is not None
       and w.ndim > 1
@@ -305,21 +307,19 @@ def fused_scale_invariance(
     # optax's own direction update for the leaves the kernel does not take.
     directions, new_direction_state = direction_transform.update(
       skip_fused(updates),
-      _with_moment_trees(
-        direction,
-        direction_state,
-        tuple(skip_fused(t) for t in _moment_trees(direction, direction_state)),
+      direction.with_moments(
+        direction_state, [skip_fused(t) for t in direction.moments(direction_state)]
       ),
       params,
     )
     flat_grads = treedef.flatten_up_to(updates)
     flat_params = treedef.flatten_up_to(params)
     flat_directions = treedef.flatten_up_to(directions)
-    flat_old = [treedef.flatten_up_to(t) for t in _moment_trees(direction, direction_state)]
-    flat_new = [treedef.flatten_up_to(t) for t in _moment_trees(direction, new_direction_state)]
+    flat_old = [treedef.flatten_up_to(t) for t in direction.moments(direction_state)]
+    flat_new = [treedef.flatten_up_to(t) for t in direction.moments(new_direction_state)]
     flat_names = _leaf_axis_names(treedef, flat_grads, params, axis_name, param_specs, channel_axis)
     flat_statistics: list[jax.Array | None] = [None] * len(flat_grads)
-    scalars = direction.scalars(getattr(new_direction_state, "count", None))
+    scalars = direction.scalars(new_direction_state)
     for i, (g, w) in enumerate(zip(flat_grads, flat_params, strict=True)):
       if fusable[i]:
         old = tuple(t[i] for t in flat_old)
@@ -333,8 +333,8 @@ def fused_scale_invariance(
     projectors, multipliers = _projectors(
       flat_statistics, flat_grads, flat_params, flat_names, batch_leaves=True, **detection
     )
-    new_direction_state = _with_moment_trees(
-      direction, new_direction_state, tuple(treedef.unflatten(t) for t in flat_new)
+    new_direction_state = direction.with_moments(
+      new_direction_state, [treedef.unflatten(t) for t in flat_new]
     )
     extra_args[RADIAL_PROJECTORS] = treedef.unflatten(projectors)
     extra_args[WEIGHT_DECAY_MULTIPLIERS] = treedef.unflatten(multipliers)

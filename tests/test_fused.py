@@ -165,7 +165,13 @@ def test_kernel_statistics_against_float64(nesterov):
   b1, b2, eps, count = 0.9, 0.999, 1e-8, 3
   direction = fused.AdamDirection(b1, b2, eps, nesterov)
   (mu, nu), update, statistics = jax.jit(
-    lambda *a: fused._first_pass(direction, direction.scalars(jnp.int32(count)), *a[:2], a[2:], -1)
+    lambda *a: fused._first_pass(
+      direction,
+      direction.scalars(optax.ScaleByAdamState(jnp.int32(count), None, None)),
+      *a[:2],
+      a[2:],
+      -1,
+    )
   )(g, w, m, v)
   g64, w64, m64, v64 = (x.astype(np.float64) for x in (g, w, m, v))
   mu64 = (1 - b1) * g64 + b1 * m64
