@@ -187,6 +187,8 @@ def _first_pass(
   direction itself is recomputed from the new moments with the kernel's
   formula, so XLA fuses it into the final update.
   """
+  if direction.kind not in _registered_kernels():
+    raise RuntimeError("decoupled_optax._cpu_kernels was not built: no fused CPU kernel.")
   layout = _layout(param.shape, channel_axis)
   moment_shapes = [jax.ShapeDtypeStruct(param.shape, jnp.float32) for _ in moments]
   *new_moments, statistics = jax.ffi.ffi_call(
