@@ -358,8 +358,11 @@ def fused_scale_invariance(
     if not any(fusable):
       return generic.update(updates, state, params, **extra_args)
     return jax.lax.platform_dependent(
-      cpu=lambda: fused_update(updates, state, params, fusable, **extra_args),
-      default=lambda: generic.update(updates, state, params, **extra_args),
+      updates,
+      state,
+      params,
+      cpu=lambda u, s, p: fused_update(u, s, p, fusable, **extra_args),
+      default=lambda u, s, p: generic.update(u, s, p, **extra_args),
     )
 
   return optax.GradientTransformationExtraArgs(generic.init, update_fn)
