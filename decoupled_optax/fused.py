@@ -243,10 +243,11 @@ def fused_scale_invariance(
     cpu_kernel: whether the CPU runs the kernel. None (default): when the
       process sees a single CPU device, the usual CPU setup. With several
       CPU devices (``--xla_force_host_platform_device_count``, multi-host
-      CPU clusters) params may be sharded under ``jit``, and GSPMD would
-      gather every leaf for the kernel and return its results replicated, so
-      the generic chain runs there unless True is given (for unsharded
-      params). False: the generic chain everywhere.
+      CPU clusters) GSPMD may shard values whose types do not say so, and
+      would gather them for the kernel and return its results replicated, so
+      the generic chain runs there unless True is given. Leaves whose types
+      carry a mesh (sharded ``jit`` inputs, ``jax.set_mesh``, ``shard_map``)
+      take the generic chain in any case. False: the generic chain everywhere.
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs` with the generic
