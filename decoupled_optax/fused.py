@@ -28,11 +28,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from decoupled_optax.directions import scale_by_adamp_nesterov
@@ -53,15 +55,46 @@ _TARGET_PREFIX = "decoupled_optax_first_pass_"
 
 @functools.cache
 def _registered_kernels() -> frozenset[str]:
-  """Registers the FFI handlers once; the direction kinds that have a kernel."""
+  """Registers the FFI handlers once; the direction kinds whose kernel works here.
+
+  Each kernel runs once on a tiny leaf against NumPy, so that a kernel this
+  jaxlib cannot call (an FFI it does not know) falls back to the generic
+  chain with a warning instead of failing inside a training step.
+  """
   try:
     from decoupled_optax import _cpu_kernels  # type: ignore[attr-defined]
-  except ImportError:
+
+    handlers = _cpu_kernels.handlers()
+    for kind, capsule in handlers.items():
+      jax.ffi.register_ffi_target(_TARGET_PREFIX + kind, capsule, platform="cpu")
+  except (ImportError, AttributeError):  # not built, or a jax without jax.ffi
     return frozenset()
-  handlers = _cpu_kernels.handlers()
-  for kind, capsule in handlers.items():
-    jax.ffi.register_ffi_target(_TARGET_PREFIX + kind, capsule, platform="cpu")
-  return frozenset(handlers)
+  working = []
+  for direction in (AdamDirection(), MomentumDirection()):
+    if direction.kind in handlers and _self_test(direction):
+      working.append(direction.kind)
+  return frozenset(working)
+
+
+def _self_test(direction: Direction) -> bool:
+  grad = np.array([[1.0, -2.0, 0.5], [0.25, 3.0, -1.0]], np.float32)
+  param = np.array([[2.0, 1.0, -1.0], [0.5, -0.5, 4.0]], np.float32)
+  moments = tuple(np.full(param.shape, 0.5, np.float32) for _ in direction.moments_template)
+  try:
+    with jax.ensure_compile_time_eval(), jax.default_device(jax.devices("cpu")[0]):
+      scalars = direction.scalars(direction.state_template(jnp.int32(1)))
+      _, _, statistics = _kernel_call(direction, scalars, grad, param, moments, -1)
+      expected = np.stack([(grad * param).sum(0), (grad * grad).sum(0), (param * param).sum(0)])
+      ok = np.allclose(np.asarray(statistics)[:3], expected, rtol=1e-5)
+  except Exception as error:  # noqa: BLE001 - any failure means: do not use the kernel
+    warnings.warn(
+      f"decoupled_optax: the fused CPU kernel ({direction.kind}) does not run with this "
+      f"jaxlib ({error!r}); AdamP/SGDP use the generic chain.",
+      RuntimeWarning,
+      stacklevel=2,
+    )
+    return False
+  return bool(ok)
 
 
 def _single_cpu_device() -> bool:
@@ -95,6 +128,11 @@ class AdamDirection:
     if self.nesterov:
       return scale_by_adamp_nesterov(self.b1, self.b2, self.eps)
     return optax.scale_by_adam(self.b1, self.b2, self.eps)
+
+  moments_template = ("mu", "nu")
+
+  def state_template(self, count: jax.Array) -> optax.ScaleByAdamState:
+    return optax.ScaleByAdamState(count, None, None)
 
   def moments(self, state: optax.ScaleByAdamState) -> tuple[Any, Any]:
     return state.mu, state.nu
@@ -143,6 +181,12 @@ class MomentumDirection:
     """The optax transform that computes this direction (and keeps its state)."""
     return optax.trace(self.decay, self.nesterov, self.accumulator_dtype)
 
+  moments_template = ("trace",)
+
+  def state_template(self, count: jax.Array) -> optax.TraceState:
+    del count
+    return optax.TraceState(None)
+
   def moments(self, state: optax.TraceState) -> tuple[Any]:
     return (state.trace,)
 
@@ -173,7 +217,7 @@ def _layout(shape: tuple[int, ...], channel_axis: int) -> dict[str, Any]:
   )
 
 
-def _first_pass(
+def _kernel_call(
   direction: Direction,
   scalars: dict[str, jax.Array],
   grad: jax.Array,
@@ -181,14 +225,6 @@ def _first_pass(
   moments: tuple[jax.Array, ...],
   channel_axis: int,
 ) -> tuple[tuple[jax.Array, ...], jax.Array, jax.Array]:
-  """One leaf through the kernel: ``(new moments, direction, statistics (4, channels))``.
-
-  ``scalars`` are ``direction.scalars(count)``, computed once per step. The
-  direction itself is recomputed from the new moments with the kernel's
-  formula, so XLA fuses it into the final update.
-  """
-  if direction.kind not in _registered_kernels():
-    raise RuntimeError("decoupled_optax._cpu_kernels was not built: no fused CPU kernel.")
   layout = _layout(param.shape, channel_axis)
   moment_shapes = [jax.ShapeDtypeStruct(param.shape, jnp.float32) for _ in moments]
   *new_moments, statistics = jax.ffi.ffi_call(
@@ -199,6 +235,25 @@ def _first_pass(
     vmap_method="sequential",
   )(grad, param, *moments, scalars["kernel"], nesterov=direction.nesterov, **layout)
   return tuple(new_moments), direction.direction(scalars, grad, new_moments), statistics
+
+
+def _first_pass(
+  direction: Direction,
+  scalars: dict[str, jax.Array],
+  grad: jax.Array,
+  param: jax.Array,
+  moments: tuple[jax.Array, ...],
+  channel_axis: int,
+) -> tuple[tuple[jax.Array, ...], jax.Array, jax.Array]:
+  """One leaf through the kernel: ``(new moments, direction, statistics (4, channels))``.
+
+  ``scalars`` are ``direction.scalars(state)``, computed once per step. The
+  direction itself is recomputed from the new moments with the kernel's
+  formula, so XLA fuses it into the final update.
+  """
+  if direction.kind not in _registered_kernels():
+    raise RuntimeError(f"the fused CPU kernel ({direction.kind}) is not available here.")
+  return _kernel_call(direction, scalars, grad, param, moments, channel_axis)
 
 
 def _plain_type(x: jax.Array) -> bool:

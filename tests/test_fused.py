@@ -263,3 +263,23 @@ def test_sharded_leaves_take_the_generic_chain_even_when_forced():
   sharded, _ = step(*args)
   single, _ = step(params, tx.init(params), grads)
   _assert_trees_close(sharded, single)
+
+
+def test_a_kernel_that_cannot_run_falls_back_with_a_warning(monkeypatch):
+  """E.g. a jaxlib whose FFI cannot call the handler: warn once, run the generic chain."""
+
+  def broken(*args, **kwargs):
+    raise RuntimeError("simulated FFI failure")
+
+  fused._registered_kernels.cache_clear()
+  monkeypatch.setattr(fused, "_kernel_call", broken)
+  try:
+    with pytest.warns(RuntimeWarning, match="generic chain"):
+      assert not fused.cpu_kernel_available()
+    params, grads = _tree()
+    text = _compiled_text(dopt.adamp(1e-3, 1e-4, cpu_kernel=True), params, grads)
+    assert "decoupled_optax_first_pass" not in text
+  finally:
+    fused._registered_kernels.cache_clear()
+  monkeypatch.undo()
+  assert fused.cpu_kernel_available()
