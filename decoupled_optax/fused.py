@@ -45,7 +45,6 @@ from decoupled_optax.projection import (
   _leaf_statistics,
   _projected,
   _projectors,
-  _reduce_axes,
   detect_scale_invariance,
 )
 from decoupled_optax.weight_decay import WEIGHT_DECAY_MULTIPLIERS
@@ -79,10 +78,11 @@ def _registered_kernels() -> frozenset[str]:
 def _self_test(direction: Direction) -> bool:
   grad = np.array([[1.0, -2.0, 0.5], [0.25, 3.0, -1.0]], np.float32)
   param = np.array([[2.0, 1.0, -1.0], [0.5, -0.5, 4.0]], np.float32)
-  moments = tuple(np.full(param.shape, 0.5, np.float32) for _ in direction.moments_template)
+  state = direction.state_template(jnp.int32(1))
+  moments = tuple(np.full(param.shape, 0.5, np.float32) for _ in direction.moments(state))
   try:
     with jax.ensure_compile_time_eval(), jax.default_device(jax.devices("cpu")[0]):
-      scalars = direction.scalars(direction.state_template(jnp.int32(1)))
+      scalars = direction.scalars(state)
       _, _, statistics = _kernel_call(direction, scalars, grad, param, moments, -1)
       expected = np.stack([(grad * param).sum(0), (grad * grad).sum(0), (param * param).sum(0)])
       ok = np.allclose(np.asarray(statistics)[:3], expected, rtol=1e-5)
@@ -128,8 +128,6 @@ class AdamDirection:
     if self.nesterov:
       return scale_by_adamp_nesterov(self.b1, self.b2, self.eps)
     return optax.scale_by_adam(self.b1, self.b2, self.eps)
-
-  moments_template = ("mu", "nu")
 
   def state_template(self, count: jax.Array) -> optax.ScaleByAdamState:
     return optax.ScaleByAdamState(count, None, None)
@@ -180,8 +178,6 @@ class MomentumDirection:
   def transform(self) -> optax.GradientTransformation:
     """The optax transform that computes this direction (and keeps its state)."""
     return optax.trace(self.decay, self.nesterov, self.accumulator_dtype)
-
-  moments_template = ("trace",)
 
   def state_template(self, count: jax.Array) -> optax.TraceState:
     del count
@@ -333,16 +329,12 @@ def fused_scale_invariance(
   tail = optax.with_extra_args_support(tail)
 
   def fusable_leaves(updates: optax.Updates, state: Any, params: optax.Params) -> list[bool]:
-    """Which leaves the kernel takes: float32, ndim > 1, non-empty, plain types.
-
-    Under plain jit with sharded params GSPMD gathers the kernel's operands.
-    """
+    """Which leaves the kernel takes: projected (ndim > 1, non-empty), float32, plain types."""
     treedef = jax.tree.structure(updates, is_leaf=lambda x: x is None)
     moments = [treedef.flatten_up_to(t) for t in direction.moments(state[0])]
     return [
       g is not None
-      and w.ndim > 1
-      and w.size > 0
+      and _projected(w)
       and all(x.dtype == jnp.float32 and _plain_type(x) for x in (g, w, *old))
       for g, w, *old in zip(
         treedef.flatten_up_to(updates), treedef.flatten_up_to(params), *moments, strict=True
@@ -386,8 +378,8 @@ def fused_scale_invariance(
         )
         for t, moment in zip(flat_new, new, strict=True):
           t[i] = moment
-      elif g is not None and _projected(w):
-        flat_statistics[i] = _leaf_statistics(g, w, _reduce_axes(w.ndim, channel_axis))
+      else:
+        flat_statistics[i] = _leaf_statistics(g, w, channel_axis)
     projectors, multipliers = _projectors(
       flat_statistics, flat_grads, flat_params, flat_names, batch_leaves=True, **detection
     )

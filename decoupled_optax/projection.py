@@ -128,8 +128,23 @@ def _specs_per_leaf(param_specs: Any, params: Any) -> Any:
   )
 
 
-def _leaf_statistics(grad: jax.Array, param: jax.Array, reduce_axes: tuple[int, ...]) -> jax.Array:
-  """This shard's per-channel ``(g.w, |g|^2, |w|^2)``, shaped ``(3, channels)``."""
+def _reduce_axes(ndim: int, channel_axis: int) -> tuple[int, ...]:
+  return tuple(a for a in range(ndim) if a != channel_axis % ndim)
+
+
+def _projected(param: jax.Array) -> bool:
+  # Biases and normalization scales are never projected (official code: p.ndim > 1).
+  return param.ndim > 1 and param.size > 0
+
+
+def _leaf_statistics(grad: Any, param: jax.Array, channel_axis: int) -> jax.Array | None:
+  """This shard's per-channel ``(g.w, |g|^2, |w|^2)``, shaped ``(3, channels)``.
+
+  None for a None gradient and for leaves that are never projected.
+  """
+  if grad is None or not _projected(param):
+    return None
+  reduce_axes = _reduce_axes(param.ndim, channel_axis)
   dtype = _statistics_dtype(param.dtype)
   g, w = grad.astype(dtype), param.astype(dtype)
   # Each statistic is a reduction over the leading axes with its product
@@ -225,22 +240,13 @@ def _projectors_from_statistics(
     projector = RadialProjector(
       per_channel(channel_weight),
       whole_weight[i],
-      tuple(a for a in range(len(shape)) if a != axis),
+      _reduce_axes(len(shape), channel_axis),
       axis_name,
       channel_axis_name,
       None if coefficients is None else per_channel(coefficients),
     )
     results.append((projector, multipliers[i]))
   return results
-
-
-def _reduce_axes(ndim: int, channel_axis: int) -> tuple[int, ...]:
-  return tuple(a for a in range(ndim) if a != channel_axis % ndim)
-
-
-def _projected(param: jax.Array) -> bool:
-  # Biases and normalization scales are never projected (official code: p.ndim > 1).
-  return param.ndim > 1 and param.size > 0
 
 
 def _projectors(
@@ -337,10 +343,7 @@ def scale_invariance(
   flat_params = treedef.flatten_up_to(params)
   flat_names = _leaf_axis_names(treedef, flat_grads, params, axis_name, param_specs, channel_axis)
   flat_statistics = [
-    _leaf_statistics(g, p, _reduce_axes(p.ndim, channel_axis))
-    if g is not None and _projected(p)
-    else None
-    for g, p in zip(flat_grads, flat_params, strict=True)
+    _leaf_statistics(g, p, channel_axis) for g, p in zip(flat_grads, flat_params, strict=True)
   ]
   flat_projectors, flat_multipliers = _projectors(
     flat_statistics,
