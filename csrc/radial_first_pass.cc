@@ -20,6 +20,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <iterator>
 #include <thread>
 #include <vector>
 
@@ -41,8 +43,18 @@ constexpr int kStatistics = 4;  // g.w, g.g, w.w, w.u
 // Float sums over at most this many rows, then added into double sums: the
 // statistics stay accurate to float rounding for any number of rows.
 constexpr int64_t kRowBlock = 64;
+// Channels are accumulated this many at a time, so that a thread's block sums
+// live on its stack whatever the width of the leaf.
+constexpr int64_t kChannelChunk = 1024;
 // Below this many elements per thread, a thread costs more than it saves.
 constexpr int64_t kElementsPerThread = int64_t{1} << 18;
+// The most threads DECOUPLED_OPTAX_CPU_KERNEL_THREADS may ask for.
+constexpr int64_t kMaxForcedThreads = 256;
+
+// A thread's stack scratch: one row block's float sums for a chunk of
+// channels, and (splitting channels) the chunk's double sums.
+constexpr int64_t kBlockBytes = kStatistics * kChannelChunk * sizeof(float);
+constexpr int64_t kChunkSumBytes = kStatistics * kChannelChunk * sizeof(double);
 
 // Adam's moments (optax.scale_by_adam) and direction; with `Nesterov`, the
 // official AdamP's (b1 m + (1 - b1) g) in the numerator. The bias corrections
@@ -85,38 +97,41 @@ struct Layout {
   int64_t outer, channels, inner;
 };
 
-// Rows [row_begin, row_end) of the outer axis, channels [c_begin, c_end);
-// adds the statistics of channel c to sums[k * channels + c].
+// Rows [row_begin, row_end) of the outer axis, channels [c_begin, c_end) with
+// at most kChannelChunk of them; adds the statistics of channel c to
+// sums[k * stride + c - c_begin].
 template <class Direction>
-ACCUMULATE_TARGETS void Accumulate(const Direction& direction, const float* grad, const float* param,
-                const Layout& layout, int64_t row_begin, int64_t row_end, int64_t c_begin,
-                int64_t c_end, double* sums) {
+ACCUMULATE_TARGETS void AccumulateChunk(const Direction& direction, const float* grad,
+                                        const float* param, const Layout& layout,
+                                        int64_t row_begin, int64_t row_end, int64_t c_begin,
+                                        int64_t c_end, double* sums, int64_t stride) {
   const int64_t channels = layout.channels, inner = layout.inner;
+  const int64_t width = c_end - c_begin;
   if (inner == 1) {
     // Channel innermost: each row is a contiguous run of channels.
-    std::vector<float> block(kStatistics * channels);
+    float block[kStatistics][kChannelChunk];
+    float* gw = block[0];
+    float* gg = block[1];
+    float* ww = block[2];
+    float* wu = block[3];
     for (int64_t block_begin = row_begin; block_begin < row_end; block_begin += kRowBlock) {
-      std::fill(block.begin(), block.end(), 0.0f);
-      float* gw = block.data();
-      float* gg = gw + channels;
-      float* ww = gg + channels;
-      float* wu = ww + channels;
+      for (auto& sum : block) std::fill(sum, sum + width, 0.0f);
       const int64_t block_end = std::min(row_end, block_begin + kRowBlock);
       for (int64_t row = block_begin; row < block_end; ++row) {
-        const int64_t base = row * channels;
+        const int64_t base = row * channels + c_begin;
         // The moments, grads, params and block sums never overlap.
 #pragma GCC ivdep
-        for (int64_t c = c_begin; c < c_end; ++c) {
-          const float g = grad[base + c], w = param[base + c];
-          const float u = direction(base + c, g);
-          gw[c] += g * w;
-          gg[c] += g * g;
-          ww[c] += w * w;
-          wu[c] += w * u;
+        for (int64_t j = 0; j < width; ++j) {
+          const float g = grad[base + j], w = param[base + j];
+          const float u = direction(base + j, g);
+          gw[j] += g * w;
+          gg[j] += g * g;
+          ww[j] += w * w;
+          wu[j] += w * u;
         }
       }
       for (int k = 0; k < kStatistics; ++k) {
-        for (int64_t c = c_begin; c < c_end; ++c) sums[k * channels + c] += block[k * channels + c];
+        for (int64_t j = 0; j < width; ++j) sums[k * stride + j] += block[k][j];
       }
     }
     return;
@@ -137,10 +152,11 @@ ACCUMULATE_TARGETS void Accumulate(const Direction& direction, const float* grad
           ww += w * w;
           wu += w * u;
         }
-        sums[c] += gw;
-        sums[channels + c] += gg;
-        sums[2 * channels + c] += ww;
-        sums[3 * channels + c] += wu;
+        double* sum = sums + (c - c_begin);
+        sum[0] += gw;
+        sum[stride] += gg;
+        sum[2 * stride] += ww;
+        sum[3 * stride] += wu;
       }
     }
   }
@@ -158,32 +174,97 @@ int64_t UsableCores() {
   return cores;
 }
 
-// Splits the leaf over threads (rows if there are enough, else channels).
+// DECOUPLED_OPTAX_CPU_KERNEL_THREADS=n (read once) runs every leaf on n
+// threads whatever its size, so that tests reach the threaded paths with
+// small leaves and few cores; 0 when unset or invalid.
+int64_t ForcedThreads() {
+  static const int64_t threads = [] {
+    const char* value = std::getenv("DECOUPLED_OPTAX_CPU_KERNEL_THREADS");
+    if (value == nullptr) return int64_t{0};
+    char* end = nullptr;
+    const long long n = std::strtoll(value, &end, 10);
+    if (end == value || *end != '\0' || n < 1) return int64_t{0};
+    return std::min<int64_t>(n, kMaxForcedThreads);
+  }();
+  return threads;
+}
+
+int64_t AutomaticThreads(const Layout& layout, int64_t cores) {
+  const int64_t size = layout.outer * layout.channels * layout.inner;
+  return std::clamp<int64_t>(size / kElementsPerThread, 1, std::max<int64_t>(cores, 1));
+}
+
+int64_t KernelThreads(const Layout& layout) {
+  const int64_t forced = ForcedThreads();
+  return forced > 0 ? forced : AutomaticThreads(layout, UsableCores());
+}
+
+struct Plan {
+  int64_t threads;
+  bool split_rows;        // else channels
+  int64_t scratch_bytes;  // what FirstPass allocates, heap and stack
+};
+
+// How FirstPass splits a leaf over at most `threads` threads, and the memory
+// it needs beyond the buffers. Splitting rows gives each thread double sums
+// for every channel (32 bytes per channel), so it is taken only while those
+// total at most half the leaf's 4 bytes per element: threads * 16 <= outer *
+// inner. Otherwise threads take disjoint channels and write the statistics
+// directly. Either way the scratch is at most half the leaf plus a few chunks
+// per thread, whatever the core count.
+Plan MakePlan(const Layout& layout, int64_t threads) {
+  const int64_t per_channel = layout.outer * layout.inner;
+  if (threads > 1 && layout.outer >= threads && threads * 16 <= per_channel) {
+    return {threads, true, threads * (kStatistics * layout.channels * int64_t{sizeof(double)} +
+                                      kBlockBytes)};
+  }
+  // A thread without channels would only be started and joined.
+  threads = std::clamp<int64_t>(layout.channels, 1, std::max<int64_t>(threads, 1));
+  return {threads, false, threads * (kBlockBytes + kChunkSumBytes)};
+}
+
 template <class Direction>
 void FirstPass(const Direction& direction, const float* grad, const float* param,
                const Layout& layout, float* statistics) {
   const int64_t channels = layout.channels;
-  const int64_t size = layout.outer * channels * layout.inner;
-  const int64_t threads = std::clamp<int64_t>(size / kElementsPerThread, 1, UsableCores());
-  const bool split_rows = layout.outer >= threads;
-  std::vector<std::vector<double>> sums(split_rows ? threads : 1,
-                                        std::vector<double>(kStatistics * channels, 0.0));
+  const Plan plan = MakePlan(layout, KernelThreads(layout));
+  const int64_t threads = plan.threads;
+  // Splitting rows: each thread's sums of all channels, added up in thread
+  // order at the end (the same result for the same thread count).
+  std::vector<double> partials(plan.split_rows ? threads * kStatistics * channels : 0, 0.0);
   auto work = [&](int64_t t) {
-    if (split_rows) {
-      Accumulate(direction, grad, param, layout, layout.outer * t / threads,
-                 layout.outer * (t + 1) / threads, 0, channels, sums[t].data());
-    } else {  // disjoint channels: one shared set of sums
-      Accumulate(direction, grad, param, layout, 0, layout.outer, channels * t / threads,
-                 channels * (t + 1) / threads, sums[0].data());
+    if (plan.split_rows) {
+      double* sums = partials.data() + t * kStatistics * channels;
+      const int64_t row_begin = layout.outer * t / threads;
+      const int64_t row_end = layout.outer * (t + 1) / threads;
+      for (int64_t c_begin = 0; c_begin < channels; c_begin += kChannelChunk) {
+        AccumulateChunk(direction, grad, param, layout, row_begin, row_end, c_begin,
+                        std::min(channels, c_begin + kChannelChunk), sums + c_begin, channels);
+      }
+      return;
+    }
+    double sums[kStatistics * kChannelChunk];
+    const int64_t end = channels * (t + 1) / threads;
+    for (int64_t c_begin = channels * t / threads; c_begin < end; c_begin += kChannelChunk) {
+      const int64_t c_end = std::min(end, c_begin + kChannelChunk);
+      std::fill(std::begin(sums), std::end(sums), 0.0);
+      AccumulateChunk(direction, grad, param, layout, 0, layout.outer, c_begin, c_end, sums,
+                      kChannelChunk);
+      for (int k = 0; k < kStatistics; ++k) {
+        for (int64_t c = c_begin; c < c_end; ++c) {
+          statistics[k * channels + c] = static_cast<float>(sums[k * kChannelChunk + c - c_begin]);
+        }
+      }
     }
   };
   std::vector<std::thread> helpers;
   for (int64_t t = 1; t < threads; ++t) helpers.emplace_back(work, t);
   work(0);
   for (auto& helper : helpers) helper.join();
+  if (!plan.split_rows) return;
   for (int64_t i = 0; i < kStatistics * channels; ++i) {
     double total = 0.0;
-    for (const auto& part : sums) total += part[i];
+    for (int64_t t = 0; t < threads; ++t) total += partials[t * kStatistics * channels + i];
     statistics[i] = static_cast<float>(total);
   }
 }
@@ -310,8 +391,38 @@ PyObject* Handlers(PyObject*, PyObject*) {
   return handlers;
 }
 
+// The kernel's own plan for a leaf, so that tests can check its memory bound
+// for any core count without the cores.
+PyObject* PlanForPython(PyObject*, PyObject* args, PyObject* kwargs) {
+  static const char* keywords[] = {"outer", "channels", "inner", "cores", "threads", nullptr};
+  long long outer, channels, inner, cores = 0, threads = 0;
+  if (!PyArg_ParseTupleAndKeywords(args, kwargs, "LLL|$LL", const_cast<char**>(keywords), &outer,
+                                   &channels, &inner, &cores, &threads)) {
+    return nullptr;
+  }
+  if (outer < 1 || channels < 1 || inner < 1 || cores < 0 || threads < 0 ||
+      threads > kMaxForcedThreads) {
+    PyErr_SetString(PyExc_ValueError, "plan: expected a non-empty layout and 0 <= threads <= 256");
+    return nullptr;
+  }
+  const Layout layout{outer, channels, inner};
+  const int64_t n = threads > 0  ? threads
+                    : cores > 0 ? AutomaticThreads(layout, cores)
+                                : KernelThreads(layout);
+  const Plan plan = MakePlan(layout, n);
+  return Py_BuildValue("{s:L,s:O,s:L}", "threads", static_cast<long long>(plan.threads),
+                       "split_rows", plan.split_rows ? Py_True : Py_False, "scratch_bytes",
+                       static_cast<long long>(plan.scratch_bytes));
+}
+
 PyMethodDef kMethods[] = {
     {"handlers", Handlers, METH_NOARGS, "The XLA FFI handlers, by direction, as PyCapsules."},
+    {"plan", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(PlanForPython)),
+     METH_VARARGS | METH_KEYWORDS,
+     "plan(outer, channels, inner, *, cores=0, threads=0) -> {threads, split_rows, "
+     "scratch_bytes}: how the kernel runs a leaf viewed as (outer, channels, inner). threads > 0: "
+     "exactly that many (DECOUPLED_OPTAX_CPU_KERNEL_THREADS); else cores > 0: the kernel's "
+     "choice on that many cores; else: what it does in this process."},
     {nullptr, nullptr, 0, nullptr},
 };
 
