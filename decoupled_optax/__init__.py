@@ -13,9 +13,11 @@ from decoupled_optax.aliases import (
   sgdp,
   sgdw,
 )
+from decoupled_optax.conventions import ScheduleConventionWarning, WeightDecayConventionWarning
 from decoupled_optax.directions import scale_by_adamp_nesterov
 from decoupled_optax.fused import (
   AdamDirection,
+  CPUKernelWarning,
   MomentumDirection,
   cpu_kernel_available,
   fused_scale_invariance,
@@ -40,7 +42,6 @@ from decoupled_optax.sharding import (
 )
 from decoupled_optax.weight_decay import (
   AddDecoupledWeightDecayState,
-  WeightDecayConventionWarning,
   add_decoupled_weight_decay,
   normalized_weight_decay,
   normalized_weight_decay_schedule,
@@ -51,9 +52,11 @@ __version__ = "0.1.0"
 __all__ = [
   "AdamDirection",
   "AddDecoupledWeightDecayState",
+  "CPUKernelWarning",
   "MomentumDirection",
   "RadialProjector",
   "RestartPosition",
+  "ScheduleConventionWarning",
   "WeightDecayConventionWarning",
   "adamp",
   "adamw",

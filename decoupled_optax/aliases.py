@@ -16,17 +16,29 @@ The two agree when ``lambda_paper = alpha * lambda_torch``.
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Mapping
 from typing import Any
 
 import jax
-import numpy as np
+import jax.numpy as jnp
 import optax
 
+from decoupled_optax._trees import check_real_params, check_same_structure, require_params
 from decoupled_optax._validation import (
+  check_bool,
+  check_dtype,
   check_non_negative,
+  check_number,
+  check_transform,
   check_unit_interval,
+  describe,
+)
+from decoupled_optax.conventions import (
+  conventions_already_judged,
+  warn_if_schedule_looks_like_learning_rate,
+  warn_if_torch_convention,
 )
 from decoupled_optax.fused import (
   AdamDirection,
@@ -36,20 +48,39 @@ from decoupled_optax.fused import (
 from decoupled_optax.projection import AxisName, detect_scale_invariance, project_out_radial
 from decoupled_optax.sharding import keep_param_sharding
 from decoupled_optax.weight_decay import (
-  MASK_AS_SCHEDULE_HINT,
   MaskOrFn,
   add_decoupled_weight_decay,
-  warn_if_torch_convention,
+  check_mask_argument,
 )
 
 
-def _check_mask(mask: MaskOrFn) -> None:
-  scalar = isinstance(mask, (bool, np.bool_)) or (isinstance(mask, jax.Array) and mask.ndim == 0)
-  if scalar:
-    raise ValueError(
-      f"mask must be a pytree of bools or a callable of the params, got the scalar {mask!r}. "
-      + MASK_AS_SCHEDULE_HINT
-    )
+def _checked_inputs(
+  inner: optax.GradientTransformation, *, projected: bool
+) -> optax.GradientTransformationExtraArgs:
+  """``inner``, with its inputs checked first: params given, grads shaped like them, dtypes.
+
+  The aliases' errors then name the argument and the leaf, instead of a
+  broadcasting error (or a silent broadcast) several transforms deep.
+  """
+  inner = optax.with_extra_args_support(inner)
+  transform = "decoupled_optax's AdamP/SGDP" if projected else "decoupled_optax's AdamW/SGDW"
+
+  def init_fn(params: optax.Params) -> optax.OptState:
+    check_real_params(params, allow_complex=not projected, transform=transform)
+    return inner.init(params)
+
+  def update_fn(
+    updates: optax.Updates,
+    state: optax.OptState,
+    params: optax.Params | None = None,
+    **extra_args: Any,
+  ) -> tuple[optax.Updates, optax.OptState]:
+    require_params(params)
+    check_same_structure("grads", updates, params)
+    check_real_params(params, allow_complex=not projected, transform=transform)
+    return inner.update(updates, state, params, **extra_args)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def _scale_by_multiplier(
@@ -102,9 +133,26 @@ def decoupled_chain(
   Returns:
     The chain, an :class:`optax.GradientTransformationExtraArgs`.
   """
-  check_non_negative("learning_rate", learning_rate)
-  check_non_negative("weight_decay", weight_decay)
-  _check_mask(mask)
+  fusable = isinstance(direction, (AdamDirection, MomentumDirection))
+  if not fusable:
+    check_transform("direction", direction)
+  check_bool("scale_weight_decay_by_lr", scale_weight_decay_by_lr)
+  if callable(learning_rate) and not scale_weight_decay_by_lr:
+    raise ValueError(
+      "learning_rate must be a scalar in the paper's convention; pass the schedule as "
+      "schedule=... (the multiplier eta_t), or set scale_weight_decay_by_lr=True."
+    )
+  check_non_negative("learning_rate", learning_rate, schedule=scale_weight_decay_by_lr)
+  check_non_negative("weight_decay", weight_decay, schedule=True)
+  check_number("schedule", schedule, low=0.0, schedule=True, optional=True)
+  check_mask_argument(mask)
+  check_non_negative("weight_decay_factor", weight_decay_factor)
+  if radial_projection is not None and not isinstance(radial_projection, Mapping):
+    raise TypeError(
+      "radial_projection must be None or a dict of keyword arguments of "
+      f"detect_scale_invariance, got {describe(radial_projection)}."
+    )
+  warn_if_schedule_looks_like_learning_rate(schedule, learning_rate)
   steps = []
   if radial_projection is not None:
     steps.append(project_out_radial())
@@ -120,14 +168,8 @@ def decoupled_chain(
       _scale_by_multiplier(schedule, 1.0),
     ]
   else:
-    if callable(learning_rate):
-      raise ValueError(
-        "learning_rate must be a scalar in the paper's convention; pass the schedule as "
-        "schedule=... (the multiplier eta_t), or set scale_weight_decay_by_lr=True."
-      )
     warn_if_torch_convention(weight_decay, learning_rate)
     steps += [optax.scale(learning_rate), decay, _scale_by_multiplier(schedule, -1.0)]
-  fusable = isinstance(direction, (AdamDirection, MomentumDirection))
   transform = direction.transform() if fusable else direction
   if radial_projection is None:
     chain = optax.chain(transform, *steps)
@@ -137,6 +179,7 @@ def decoupled_chain(
     # The fused chain's state structure: (direction, (projection, decay, ...)).
     options = {k: v for k, v in radial_projection.items() if k != "cpu_kernel"}
     chain = detect_scale_invariance(optax.chain(transform, optax.chain(*steps)), **options)
+  chain = _checked_inputs(chain, projected=radial_projection is not None)
   # Under jit, the state follows the params' sharding (see decoupled_optax.sharding).
   return keep_param_sharding(chain)
 
@@ -195,6 +238,9 @@ def adamw(
   check_unit_interval("b1", b1)
   check_unit_interval("b2", b2)
   check_non_negative("eps", eps)
+  check_non_negative("eps_root", eps_root)
+  check_dtype("mu_dtype", mu_dtype)
+  check_bool("nesterov", nesterov)
   return decoupled_chain(
     optax.scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov),
     learning_rate=learning_rate,
@@ -264,6 +310,8 @@ def sgdw(
   Reference: Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019.
   """
   check_unit_interval("momentum", momentum)
+  check_bool("nesterov", nesterov)
+  check_dtype("accumulator_dtype", accumulator_dtype)
   return decoupled_chain(
     _momentum_direction(momentum, nesterov, accumulator_dtype),
     learning_rate=learning_rate,
@@ -346,9 +394,6 @@ def adamp(
   Reference: Heo et al., "AdamP: Slowing Down the Slowdown for Momentum
   Optimizers on Scale-invariant Weights", ICLR 2021.
   """
-  check_unit_interval("b1", b1)
-  check_unit_interval("b2", b2)
-  check_non_negative("eps", eps)
   return decoupled_chain(
     AdamDirection(b1, b2, eps, nesterov),
     learning_rate=learning_rate,
@@ -424,6 +469,7 @@ def sgdp(
   Reference: Heo et al., ICLR 2021; official ``adamp`` package 0.3.0, ``SGDP``.
   """
   check_unit_interval("momentum", momentum)
+  check_bool("nesterov", nesterov)
   return decoupled_chain(
     _momentum_direction(momentum, nesterov, accumulator_dtype),
     learning_rate=learning_rate,
@@ -449,12 +495,37 @@ def sgdp(
 _STATIC_ARGUMENTS = ("mask", "channel_axis", "axis_name", "cpu_kernel")
 
 
+def _cast_like(new: Any, old: Any) -> Any:
+  """``new`` with the dtypes of ``old``, leaf for leaf (same structure)."""
+  return jax.tree.map(
+    lambda n, o: n.astype(o.dtype) if hasattr(n, "astype") and hasattr(o, "dtype") else n,
+    new,
+    old,
+    is_leaf=lambda x: x is None,
+  )
+
+
+def _judge_conventions(parameters: Mapping[str, inspect.Parameter], arguments: dict) -> None:
+  """The aliases' convention warnings, on the values the user passed (before optax injects them)."""
+  if "learning_rate" not in arguments:
+    return
+  bound = {
+    name: arguments.get(name, parameter.default)
+    for name, parameter in parameters.items()
+    if parameter.default is not inspect.Parameter.empty or name in arguments
+  }
+  if "schedule" in bound:
+    warn_if_schedule_looks_like_learning_rate(bound["schedule"], bound["learning_rate"])
+  if not bound.get("scale_weight_decay_by_lr", True) and "weight_decay" in bound:
+    warn_if_torch_convention(bound["weight_decay"], bound["learning_rate"])
+
+
 def inject_hyperparams(
   inner_factory: Any,
   static_args: str | tuple[str, ...] = (),
   hyperparam_dtype: Any | None = None,
 ) -> Any:
-  """``optax.inject_hyperparams`` that keeps ``mask`` and ``channel_axis`` static.
+  """``optax.inject_hyperparams`` that keeps ``mask`` and ``channel_axis`` static, and dtypes exact.
 
   optax treats every callable argument as a schedule unless it is listed in
   ``static_args``: a callable mask would be evaluated on the step count and
@@ -464,14 +535,75 @@ def inject_hyperparams(
   factory takes them; learning rate, weight decay, schedule and the other
   numeric hyperparameters are injected as usual.
 
+  Two differences from optax, for low-precision params:
+
+  * By default the hyperparameters are stored in the params' widest float
+    dtype but at least float32: optax stores them in the params' dtype, so
+    with bfloat16 params the default ``b2 = 0.999`` becomes exactly 1.
+  * The state and the updates keep their dtypes across steps. float32
+    hyperparameters would otherwise promote bfloat16 moments to float32 after
+    the first step, which breaks ``lax.scan`` over steps and checkpoint
+    restores.
+
+  The convention warnings (:mod:`decoupled_optax.conventions`) judge the
+  values passed here, with schedules as schedules.
+
+  Args:
+    inner_factory: an optimizer factory, e.g. :func:`decoupled_optax.adamw`.
+    static_args: names of further arguments that stay Python values.
+    hyperparam_dtype: the dtype of the injected float hyperparameters; None
+      for the params' widest float dtype, at least float32.
+
+  Returns:
+    A factory with ``inner_factory``'s arguments that returns an
+    :class:`optax.GradientTransformationExtraArgs` whose state is
+    ``optax.InjectStatefulHyperparamsState``.
+
   Example:
     >>> import decoupled_optax as dopt
     >>> tx = dopt.inject_hyperparams(dopt.adamp)(
     ...     learning_rate=1e-3, weight_decay=1e-4, mask=lambda p: {"w": True})
   """
-  names = {static_args} if isinstance(static_args, str) else set(static_args)
+  if not callable(inner_factory):
+    raise TypeError(f"inner_factory must be an optimizer factory, got {describe(inner_factory)}.")
+  if isinstance(static_args, str):
+    static_args = (static_args,)
+  if not isinstance(static_args, (tuple, list)) or not all(isinstance(n, str) for n in static_args):
+    raise TypeError(f"static_args must be a name or a tuple of names, got {describe(static_args)}.")
+  check_dtype("hyperparam_dtype", hyperparam_dtype)
   parameters = inspect.signature(inner_factory).parameters
-  names.update(name for name in _STATIC_ARGUMENTS if name in parameters)
-  return optax.inject_hyperparams(
-    inner_factory, static_args=tuple(sorted(names)), hyperparam_dtype=hyperparam_dtype
-  )
+  names = set(static_args) | {name for name in _STATIC_ARGUMENTS if name in parameters}
+
+  def injected(dtype: Any) -> Any:
+    return optax.inject_hyperparams(
+      inner_factory, static_args=tuple(sorted(names)), hyperparam_dtype=dtype
+    )
+
+  def dtype_for(params: Any) -> Any:
+    if hyperparam_dtype is not None:
+      return hyperparam_dtype
+    return jnp.promote_types(optax.tree.dtype(params, "highest"), jnp.float32)
+
+  @functools.wraps(inner_factory)
+  def factory(*args: Any, **kwargs: Any) -> optax.GradientTransformationExtraArgs:
+    arguments = inspect.signature(inner_factory).bind(*args, **kwargs).arguments
+    _judge_conventions(parameters, arguments)
+    # Built once here, so that bad arguments raise at construction, not at init.
+    with conventions_already_judged():
+      inner_factory(*args, **kwargs)
+
+    def init_fn(params: optax.Params) -> Any:
+      with conventions_already_judged():
+        return injected(dtype_for(params))(*args, **kwargs).init(params)
+
+    def update_fn(
+      updates: optax.Updates, state: Any, params: optax.Params | None = None, **extra_args: Any
+    ) -> tuple[optax.Updates, Any]:
+      with conventions_already_judged():
+        tx = injected(dtype_for(params if params is not None else updates))(*args, **kwargs)
+        new_updates, new_state = tx.update(updates, state, params, **extra_args)
+      return _cast_like(new_updates, updates), _cast_like(new_state, state)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+  return factory

@@ -6,6 +6,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from decoupled_optax._validation import check_dtype, check_non_negative, check_unit_interval
+
 
 def scale_by_adamp_nesterov(
   b1: float = 0.9,
@@ -36,6 +38,11 @@ def scale_by_adamp_nesterov(
 
   Reference: official ``adamp`` package 0.3.0, ``AdamP.step`` with ``nesterov=True``.
   """
+  check_unit_interval("b1", b1)
+  check_unit_interval("b2", b2)
+  check_non_negative("eps", eps)
+  check_non_negative("eps_root", eps_root)
+  check_dtype("mu_dtype", mu_dtype)
   adam = optax.scale_by_adam(b1=b1, b2=b2, eps=eps, eps_root=eps_root, mu_dtype=mu_dtype)
 
   def update_fn(

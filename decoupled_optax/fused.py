@@ -37,6 +37,15 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from decoupled_optax._validation import (
+  check_bool,
+  check_dtype,
+  check_non_negative,
+  check_transform,
+  check_unit_interval,
+  describe,
+)
+from decoupled_optax.conventions import user_stacklevel
 from decoupled_optax.directions import scale_by_adamp_nesterov
 from decoupled_optax.projection import (
   RADIAL_PROJECTORS,
@@ -45,6 +54,7 @@ from decoupled_optax.projection import (
   _leaf_statistics,
   _projected,
   _projectors,
+  check_update_inputs,
   detect_scale_invariance,
 )
 from decoupled_optax.weight_decay import WEIGHT_DECAY_MULTIPLIERS
@@ -52,9 +62,13 @@ from decoupled_optax.weight_decay import WEIGHT_DECAY_MULTIPLIERS
 _TARGET_PREFIX = "decoupled_optax_first_pass_"
 
 
+class CPUKernelWarning(RuntimeWarning):
+  """AdamP/SGDP run without the fused CPU kernel, about 2.5x slower on a CPU."""
+
+
 @functools.cache
-def _registered_kernels() -> frozenset[str]:
-  """Registers the FFI handlers once; the direction kinds whose kernel works here.
+def _kernel_status() -> tuple[frozenset[str], str]:
+  """Registers the FFI handlers once: the direction kinds whose kernel works here, and why not.
 
   Each kernel runs once on a tiny leaf against NumPy, so that a kernel this
   jaxlib cannot call (an FFI it does not know) falls back to the generic
@@ -62,26 +76,57 @@ def _registered_kernels() -> frozenset[str]:
   """
   try:
     from decoupled_optax import _cpu_kernels  # type: ignore[attr-defined]
-
+  except ImportError:
+    return frozenset(), (
+      "the C++ extension decoupled_optax._cpu_kernels was not built (installing needs a "
+      "C++17 compiler and the Python headers, e.g. `apt install g++ python3-dev`, then "
+      "reinstall decoupled_optax)"
+    )
+  try:
     handlers = _cpu_kernels.handlers()
     for kind, capsule in handlers.items():
       jax.ffi.register_ffi_target(_TARGET_PREFIX + kind, capsule, platform="cpu")
-  except (ImportError, AttributeError):  # not built, or a jax without jax.ffi
-    return frozenset()
+  except AttributeError as error:  # a jax without jax.ffi
+    return frozenset(), f"this jax cannot register FFI targets ({error})"
   working = []
   for direction in (AdamDirection(), MomentumDirection()):
     if direction.kind in handlers and _self_test(direction):
       working.append(direction.kind)
-  return frozenset(working)
+  return frozenset(working), "the kernel does not run with this jaxlib (see the warning above)"
+
+
+def _registered_kernels() -> frozenset[str]:
+  return _kernel_status()[0]
+
+
+@functools.cache
+def _warn_missing_kernel() -> None:
+  """Once per process: AdamP/SGDP on a lone CPU device without the kernel."""
+  warnings.warn(
+    "decoupled_optax: AdamP/SGDP run on a CPU without the fused CPU kernel, about 2.5x "
+    f"slower per update step, because {_kernel_status()[1]}. The numbers are the same. "
+    "Pass cpu_kernel=False to silence this.",
+    CPUKernelWarning,
+    stacklevel=user_stacklevel(),
+  )
+
+
+def _default_backend_is_cpu() -> bool:
+  try:
+    return jax.default_backend() == "cpu"
+  except RuntimeError:
+    return False
 
 
 def _self_test(direction: Direction) -> bool:
   grad = np.array([[1.0, -2.0, 0.5], [0.25, 3.0, -1.0]], np.float32)
   param = np.array([[2.0, 1.0, -1.0], [0.5, -0.5, 4.0]], np.float32)
-  state = direction.state_template(jnp.int32(1))
-  moments = tuple(np.full(param.shape, 0.5, np.float32) for _ in direction.moments(state))
   try:
+    # Everything in the block, the count too: under an outer jit (the first
+    # optimizer may be built inside one) even jnp.int32(1) would be a tracer.
     with jax.ensure_compile_time_eval(), jax.default_device(jax.devices("cpu")[0]):
+      state = direction.state_template(jnp.int32(1))
+      moments = tuple(np.full(param.shape, 0.5, np.float32) for _ in direction.moments(state))
       scalars = direction.scalars(state)
       _, _, statistics = _kernel_call(direction, scalars, grad, param, moments, -1)
       expected = np.stack([(grad * param).sum(0), (grad * grad).sum(0), (param * param).sum(0)])
@@ -122,6 +167,12 @@ class AdamDirection:
   eps: Any = 1e-8
   nesterov: bool = False
   kind = "adam"
+
+  def __post_init__(self) -> None:
+    check_unit_interval("b1", self.b1)
+    check_unit_interval("b2", self.b2)
+    check_non_negative("eps", self.eps)
+    check_bool("nesterov", self.nesterov)
 
   def transform(self) -> optax.GradientTransformation:
     """The optax transform that computes this direction (and keeps its state)."""
@@ -174,6 +225,11 @@ class MomentumDirection:
   nesterov: bool = False
   accumulator_dtype: Any | None = None
   kind = "momentum"
+
+  def __post_init__(self) -> None:
+    check_unit_interval("decay", self.decay)
+    check_bool("nesterov", self.nesterov)
+    check_dtype("accumulator_dtype", self.accumulator_dtype)
 
   def transform(self) -> optax.GradientTransformation:
     """The optax transform that computes this direction (and keeps its state)."""
@@ -316,14 +372,27 @@ def fused_scale_invariance(
 
   Reference: Heo et al., ICLR 2021, Algorithm 1; official ``adamp`` package.
   """
+  if not isinstance(direction, (AdamDirection, MomentumDirection)):
+    raise TypeError(
+      f"direction must be an AdamDirection or a MomentumDirection, got {describe(direction)}."
+    )
+  check_transform("tail", tail)
+  check_bool("cpu_kernel", cpu_kernel, optional=True)
   detection = dict(delta=delta, wd_ratio=wd_ratio, eps=eps, channel_axis=channel_axis)
   direction_transform = direction.transform()
   chain = optax.chain(direction_transform, tail)
   generic = detect_scale_invariance(
     chain, **detection, axis_name=axis_name, param_specs=param_specs
   )
+  if cpu_kernel is True and direction.kind not in _registered_kernels():
+    raise RuntimeError(
+      f"cpu_kernel=True, but the fused CPU kernel is not available: {_kernel_status()[1]}. "
+      "Pass cpu_kernel=None to use it only where it is available."
+    )
   if cpu_kernel is None:
     cpu_kernel = _single_cpu_device()
+    if cpu_kernel and direction.kind not in _registered_kernels() and _default_backend_is_cpu():
+      _warn_missing_kernel()
   if not cpu_kernel or direction.kind not in _registered_kernels():
     return generic
   tail = optax.with_extra_args_support(tail)
@@ -399,18 +468,54 @@ def fused_scale_invariance(
     params: optax.Params | None = None,
     **extra_args: Any,
   ) -> tuple[optax.Updates, Any]:
-    if params is None:
-      raise ValueError(optax.NO_PARAMS_MSG)
+    check_update_inputs(updates, params, channel_axis)
     # Decided here, on the caller's types, not on the branches' closures.
     fusable = fusable_leaves(updates, state, params)
     if not any(fusable):
       return generic.update(updates, state, params, **extra_args)
+
+    # The FFI call has no derivatives; differentiating the step (meta-learning,
+    # unrolled hypergradients) gets the generic chain's, of the same function.
+    def generic_step(u: Any, s: Any, p: Any, extra: dict[str, Any]) -> tuple[Any, Any]:
+      return generic.update(u, s, p, **extra)
+
+    def fused_step(u: Any, s: Any, p: Any, extra: dict[str, Any]) -> tuple[Any, Any]:
+      # Neither a custom_jvp function nor its rule may close over tracers (such
+      # as the hyperparameters that inject_hyperparams traces), so both are
+      # closure-converted. The generic chain closes over the same values; the
+      # rule finds them among the fused step's by identity, and their tangents
+      # carry the hyperparameters' derivatives.
+      closed, constants = jax.closure_convert(
+        lambda u, s, p, extra: fused_update(u, s, p, fusable, **extra), u, s, p, extra
+      )
+      position = {id(c): i for i, c in enumerate(constants)}
+      differentiable = jax.custom_jvp(lambda constants, *args: closed(*args, *constants))
+
+      @differentiable.defjvp
+      def rule(primals: tuple[Any, ...], tangents: tuple[Any, ...]) -> Any:
+        generic_closed, generic_constants = jax.closure_convert(generic_step, *primals[1:])
+        missing = [c for c in generic_constants if id(c) not in position]
+        if missing:
+          raise NotImplementedError(
+            "decoupled_optax: the generic chain closes over values the fused CPU step does "
+            "not; differentiate with cpu_kernel=False."
+          )
+        index = [position[id(c)] for c in generic_constants]
+        return jax.jvp(
+          generic_closed,
+          (*primals[1:], *(primals[0][i] for i in index)),
+          (*tangents[1:], *(tangents[0][i] for i in index)),
+        )
+
+      return differentiable(tuple(constants), u, s, p, extra)
+
     return jax.lax.platform_dependent(
       updates,
       state,
       params,
-      cpu=lambda u, s, p: fused_update(u, s, p, fusable, **extra_args),
-      default=lambda u, s, p: generic.update(u, s, p, **extra_args),
+      extra_args,
+      cpu=fused_step,
+      default=generic_step,
     )
 
   return optax.GradientTransformationExtraArgs(generic.init, update_fn)

@@ -32,6 +32,7 @@ from typing import Any
 
 import jax
 
+from decoupled_optax._validation import check_number, describe
 from decoupled_optax.weight_decay import MASK_AS_SCHEDULE_HINT
 
 #: Leaf names that are never decayed by default: Flax's biases and the
@@ -70,6 +71,24 @@ def _leaf_name(path: tuple[Any, ...]) -> str | None:
       continue
     return str(name)
   return None
+
+
+def _check_mask_options(exclude_names: Any, min_ndim: Any) -> tuple[str, ...]:
+  """The names as a tuple; a single string would otherwise be read as a set of characters."""
+  if isinstance(exclude_names, (str, bytes)):
+    raise TypeError(
+      f"exclude_names must be a collection of leaf names, got the string {exclude_names!r}, "
+      "which would be read as a set of characters. Pass a tuple, e.g. "
+      f'exclude_names=("bias", "scale", {exclude_names!r}) (it replaces the defaults).'
+    )
+  if not isinstance(exclude_names, Collection) or not all(
+    isinstance(name, str) for name in exclude_names
+  ):
+    raise TypeError(
+      f"exclude_names must be a collection of strings, got {describe(exclude_names)}."
+    )
+  check_number("min_ndim", min_ndim, low=0, integer=True)
+  return tuple(exclude_names)
 
 
 def weight_decay_mask(
@@ -118,7 +137,7 @@ def weight_decay_mask(
     raise TypeError(
       "weight_decay_mask got a scalar instead of a params pytree. " + MASK_AS_SCHEDULE_HINT
     )
-  excluded = frozenset(exclude_names)
+  excluded = frozenset(_check_mask_options(exclude_names, min_ndim))
 
   def decide(path: tuple[Any, ...], leaf: Any) -> bool:
     if leaf is None:
@@ -140,7 +159,7 @@ def make_weight_decay_mask(
     >>> mask = dopt.make_weight_decay_mask(exclude_names=("bias", "scale", "embedding"))
     >>> tx = dopt.adamw(1e-3, 1e-5, mask=mask)
   """
-  names = tuple(exclude_names)
+  names = _check_mask_options(exclude_names, min_ndim)
 
   def mask(params: Any) -> Any:
     return weight_decay_mask(params, exclude_names=names, min_ndim=min_ndim)

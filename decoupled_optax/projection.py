@@ -37,7 +37,18 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec
 
-from decoupled_optax._validation import check_non_negative, check_range
+from decoupled_optax._trees import (
+  check_real_params,
+  check_same_structure,
+  path_name,
+  require_params,
+)
+from decoupled_optax._validation import (
+  check_non_negative,
+  check_positive,
+  check_transform,
+  describe,
+)
 from decoupled_optax.weight_decay import WEIGHT_DECAY_MULTIPLIERS
 
 RADIAL_PROJECTORS = "radial_projectors"
@@ -276,7 +287,15 @@ def _projectors(
   groups: dict[tuple[Any, ...], list[int]] = {}
   for i, (statistics, names) in enumerate(zip(flat_statistics, flat_names, strict=True)):
     if statistics is not None:
-      key = (names, statistics.dtype, statistics.shape[0], None if batch_leaves else i)
+      # Leaves of one group are padded to its widest; grouping by the power of
+      # two above the width bounds the padding by 2x each leaf's own statistics.
+      width_bucket = (statistics.shape[-1] - 1).bit_length()
+      key = (
+        names,
+        statistics.dtype,
+        statistics.shape[0],
+        width_bucket if batch_leaves else i,
+      )
       groups.setdefault(key, []).append(i)
   for (names, *_), indices in groups.items():
     results = _projectors_from_statistics(
@@ -316,6 +335,48 @@ def _leaf_axis_names(
   return flat_names
 
 
+def check_channel_axes(params: Any, channel_axis: int) -> None:
+  """Raises ValueError naming the first projected leaf that has no axis ``channel_axis``."""
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params, is_leaf=lambda x: x is None)[0]:
+    if leaf is None or not hasattr(leaf, "ndim") or not _projected(leaf):
+      continue
+    if not -leaf.ndim <= channel_axis < leaf.ndim:
+      raise ValueError(
+        f"channel_axis must be in [-{leaf.ndim}, {leaf.ndim}) for every param with ndim > 1, "
+        f"got {channel_axis}, but the leaf '{path_name(path)}' has shape {tuple(leaf.shape)}."
+      )
+
+
+def check_update_inputs(grads: Any, params: Any, channel_axis: int) -> None:
+  """The checks every update of the radial projection runs on its inputs, at trace time."""
+  require_params(params)
+  check_same_structure("grads", grads, params)
+  check_real_params(params, allow_complex=False, transform="the radial projection")
+  check_channel_axes(params, channel_axis)
+
+
+def check_projection_arguments(
+  *, delta: Any, wd_ratio: Any, eps: Any, channel_axis: Any, axis_name: Any
+) -> None:
+  """The projection's hyperparameters, shared by every constructor that takes them."""
+  check_positive("delta", delta)
+  check_non_negative("wd_ratio", wd_ratio)
+  check_non_negative("eps", eps)
+  if isinstance(channel_axis, bool) or not isinstance(channel_axis, (int, np.integer)):
+    raise TypeError(
+      f"channel_axis must be a Python int, got {describe(channel_axis)}. Under "
+      "optax.inject_hyperparams pass static_args=('channel_axis',), or use "
+      "decoupled_optax.inject_hyperparams, which does it for you."
+    )
+  names = (axis_name,) if isinstance(axis_name, str) or axis_name is None else axis_name
+  if not isinstance(names, (tuple, list)) or not all(
+    isinstance(n, str) or (n is None and axis_name is None) for n in names
+  ):
+    raise TypeError(
+      f"axis_name must be None, a mesh axis name or a sequence of them, got {describe(axis_name)}."
+    )
+
+
 def scale_invariance(
   grads: optax.Updates,
   params: optax.Params,
@@ -337,6 +398,10 @@ def scale_invariance(
     empty); a multiplier is ``wd_ratio`` where a view was found scale
     invariant and 1 elsewhere.
   """
+  check_projection_arguments(
+    delta=delta, wd_ratio=wd_ratio, eps=eps, channel_axis=channel_axis, axis_name=axis_name
+  )
+  check_update_inputs(grads, params, channel_axis)
   is_none = lambda x: x is None  # noqa: E731
   treedef = jax.tree.structure(grads, is_leaf=is_none)
   flat_grads = treedef.flatten_up_to(grads)
@@ -430,16 +495,15 @@ def detect_scale_invariance(
 
   Reference: Heo et al., ICLR 2021, Algorithm 1; official ``adamp`` package.
   """
-  check_range("delta", delta, low=0.0, low_inclusive=False)
-  check_non_negative("wd_ratio", wd_ratio)
-  check_non_negative("eps", eps)
-  if not isinstance(channel_axis, int):
-    raise ValueError(
-      f"channel_axis must be a Python int, got {channel_axis!r}. Under "
-      "optax.inject_hyperparams pass static_args=('channel_axis',), or use "
-      "decoupled_optax.inject_hyperparams, which does it for you."
-    )
+  check_transform("inner", inner)
+  check_projection_arguments(
+    delta=delta, wd_ratio=wd_ratio, eps=eps, channel_axis=channel_axis, axis_name=axis_name
+  )
   inner = optax.with_extra_args_support(inner)
+
+  def init_fn(params: optax.Params) -> optax.OptState:
+    check_real_params(params, allow_complex=False, transform="the radial projection")
+    return inner.init(params)
 
   def update_fn(
     updates: optax.Updates,
@@ -447,8 +511,6 @@ def detect_scale_invariance(
     params: optax.Params | None = None,
     **extra_args: Any,
   ) -> tuple[optax.Updates, optax.OptState]:
-    if params is None:
-      raise ValueError(optax.NO_PARAMS_MSG)
     projectors, multipliers = scale_invariance(
       updates,
       params,
@@ -463,7 +525,7 @@ def detect_scale_invariance(
     extra_args[WEIGHT_DECAY_MULTIPLIERS] = multipliers
     return inner.update(updates, state, params, **extra_args)
 
-  return optax.GradientTransformationExtraArgs(inner.init, update_fn)
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
 def _project_leaf(update: jax.Array, param: jax.Array, projector: RadialProjector) -> jax.Array:
@@ -509,14 +571,14 @@ def project_out_radial() -> optax.GradientTransformationExtraArgs:
     params: optax.Params | None = None,
     **extra_args: Any,
   ) -> tuple[optax.Updates, optax.EmptyState]:
-    projectors = extra_args.get(RADIAL_PROJECTORS)
-    if projectors is None:
+    # The projectors of a single bare leaf are the tree None: test the key, not the value.
+    if RADIAL_PROJECTORS not in extra_args:
       raise ValueError(
         "project_out_radial() needs the scale-invariance test of its chain: wrap the "
         "chain in decoupled_optax.detect_scale_invariance(...)."
       )
-    if params is None:
-      raise ValueError(optax.NO_PARAMS_MSG)
+    projectors = extra_args[RADIAL_PROJECTORS]
+    require_params(params)
     updates = jax.tree.map(
       lambda u, w, projector: u if projector is None else _project_leaf(u, w, projector),
       updates,

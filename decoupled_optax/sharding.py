@@ -34,6 +34,8 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec, Sharding
 
+from decoupled_optax._validation import check_transform
+
 
 def _is_tracer(x: Any) -> bool:
   return isinstance(x, jax.core.Tracer)
@@ -142,6 +144,7 @@ def keep_param_sharding(
     >>> state[0].mu["w"].shape
     (4, 8)
   """
+  check_transform("inner", inner)
   inner = optax.with_extra_args_support(inner)
 
   def init_fn(params: optax.Params) -> optax.OptState:
@@ -218,6 +221,7 @@ def state_shardings(
     >>> state[0].mu["w"].sharding.spec
     P(None, 'model')
   """
+  check_transform("tx", tx)
   if shardings is None:
     shardings = jax.tree.map(lambda x: x.sharding, params)
   sharding_leaves = jax.tree_util.tree_structure(params).flatten_up_to(shardings)
@@ -253,6 +257,7 @@ def state_partition_specs(tx: optax.GradientTransformation, params: Any, param_s
     >>> specs[0].mu["w"], specs[0].count
     (P(None, 'model'), P())
   """
+  check_transform("tx", tx)
   spec_leaves = jax.tree_util.tree_structure(params).flatten_up_to(param_specs)
   abstract_state = jax.eval_shape(tx.init, _abstract(params))
   return map_param_state(
@@ -271,4 +276,5 @@ def init_sharded(tx: optax.GradientTransformation, params: Any) -> optax.OptStat
     >>> import decoupled_optax as dopt
     >>> state = dopt.init_sharded(optax.adam(1e-3), {"w": jnp.ones((4, 8))})
   """
+  check_transform("tx", tx)
   return jax.jit(tx.init, out_shardings=state_shardings(tx, params))(params)

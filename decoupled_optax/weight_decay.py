@@ -7,17 +7,17 @@ https://arxiv.org/abs/1711.05101.
 from __future__ import annotations
 
 import math
-import sys
-import warnings
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from decoupled_optax._validation import check_non_negative, check_range, concrete_float
-from decoupled_optax.schedules import _check_restart_args, restart_position
+from decoupled_optax._trees import check_same_structure, checked_mask, require_params
+from decoupled_optax._validation import check_non_negative, check_number
+from decoupled_optax.schedules import _check_restart_args, _restart_position_after_warmup
 
 # Name of the extra argument through which a wrapper such as
 # :func:`decoupled_optax.detect_scale_invariance` scales the decay per leaf.
@@ -86,7 +86,8 @@ def add_decoupled_weight_decay(
 
   Reference: Loshchilov & Hutter, ICLR 2019, Algorithms 1 and 2.
   """
-  check_non_negative("weight_decay", weight_decay)
+  check_non_negative("weight_decay", weight_decay, schedule=True)
+  check_mask_argument(mask)
 
   # Only a schedule needs a step count; a constant decay keeps no state, so
   # the compiled step is exactly optax.adamw's (no counter kernel).
@@ -104,8 +105,8 @@ def add_decoupled_weight_decay(
     params: optax.Params | None = None,
     **extra_args: Any,
   ) -> tuple[optax.Updates, AddDecoupledWeightDecayState | optax.EmptyState]:
-    if params is None:
-      raise ValueError(optax.NO_PARAMS_MSG)
+    require_params(params)
+    check_same_structure("updates", updates, params)
     decay = weight_decay(state.count) if scheduled else weight_decay
     multipliers = extra_args.get(WEIGHT_DECAY_MULTIPLIERS)
 
@@ -126,7 +127,24 @@ def add_decoupled_weight_decay(
   transform = optax.GradientTransformationExtraArgs(init_fn, update_fn)
   if mask is None:
     return transform
-  return optax.masked(transform, mask, mask_compatible_extra_args=True)
+  return optax.masked(transform, checked_mask(mask), mask_compatible_extra_args=True)
+
+
+def check_mask_argument(mask: Any) -> None:
+  """A mask is None, a callable of the params, or a pytree of bools; never a single bool."""
+  scalar = isinstance(mask, (bool, np.bool_)) or (
+    isinstance(mask, (jax.Array, np.ndarray)) and mask.ndim == 0
+  )
+  if scalar:
+    raise ValueError(
+      f"mask must be a pytree of bools or a callable of the params, got the scalar {mask!r}. "
+      + MASK_AS_SCHEDULE_HINT
+    )
+  if isinstance(mask, (str, bytes, int, float, complex)):
+    raise TypeError(
+      "mask must be None, a pytree of bools or a callable of the params, "
+      f"got {type(mask).__name__} {mask!r}."
+    )
 
 
 def normalized_weight_decay(
@@ -153,9 +171,9 @@ def normalized_weight_decay(
   Reference: Loshchilov & Hutter, ICLR 2019, Appendix B.1.
   """
   check_non_negative("lambda_norm", lambda_norm)
-  check_range("batch_size", batch_size, low=0, low_inclusive=False)
-  check_range("num_train_points", num_train_points, low=0, low_inclusive=False)
-  check_range("num_epochs", num_epochs, low=0, low_inclusive=False)
+  check_number("batch_size", batch_size, low=1, integer=True)
+  check_number("num_train_points", num_train_points, low=1, integer=True)
+  check_number("num_epochs", num_epochs, low=0, low_inclusive=False)
   return lambda_norm * math.sqrt(batch_size / (num_train_points * num_epochs))
 
 
@@ -201,63 +219,22 @@ def normalized_weight_decay_schedule(
   Reference: Loshchilov & Hutter, ICLR 2019, Appendix B.1.
   """
   check_non_negative("lambda_norm", lambda_norm)
-  check_range("batch_size", batch_size, low=0, low_inclusive=False)
-  check_range("num_train_points", num_train_points, low=0, low_inclusive=False)
+  check_number("batch_size", batch_size, low=1, integer=True)
+  check_number("num_train_points", num_train_points, low=1, integer=True)
   _check_restart_args(first_period, period_mult, warmup_steps)
+  check_number("steps_per_epoch", steps_per_epoch, low=0, low_inclusive=False, optional=True)
   if steps_per_epoch is None:
     steps_per_epoch = num_train_points / batch_size
-  check_range("steps_per_epoch", steps_per_epoch, low=0, low_inclusive=False)
   first_period = int(first_period)
   scale = lambda_norm * math.sqrt(batch_size * steps_per_epoch / num_train_points)
 
   def schedule(count: jnp.ndarray | int) -> jnp.ndarray:
-    position = restart_position(
-      jnp.asarray(count, jnp.int32) - warmup_steps, first_period, period_mult
-    )
+    # The same count handling as cosine_warm_restart_schedule, so both restart on
+    # the same step; during warmup the position is that of the first period.
+    position, _, _ = _restart_position_after_warmup(count, warmup_steps, first_period, period_mult)
     return scale * jax.lax.rsqrt(position.period)
 
+  # The paper's formula gives the paper's lambda: the convention warning, which
+  # guesses from magnitudes, must not judge it (short periods make it large).
+  schedule.weight_decay_convention = "paper"  # type: ignore[attr-defined]
   return schedule
-
-
-# Paper-mode values at or above this many times the base learning rate would
-# be a PyTorch-convention decay of >= 1, which no common recipe uses.
-_SUSPICIOUS_DECAY_TO_LR_RATIO = 1.0
-_warned_conventions: set[tuple[float, float]] = set()
-
-
-class WeightDecayConventionWarning(UserWarning):
-  """A weight decay value looks like it was written for the other convention."""
-
-
-def warn_if_torch_convention(weight_decay: Any, learning_rate: Any) -> None:
-  """Warns once if a paper-convention lambda looks like a PyTorch-convention value.
-
-  The paper's lambda is the PyTorch one times the base learning rate alpha:
-  ``lambda_paper = alpha * lambda_torch``. A paper lambda at least alpha
-  therefore means a PyTorch decay of at least 1, which is almost surely a
-  PyTorch value used unconverted, decaying ``1 / alpha`` times too hard.
-  """
-  decay, rate = concrete_float(weight_decay), concrete_float(learning_rate)
-  if decay is None or rate is None or decay == 0 or rate <= 0:
-    return
-  if decay < _SUSPICIOUS_DECAY_TO_LR_RATIO * rate or (decay, rate) in _warned_conventions:
-    return
-  _warned_conventions.add((decay, rate))
-  warnings.warn(
-    f"weight_decay={decay:g} is used in the paper's convention, where it is NOT "
-    f"multiplied by learning_rate={rate:g}: every step shrinks the weights by "
-    f"{decay:g} * schedule(t). If this value comes from PyTorch, optax or timm, "
-    f"either pass scale_weight_decay_by_lr=True, or convert it: "
-    f"weight_decay={decay * rate:g} (= {decay:g} * {rate:g}) gives the same "
-    f"trajectory in the paper's convention.",
-    WeightDecayConventionWarning,
-    stacklevel=_user_stacklevel(),
-  )
-
-
-def _user_stacklevel() -> int:
-  """The stacklevel of the first caller outside this package, so a warning points at user code."""
-  frame, level = sys._getframe(2), 2
-  while frame is not None and frame.f_globals.get("__name__", "").startswith("decoupled_optax"):
-    frame, level = frame.f_back, level + 1
-  return level

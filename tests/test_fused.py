@@ -8,6 +8,8 @@ chain on every layout it handles, and against float64 NumPy directly.
 
 from __future__ import annotations
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -266,20 +268,142 @@ def test_sharded_leaves_take_the_generic_chain_even_when_forced():
 
 
 def test_a_kernel_that_cannot_run_falls_back_with_a_warning(monkeypatch):
-  """E.g. a jaxlib whose FFI cannot call the handler: warn once, run the generic chain."""
+  """E.g. a jaxlib whose FFI cannot call the handler: warn, run the generic chain by default."""
 
   def broken(*args, **kwargs):
     raise RuntimeError("simulated FFI failure")
 
-  fused._registered_kernels.cache_clear()
+  fused._kernel_status.cache_clear()
   monkeypatch.setattr(fused, "_kernel_call", broken)
   try:
     with pytest.warns(RuntimeWarning, match="generic chain"):
       assert not fused.cpu_kernel_available()
     params, grads = _tree()
-    text = _compiled_text(dopt.adamp(1e-3, 1e-4, cpu_kernel=True), params, grads)
-    assert "decoupled_optax_first_pass" not in text
+    monkeypatch.setattr(fused, "_single_cpu_device", lambda: True)
+    with pytest.warns(dopt.CPUKernelWarning, match="does not run with this jaxlib"):
+      tx = dopt.adamp(1e-3, 1e-4)
+    assert "decoupled_optax_first_pass" not in _compiled_text(tx, params, grads)
+    with pytest.raises(RuntimeError, match="cpu_kernel=True, but the fused CPU kernel"):
+      dopt.adamp(1e-3, 1e-4, cpu_kernel=True)
   finally:
-    fused._registered_kernels.cache_clear()
+    fused._kernel_status.cache_clear()
+    fused._warn_missing_kernel.cache_clear()
   monkeypatch.undo()
   assert fused.cpu_kernel_available()
+
+
+def test_a_missing_kernel_is_reported_once_and_forcing_it_raises(monkeypatch):
+  """Installed without a compiler: one warning on a lone CPU device, and cpu_kernel=True raises."""
+  monkeypatch.setattr(fused, "_kernel_status", lambda: (frozenset(), "simulated: not built"))
+  monkeypatch.setattr(fused, "_single_cpu_device", lambda: True)
+  fused._warn_missing_kernel.cache_clear()
+  try:
+    with pytest.warns(dopt.CPUKernelWarning, match="2.5x slower.*simulated: not built"):
+      dopt.adamp(1e-3, 1e-4)
+    with warnings.catch_warnings():
+      warnings.simplefilter("error")
+      dopt.sgdp(0.1, 0.9)  # once per process, not per optimizer
+      dopt.adamp(1e-3, 1e-4, cpu_kernel=False)
+    for make in (dopt.adamp, lambda lr, wd, **k: dopt.sgdp(lr, 0.9, wd, **k)):
+      with pytest.raises(RuntimeError, match="not available: simulated: not built"):
+        make(1e-3, 1e-4, cpu_kernel=True)
+  finally:
+    fused._warn_missing_kernel.cache_clear()
+
+
+def _small_tree():
+  """Kernel leaves of both layouts and a bias, small enough to differentiate quickly."""
+  rng = np.random.default_rng(1)
+  shapes = {"conv": (3, 3, 4, 8), "dense": (6, 5), "bias": (5,)}
+  return {k: jnp.asarray(rng.standard_normal(s), jnp.float32) for k, s in shapes.items()}
+
+
+def _unrolled_loss(params, tx, steps=2):
+  """A function of the update that meta-learning differentiates: the loss after a few steps."""
+  state = tx.init(params)
+  for _ in range(steps):
+    grads = jax.tree.map(jnp.sin, params)
+    updates, state = tx.update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+  return sum(jnp.sum(x**2) for x in jax.tree.leaves(params))
+
+
+DIFFERENTIATED = [
+  ("adamp", lambda kernel: dopt.adamp(1e-2, 1e-3, cpu_kernel=kernel)),
+  ("adamp-nesterov", lambda kernel: dopt.adamp(1e-2, 1e-3, nesterov=True, cpu_kernel=kernel)),
+  ("sgdp", lambda kernel: dopt.sgdp(0.1, 0.9, 1e-3, cpu_kernel=kernel)),
+  ("sgdp-nesterov", lambda kernel: dopt.sgdp(0.1, 0.9, 1e-3, nesterov=True, cpu_kernel=kernel)),
+]
+
+
+@pytest.mark.parametrize("make", [m for _, m in DIFFERENTIATED], ids=[n for n, _ in DIFFERENTIATED])
+def test_grad_and_jvp_through_the_fused_update_equal_the_generic_chains(make):
+  params = _small_tree()
+  fused_tx, generic_tx = make(True), make(False)
+  assert "decoupled_optax_first_pass" in _compiled_text(fused_tx, params, params)
+  grads = [
+    jax.jit(jax.grad(_unrolled_loss), static_argnums=1)(params, tx) for tx in (fused_tx, generic_tx)
+  ]
+  _assert_trees_close(grads[0], grads[1])
+  tangents = jax.tree.map(jnp.ones_like, params)
+  jvps = [
+    jax.jvp(lambda p, tx=tx: _unrolled_loss(p, tx), (params,), (tangents,))
+    for tx in (fused_tx, generic_tx)
+  ]
+  np.testing.assert_allclose(jvps[0][0], jvps[1][0], rtol=1e-5)
+  np.testing.assert_allclose(jvps[0][1], jvps[1][1], rtol=1e-4)
+
+
+def test_hypergradients_of_injected_hyperparameters_through_the_fused_update():
+  """d loss / d learning_rate, with the rate traced by inject_hyperparams and closed over."""
+  params = _small_tree()
+  grads = jax.tree.map(jnp.cos, params)
+
+  def loss_after_one_step(learning_rate, weight_decay, kernel):
+    tx = dopt.inject_hyperparams(dopt.adamp)(learning_rate, weight_decay, cpu_kernel=kernel)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    return sum(jnp.sum(x**2) for x in jax.tree.leaves(optax.apply_updates(params, updates)))
+
+  hypergradients = [
+    jax.jit(jax.grad(loss_after_one_step, argnums=(0, 1)), static_argnums=2)(1e-2, 1e-1, kernel)
+    for kernel in (True, False)
+  ]
+  np.testing.assert_allclose(hypergradients[0], hypergradients[1], rtol=1e-5)
+  assert all(abs(float(h)) > 0 for h in hypergradients[0])
+
+
+def test_the_kernel_registers_when_the_first_optimizer_is_built_inside_jit():
+  """Its self-test used to run on tracers there, and disabled the kernel for the process."""
+  params = _small_tree()
+  grads = jax.tree.map(jnp.cos, params)
+
+  @jax.jit
+  def step(learning_rate):
+    tx = dopt.adamp(learning_rate, 1e-4, cpu_kernel=True)
+    return tx.update(grads, tx.init(params), params)
+
+  fused._kernel_status.cache_clear()
+  try:
+    step(1e-3)
+    assert fused.cpu_kernel_available()
+  finally:
+    fused._kernel_status.cache_clear()
+
+
+def test_one_wide_leaf_does_not_pad_the_statistics_of_all_others():
+  """The batched per-channel math groups leaves by width: padding stays within 2x each leaf's own."""
+  rng = np.random.default_rng(0)
+  params = {f"narrow_{i}": rng.standard_normal((16, 16)).astype(np.float32) for i in range(40)}
+  params["wide"] = rng.standard_normal((4, 2**16)).astype(np.float32)
+  grads = jax.tree.map(lambda x: x * 0.5, params)
+
+  def temporaries(cpu_kernel):
+    tx = dopt.adamp(1e-3, 1e-4, cpu_kernel=cpu_kernel)
+    step = jax.jit(lambda p, s, g: tx.update(g, s, p))
+    compiled = step.lower(params, tx.init(params), grads).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+  leaf_bytes = 4 * 2**16 * 4
+  # Padded to the widest, the 40 narrow leaves' (4, channels) statistics alone would
+  # take 40 * 4 * 2^16 * 4 bytes = 40 wide leaves.
+  assert temporaries(True) <= temporaries(False) + 8 * leaf_bytes

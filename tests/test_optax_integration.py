@@ -165,5 +165,52 @@ def test_multi_transform_with_a_projecting_branch():
 def test_optax_inject_hyperparams_with_a_traced_channel_axis_is_an_explicit_error():
   tx = optax.inject_hyperparams(dopt.adamp)(learning_rate=1e-2, weight_decay=1e-3)
   params = _params()
-  with pytest.raises(ValueError, match="channel_axis"):
+  with pytest.raises(TypeError, match="channel_axis must be a Python int"):
     tx.update(params, tx.init(params), params)
+
+
+BF16_FACTORIES = {
+  "adamw": (dopt.adamw, dict(learning_rate=1e-2, weight_decay=1e-4)),
+  "adamp": (dopt.adamp, dict(learning_rate=1e-2, weight_decay=1e-4)),
+  "sgdp": (dopt.sgdp, dict(learning_rate=1e-1, momentum=0.9, weight_decay=1e-4)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BF16_FACTORIES))
+def test_injected_hyperparameters_stay_exact_with_bfloat16_params(name):
+  """optax stores them in the params' dtype: b2 = 0.999 would become 1.0 in bfloat16."""
+  factory, kwargs = BF16_FACTORIES[name]
+  params = jax.tree.map(lambda x: x.astype(jnp.bfloat16), _params())
+  tx = dopt.inject_hyperparams(factory)(**kwargs)
+  state = tx.init(params)
+  assert all(v.dtype == jnp.float32 for v in state.hyperparams.values())
+  if "b2" in state.hyperparams:
+    assert float(state.hyperparams["b2"]) == pytest.approx(0.999, abs=1e-7)
+  tx.update(params, state, params)  # no "b2 must be in [0, 1)" for an argument never passed
+
+
+@pytest.mark.parametrize("name", sorted(BF16_FACTORIES))
+def test_injected_state_and_updates_keep_their_dtypes_across_steps(name):
+  """float32 hyperparameters must not promote bfloat16 moments: lax.scan needs a stable carry."""
+  factory, kwargs = BF16_FACTORIES[name]
+  params = jax.tree.map(lambda x: x.astype(jnp.bfloat16), _params())
+  tx = dopt.inject_hyperparams(factory, hyperparam_dtype=jnp.float32)(**kwargs)
+  state = tx.init(params)
+
+  def step(carry, _):
+    params, state = carry
+    grads = jax.grad(lambda p: _loss(jax.tree.map(lambda x: x.astype(jnp.float32), p)))(params)
+    updates, state = tx.update(grads, state, params)
+    assert all(u.dtype == jnp.bfloat16 for u in jax.tree.leaves(updates))
+    return (optax.apply_updates(params, updates), state), None
+
+  (new_params, new_state), _ = jax.lax.scan(step, (params, state), length=3)
+  dtypes = lambda tree: [x.dtype for x in jax.tree.leaves(tree)]  # noqa: E731
+  assert dtypes(new_state) == dtypes(state)
+  assert dtypes(new_params) == dtypes(params)
+  # A restored checkpoint (the state as saved) continues exactly as the run itself.
+  restored = jax.tree.map(lambda x: np.asarray(x), new_state)
+  (continued, _), _ = jax.lax.scan(step, (new_params, restored), length=2)
+  (uninterrupted, _), _ = jax.lax.scan(step, (params, state), length=5)
+  for a, b in zip(jax.tree.leaves(continued), jax.tree.leaves(uninterrupted), strict=True):
+    np.testing.assert_array_equal(np.asarray(a, np.float32), np.asarray(b, np.float32))

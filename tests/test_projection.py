@@ -82,7 +82,8 @@ def test_flax_layout_is_pytorch_layout_with_channel_last(kind):
   to_hwio = lambda x: np.transpose(x, (2, 3, 1, 0))
   torch_layout, torch_wd = _ours(w, g, perturb, channel_axis=0)
   flax_layout, flax_wd = _ours(to_hwio(w), to_hwio(g), to_hwio(perturb), channel_axis=-1)
-  np.testing.assert_allclose(flax_layout, to_hwio(torch_layout), rtol=1e-6, atol=1e-7)
+  # Same sums in another order: equal up to float32 rounding of 72-term reductions.
+  np.testing.assert_allclose(flax_layout, to_hwio(torch_layout), rtol=1e-5, atol=1e-6)
   assert flax_wd == torch_wd
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -12,14 +11,6 @@ import optax
 import pytest
 
 import decoupled_optax as dopt
-from decoupled_optax import weight_decay as wd_module
-
-
-@pytest.fixture(autouse=True)
-def _fresh_warning_registry():
-  wd_module._warned_conventions.clear()
-  yield
-  wd_module._warned_conventions.clear()
 
 
 def _params():
@@ -142,33 +133,3 @@ def test_normalized_weight_decay_schedule_follows_restarts(period_mult):
     for step in (start, start + period // 2, start + period - 1):
       assert float(sched(step)) == pytest.approx(expected, rel=1e-6)
     start, period = start + period, period * period_mult
-
-
-def test_convention_warning_in_paper_mode_only_and_once():
-  with pytest.warns(dopt.WeightDecayConventionWarning, match=r"weight_decay=1e-05"):
-    dopt.adamw(1e-3, weight_decay=1e-2)
-  with warnings.catch_warnings():
-    warnings.simplefilter("error")
-    dopt.adamw(1e-3, weight_decay=1e-2)  # once per value
-    dopt.adamw(1e-3, weight_decay=1e-2, scale_weight_decay_by_lr=True)
-    dopt.adamw(1e-3, weight_decay=2.5e-4)
-    dopt.sgdw(0.1, 0.9, weight_decay=5e-5)
-
-
-@pytest.mark.parametrize("alias", [dopt.adamw, dopt.adamp])
-def test_convention_warning_for_each_alias(alias):
-  with pytest.warns(dopt.WeightDecayConventionWarning):
-    alias(1e-4, weight_decay=0.05)
-
-
-def test_warning_is_silent_for_traced_values():
-  with warnings.catch_warnings():
-    warnings.simplefilter("error")
-    jax.jit(lambda lr, wd: dopt.adamw(lr, wd).init({"w": jnp.ones(2)}))(1e-3, 1e-1)
-
-
-@pytest.mark.parametrize("alias", [dopt.adamw, dopt.sgdw, dopt.adamp, dopt.sgdp])
-def test_convention_warning_points_at_the_callers_line(alias):
-  with pytest.warns(dopt.WeightDecayConventionWarning) as record:
-    alias(1e-3, weight_decay=0.02)
-  assert record[0].filename == __file__
