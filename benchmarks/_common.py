@@ -1,8 +1,9 @@
 """Shared by the reproductions: the digits data and CNN (from ``examples/_digits.py``), outputs.
 
-Every reproduction writes its figures to ``docs/`` and its results table, as
-Markdown and JSON with the command that regenerates it, to
-``benchmarks/results/``; ``--out DIR`` sends both to ``DIR`` instead.
+Every reproduction writes its figures and its results table, as Markdown and
+JSON with the command that regenerates it, to ``outputs/`` (ignored by git), or
+to ``--out DIR``. ``--publish`` regenerates the committed ones: the figures in
+``docs/`` and the tables in ``benchmarks/results/``.
 """
 
 from __future__ import annotations
@@ -25,9 +26,13 @@ __all__ = ["D", "Outputs", "markdown_table", "parse_args"]
 
 
 def parse_args(description: str, argv: list[str] | None, extra: Any = None) -> Any:
-  """The common flags (``--seed``, ``--smoke``, ``--out``), plus ``extra(parser)``."""
-  parser = D.base_parser(description, default_out=None)
-  parser.set_defaults(out=None)
+  """The common flags (``--seed``, ``--smoke``, ``--out``, ``--publish``), plus ``extra(parser)``."""
+  parser = D.base_parser(description)
+  parser.add_argument(
+    "--publish",
+    action="store_true",
+    help="write the committed figures (docs/) and tables (benchmarks/results/)",
+  )
   if extra is not None:
     extra(parser)
   return parser.parse_args(argv)
@@ -36,10 +41,13 @@ def parse_args(description: str, argv: list[str] | None, extra: Any = None) -> A
 class Outputs:
   """Where a reproduction writes its figures and tables, and the command that made them."""
 
-  def __init__(self, name: str, out: Path | None, argv: list[str] | None) -> None:
+  def __init__(
+    self, name: str, out: Path | None, argv: list[str] | None, *, publish: bool = False
+  ) -> None:
     self.name = name
-    self.figures = D.DOCS_DIR if out is None else Path(out)
-    self.results = D.RESULTS_DIR if out is None else Path(out)
+    out = D.OUTPUT_DIR if out is None else Path(out)
+    self.figures = D.DOCS_DIR if publish else out
+    self.results = D.RESULTS_DIR if publish else out
     self.figures.mkdir(parents=True, exist_ok=True)
     self.results.mkdir(parents=True, exist_ok=True)
     args = sys.argv[1:] if argv is None else argv

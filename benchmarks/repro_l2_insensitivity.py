@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
   args = C.parse_args(__doc__.splitlines()[0], argv, extra)
   steps = 20 if args.smoke else args.steps
-  out = C.Outputs("repro_l2_insensitivity", args.out, argv)
+  out = C.Outputs("repro_l2_insensitivity", args.out, argv, publish=args.publish)
   sweep = np.logspace(-6, 2, 2 if args.smoke else 33)  # smoke: 5 lambda' in all
   lambdas = np.unique(np.concatenate([sweep, HEADLINE]))
   finals: dict[str, list[float]] = {name: [] for name in optimizers(1.0)}

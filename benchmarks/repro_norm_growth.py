@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--batch-size", type=int, default=64)
 
   args = C.parse_args(__doc__.splitlines()[0], argv, extra)
-  out = C.Outputs("repro_norm_growth", args.out, argv)
+  out = C.Outputs("repro_norm_growth", args.out, argv, publish=args.publish)
 
   # --- the 2-D toy
   toy_steps = 30 if args.smoke else TOY["steps"]

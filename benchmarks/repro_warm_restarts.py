@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--batch-size", type=int, default=64)
 
   args = C.parse_args(__doc__.splitlines()[0], argv, extra)
-  out = C.Outputs("repro_warm_restarts", args.out, argv)
+  out = C.Outputs("repro_warm_restarts", args.out, argv, publish=args.publish)
   data = C.D.load_digits(args.seed, smoke=args.smoke)
   num_train = len(data.x_train)
   batch_size = args.batch_size

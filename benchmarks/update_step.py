@@ -700,7 +700,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   parser.add_argument("--smoke", action="store_true", help="tiny tree, few rounds: seconds")
   parser.add_argument("--no-torch", action="store_true")
   parser.add_argument("--only", default="", help="comma-separated candidate names")
-  parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+  parser.add_argument(
+    "--out",
+    default=str(Path(__file__).resolve().parent.parent / "outputs"),
+    help="output folder (default outputs/, ignored by git; the committed runs used "
+    "--out benchmarks/results)",
+  )
   parser.add_argument("--name", default=None, help="file stem (default update_step_<backend>)")
   args = parser.parse_args(argv)
 

@@ -32,6 +32,9 @@ from flax import nnx  # noqa: E402
 import decoupled_optax as dopt  # noqa: E402
 
 DOCS_DIR = REPO_ROOT / "docs"
+# Runs write here (ignored by git); the committed figures in docs/ and tables in
+# benchmarks/results/ are regenerated only on request (``--out docs``, ``--publish``).
+OUTPUT_DIR = REPO_ROOT / "outputs"
 # ``--smoke`` compiles without XLA's backend optimisations: about 3-4 times faster to compile
 # on CPU (the smoke runs are almost all compilation), same code paths.
 SMOKE_COMPILER_OPTIONS = {
@@ -188,7 +191,9 @@ def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
   return jnp.mean(jnp.argmax(logits, -1) == labels)
 
 
-def base_parser(description: str, *, default_out: Path = DOCS_DIR) -> argparse.ArgumentParser:
+def base_parser(
+  description: str, *, default_out: Path | None = OUTPUT_DIR
+) -> argparse.ArgumentParser:
   """The flags every example and reproduction shares."""
   parser = argparse.ArgumentParser(description=description)
   parser.add_argument("--seed", type=int, default=0, help="seed of data split, init and batches")
@@ -196,7 +201,10 @@ def base_parser(description: str, *, default_out: Path = DOCS_DIR) -> argparse.A
     "--smoke", action="store_true", help="a few steps only, to check the script runs (CI)"
   )
   parser.add_argument(
-    "--out", type=Path, default=default_out, help=f"output folder (default {default_out})"
+    "--out",
+    type=Path,
+    default=default_out,
+    help=f"output folder (default {default_out}; `--out docs` regenerates the committed figure)",
   )
   return parser
 
