@@ -65,3 +65,17 @@ def test_reproduction_smoke(script: str, figures: list[str], tmp_path: Path) -> 
   assert (tmp_path / f"{name}.md").read_text().startswith("# ")
   payload = json.loads((tmp_path / f"{name}.json").read_text())
   assert payload["command"].startswith(f"python benchmarks/{name}.py")
+
+
+def test_default_outputs_go_to_an_ignored_folder_not_the_committed_figures() -> None:
+  """The Quickstart's first command must leave `git status` clean."""
+  import _common
+  import _digits
+
+  example_out = _digits.base_parser("x").parse_args([]).out
+  reproduction = _common.Outputs("repro_x", _common.parse_args("x", []).out, [])
+  published = _common.Outputs("repro_x", None, [], publish=True)
+  assert example_out == reproduction.figures == reproduction.results == _digits.OUTPUT_DIR
+  assert (published.figures, published.results) == (_digits.DOCS_DIR, _digits.RESULTS_DIR)
+  ignored = (ROOT / ".gitignore").read_text().splitlines()
+  assert f"/{_digits.OUTPUT_DIR.relative_to(ROOT)}/" in ignored
