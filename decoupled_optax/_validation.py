@@ -156,8 +156,3 @@ def check_dtype(name: str, value: Any) -> None:
     jnp.dtype(value)
   except TypeError:
     raise TypeError(f"{name} must be a dtype or None, got {describe(value)}.") from None
-
-
-def check_range(name: str, value: Any, **interval: Any) -> None:
-  """A finite number in an interval, or a schedule (unchecked)."""
-  check_number(name, value, schedule=True, **interval)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.metadata
+import json
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -10,15 +11,17 @@ import pytest
 
 def test_the_editable_install_is_a_path_entry_that_type_checkers_follow():
   """setuptools' import-hook editable mode hides the package from pyright and mypy."""
-  distribution = importlib.metadata.distribution("decoupled_optax")
-  pth_files = [f for f in distribution.files or [] if f.name.endswith(".pth")]
-  if not pth_files:
-    pytest.skip("decoupled_optax is installed as a regular (non-editable) wheel")
+  site_packages = Path(sysconfig.get_paths()["purelib"])
+  records = list(site_packages.glob("decoupled_optax-*.dist-info/direct_url.json"))
+  editable = any(json.loads(r.read_text()).get("dir_info", {}).get("editable") for r in records)
+  if not editable:
+    pytest.skip("decoupled_optax is not installed in editable mode here")
   lines = [
     line.strip()
-    for f in pth_files
-    for line in Path(distribution.locate_file(f)).read_text().splitlines()
+    for pth in site_packages.glob("__editable__*decoupled_optax*.pth")
+    for line in pth.read_text().splitlines()
     if line.strip()
   ]
+  assert lines, "no .pth file of the editable install"
   assert not any(line.startswith("import ") for line in lines), lines
   assert any((Path(line) / "decoupled_optax" / "py.typed").is_file() for line in lines), lines

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -68,7 +70,9 @@ def _ours(w, g, perturb, channel_axis):
 @pytest.mark.parametrize("kind", CASES)
 @pytest.mark.parametrize("shape", SHAPES)
 def test_matches_official_projection_in_pytorch_layout(kind, shape):
-  w, g, perturb = _case(kind, shape, seed=hash((kind, shape)) % 2**32)
+  w, g, perturb = _case(
+    kind, shape, seed=zlib.crc32(repr((kind, shape)).encode())
+  )  # stable across processes
   expected, expected_wd = _official_projection(w, g, perturb)
   got, got_wd = _ours(w, g, perturb, channel_axis=0)
   np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
