@@ -58,7 +58,7 @@ constexpr int64_t kChunkSumBytes = kStatistics * kChannelChunk * sizeof(double);
 
 // Adam's moments (optax.scale_by_adam) and direction; with `Nesterov`, the
 // official AdamP's (b1 m + (1 - b1) g) in the numerator. The bias corrections
-// are applied as reciprocals: one division per element is the compute bound.
+// come as reciprocals: one division per element is the compute bound.
 template <bool Nesterov>
 struct Adam {
   float b1, one_minus_b1, b2, one_minus_b2, eps, inverse_bias_correction1,
@@ -278,8 +278,9 @@ ffi::Error CheckSizes(const Layout& layout, size_t grad, size_t param, size_t st
   return ffi::Error::Success();
 }
 
-// scalars: b1, 1 - b1, b2, 1 - b2, eps, 1 - b1^t, 1 - b2^t (1 - b rounded as
-// optax rounds it).
+// scalars, in the order of decoupled_optax.directions.AdamKernelScalars: b1,
+// 1 - b1, b2, 1 - b2, eps, 1 / (1 - b1^t), 1 / (1 - b2^t). Python computes the
+// same direction from the same float32 values (AdamDirection.from_moments).
 ffi::Error AdamFirstPassImpl(ffi::Buffer<ffi::F32> grad, ffi::Buffer<ffi::F32> param,
                              ffi::Buffer<ffi::F32> mu, ffi::Buffer<ffi::F32> nu,
                              ffi::Buffer<ffi::F32> scalars, ffi::ResultBuffer<ffi::F32> mu_out,
@@ -304,16 +305,16 @@ ffi::Error AdamFirstPassImpl(ffi::Buffer<ffi::F32> grad, ffi::Buffer<ffi::F32> p
   float* mu_new = mu_out->typed_data();
   float* nu_new = nu_out->typed_data();
   if (nesterov) {
-    run(Adam<true>{s[0], s[1], s[2], s[3], s[4], 1.0f / s[5], 1.0f / s[6], mu_in, nu_in, mu_new,
+    run(Adam<true>{s[0], s[1], s[2], s[3], s[4], s[5], s[6], mu_in, nu_in, mu_new,
                    nu_new});
   } else {
-    run(Adam<false>{s[0], s[1], s[2], s[3], s[4], 1.0f / s[5], 1.0f / s[6], mu_in, nu_in, mu_new,
+    run(Adam<false>{s[0], s[1], s[2], s[3], s[4], s[5], s[6], mu_in, nu_in, mu_new,
                     nu_new});
   }
   return ffi::Error::Success();
 }
 
-// scalars: the momentum decay.
+// scalars, as decoupled_optax.directions.MomentumKernelScalars: the decay.
 ffi::Error MomentumFirstPassImpl(ffi::Buffer<ffi::F32> grad, ffi::Buffer<ffi::F32> param,
                                  ffi::Buffer<ffi::F32> trace, ffi::Buffer<ffi::F32> scalars,
                                  ffi::ResultBuffer<ffi::F32> trace_out,

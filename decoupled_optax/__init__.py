@@ -14,14 +14,13 @@ from decoupled_optax.aliases import (
   sgdw,
 )
 from decoupled_optax.conventions import ScheduleConventionWarning, WeightDecayConventionWarning
-from decoupled_optax.directions import scale_by_adamp_nesterov
-from decoupled_optax.fused import (
+from decoupled_optax.directions import (
   AdamDirection,
-  CPUKernelWarning,
+  Direction,
   MomentumDirection,
-  cpu_kernel_available,
-  fused_scale_invariance,
+  scale_by_adamp_nesterov,
 )
+from decoupled_optax.fused import CPUKernelWarning, cpu_kernel_available, fused_scale_invariance
 from decoupled_optax.masks import make_weight_decay_mask, weight_decay_mask
 from decoupled_optax.projection import (
   RadialProjector,
@@ -53,6 +52,7 @@ __all__ = [
   "AdamDirection",
   "AddDecoupledWeightDecayState",
   "CPUKernelWarning",
+  "Direction",
   "MomentumDirection",
   "RadialProjector",
   "RestartPosition",

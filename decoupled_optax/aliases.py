@@ -40,11 +40,8 @@ from decoupled_optax.conventions import (
   warn_if_schedule_looks_like_learning_rate,
   warn_if_torch_convention,
 )
-from decoupled_optax.fused import (
-  AdamDirection,
-  MomentumDirection,
-  fused_scale_invariance,
-)
+from decoupled_optax.directions import AdamDirection, Direction, MomentumDirection
+from decoupled_optax.fused import fused_scale_invariance
 from decoupled_optax.projection import AxisName, detect_scale_invariance, project_out_radial
 from decoupled_optax.sharding import keep_param_sharding
 from decoupled_optax.weight_decay import (
@@ -54,19 +51,18 @@ from decoupled_optax.weight_decay import (
 )
 
 
-def _checked_inputs(
-  inner: optax.GradientTransformation, *, projected: bool
-) -> optax.GradientTransformationExtraArgs:
+def _checked_inputs(inner: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
   """``inner``, with its inputs checked first: params given, grads shaped like them, dtypes.
 
-  The aliases' errors then name the argument and the leaf, instead of a
-  broadcasting error (or a silent broadcast) several transforms deep.
+  The errors then name the argument and the leaf, instead of a broadcasting
+  error (or a silent broadcast) several transforms deep. The projecting
+  chains get the same checks from their detection.
   """
   inner = optax.with_extra_args_support(inner)
-  transform = "decoupled_optax's AdamP/SGDP" if projected else "decoupled_optax's AdamW/SGDW"
+  transform = "decoupled_optax's AdamW/SGDW"
 
   def init_fn(params: optax.Params) -> optax.OptState:
-    check_real_params(params, allow_complex=not projected, transform=transform)
+    check_real_params(params, allow_complex=True, transform=transform)
     return inner.init(params)
 
   def update_fn(
@@ -77,7 +73,7 @@ def _checked_inputs(
   ) -> tuple[optax.Updates, optax.OptState]:
     require_params(params)
     check_same_structure("grads", updates, params)
-    check_real_params(params, allow_complex=not projected, transform=transform)
+    check_real_params(params, allow_complex=True, transform=transform)
     return inner.update(updates, state, params, **extra_args)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -95,7 +91,7 @@ def _scale_by_multiplier(
 
 
 def decoupled_chain(
-  direction: optax.GradientTransformation | AdamDirection | MomentumDirection,
+  direction: optax.GradientTransformation | Direction,
   *,
   learning_rate: optax.ScalarOrSchedule,
   weight_decay: optax.ScalarOrSchedule,
@@ -133,7 +129,7 @@ def decoupled_chain(
   Returns:
     The chain, an :class:`optax.GradientTransformationExtraArgs`.
   """
-  fusable = isinstance(direction, (AdamDirection, MomentumDirection))
+  fusable = isinstance(direction, Direction)
   if not fusable:
     check_transform("direction", direction)
   check_bool("scale_weight_decay_by_lr", scale_weight_decay_by_lr)
@@ -172,14 +168,14 @@ def decoupled_chain(
     steps += [optax.scale(learning_rate), decay, _scale_by_multiplier(schedule, -1.0)]
   transform = direction.transform() if fusable else direction
   if radial_projection is None:
-    chain = optax.chain(transform, *steps)
+    chain = _checked_inputs(optax.chain(transform, *steps))
   elif fusable:
     chain = fused_scale_invariance(direction, optax.chain(*steps), **radial_projection)
   else:
     # The fused chain's state structure: (direction, (projection, decay, ...)).
     options = {k: v for k, v in radial_projection.items() if k != "cpu_kernel"}
     chain = detect_scale_invariance(optax.chain(transform, optax.chain(*steps)), **options)
-  chain = _checked_inputs(chain, projected=radial_projection is not None)
+
   # Under jit, the state follows the params' sharding (see decoupled_optax.sharding).
   return keep_param_sharding(chain)
 

@@ -11,10 +11,10 @@ the parameter update into one elementwise pass: the two-pass floor of 10.
 
 It computes exactly what the generic chain computes::
 
-  detect_scale_invariance(optax.chain(direction, *tail))
+  detect_scale_invariance(optax.chain(direction.transform(), tail))
 
-where ``direction`` is Adam (``optax.scale_by_adam`` or the official
-Nesterov variant) or optax's momentum ``trace``, and the first of ``tail`` is
+where ``direction`` is a :class:`decoupled_optax.directions.Direction` (Adam,
+or optax's momentum ``trace``) and ``tail`` starts with
 :func:`decoupled_optax.project_out_radial`. The state is that chain's state,
 so checkpoints move between the two. The kernel runs for float32 leaves with
 ``ndim > 1`` when the step is lowered for the CPU (chosen with
@@ -25,37 +25,28 @@ sharded CPU runs, a missing kernel) runs the generic chain.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 import warnings
-from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from decoupled_optax._validation import (
-  check_bool,
-  check_dtype,
-  check_non_negative,
-  check_transform,
-  check_unit_interval,
-  describe,
-)
+from decoupled_optax._validation import check_bool, check_transform, describe
 from decoupled_optax.conventions import user_stacklevel
-from decoupled_optax.directions import scale_by_adamp_nesterov
+from decoupled_optax.directions import AdamDirection, Direction, MomentumDirection
 from decoupled_optax.projection import (
   RADIAL_PROJECTORS,
   AxisName,
-  _leaf_axis_names,
-  _leaf_statistics,
-  _projected,
-  _projectors,
+  ChannelStatistics,
   check_update_inputs,
   detect_scale_invariance,
+  is_projected,
+  leaf_axis_names,
+  projectors_of_leaves,
 )
 from decoupled_optax.weight_decay import WEIGHT_DECAY_MULTIPLIERS
 
@@ -70,7 +61,7 @@ class CPUKernelWarning(RuntimeWarning):
 def _kernel_status() -> tuple[frozenset[str], str]:
   """Registers the FFI handlers once: the direction kinds whose kernel works here, and why not.
 
-  Each kernel runs once on a tiny leaf against NumPy, so that a kernel this
+  Each kernel runs once on a tiny leaf against optax, so that a kernel this
   jaxlib cannot call (an FFI it does not know) falls back to the generic
   chain with a warning instead of failing inside a training step.
   """
@@ -88,15 +79,57 @@ def _kernel_status() -> tuple[frozenset[str], str]:
       jax.ffi.register_ffi_target(_TARGET_PREFIX + kind, capsule, platform="cpu")
   except AttributeError as error:  # a jax without jax.ffi
     return frozenset(), f"this jax cannot register FFI targets ({error})"
-  working = []
-  for direction in (AdamDirection(), MomentumDirection()):
-    if direction.kind in handlers and _self_test(direction):
-      working.append(direction.kind)
+  working = [
+    direction.kind
+    for direction in (AdamDirection(), MomentumDirection())
+    if direction.kind in handlers and _self_test(direction)
+  ]
   return frozenset(working), "the kernel does not run with this jaxlib (see the warning above)"
 
 
 def _registered_kernels() -> frozenset[str]:
   return _kernel_status()[0]
+
+
+def cpu_kernel_available() -> bool:
+  """Whether the fused CPU kernel was built and could be registered with XLA."""
+  return bool(_registered_kernels())
+
+
+def _self_test(direction: Direction) -> bool:
+  """One step of the kernel on a tiny leaf against the direction's optax transform."""
+  grad = np.array([[1.0, -2.0, 0.5], [0.25, 3.0, -1.0]], np.float32)
+  param = np.array([[2.0, 1.0, -1.0], [0.5, -0.5, 4.0]], np.float32)
+  try:
+    # Everything in the block: the first optimizer may be built inside a jit,
+    # where any jnp value would otherwise be a tracer.
+    with jax.ensure_compile_time_eval(), jax.default_device(jax.devices("cpu")[0]):
+      transform = direction.transform()
+      state = transform.init(param)
+      expected, new_state = transform.update(grad, state, param)
+      moments, _, statistics = _kernel_call(
+        direction, direction.kernel_scalars(new_state), grad, param, direction.moments(state), -1
+      )
+      ok = all(
+        np.allclose(np.asarray(a), np.asarray(b), rtol=1e-5)
+        for a, b in zip(moments, direction.moments(new_state), strict=True)
+      ) and np.allclose(
+        np.asarray(statistics)[:4],
+        np.stack(
+          [(grad * param).sum(0), (grad * grad).sum(0), (param * param).sum(0)]
+          + [(param * np.asarray(expected)).sum(0)]
+        ),
+        rtol=1e-5,
+      )
+  except Exception as error:  # noqa: BLE001 - any failure means: do not use the kernel
+    warnings.warn(
+      f"decoupled_optax: the fused CPU kernel ({direction.kind}) does not run with this "
+      f"jaxlib ({error!r}); AdamP/SGDP use the generic chain.",
+      RuntimeWarning,
+      stacklevel=2,
+    )
+    return False
+  return bool(ok)
 
 
 @functools.cache
@@ -111,37 +144,6 @@ def _warn_missing_kernel() -> None:
   )
 
 
-def _default_backend_is_cpu() -> bool:
-  try:
-    return jax.default_backend() == "cpu"
-  except RuntimeError:
-    return False
-
-
-def _self_test(direction: Direction) -> bool:
-  grad = np.array([[1.0, -2.0, 0.5], [0.25, 3.0, -1.0]], np.float32)
-  param = np.array([[2.0, 1.0, -1.0], [0.5, -0.5, 4.0]], np.float32)
-  try:
-    # Everything in the block, the count too: under an outer jit (the first
-    # optimizer may be built inside one) even jnp.int32(1) would be a tracer.
-    with jax.ensure_compile_time_eval(), jax.default_device(jax.devices("cpu")[0]):
-      state = direction.state_template(jnp.int32(1))
-      moments = tuple(np.full(param.shape, 0.5, np.float32) for _ in direction.moments(state))
-      scalars = direction.scalars(state)
-      _, _, statistics = _kernel_call(direction, scalars, grad, param, moments, -1)
-      expected = np.stack([(grad * param).sum(0), (grad * grad).sum(0), (param * param).sum(0)])
-      ok = np.allclose(np.asarray(statistics)[:3], expected, rtol=1e-5)
-  except Exception as error:  # noqa: BLE001 - any failure means: do not use the kernel
-    warnings.warn(
-      f"decoupled_optax: the fused CPU kernel ({direction.kind}) does not run with this "
-      f"jaxlib ({error!r}); AdamP/SGDP use the generic chain.",
-      RuntimeWarning,
-      stacklevel=2,
-    )
-    return False
-  return bool(ok)
-
-
 def _single_cpu_device() -> bool:
   try:
     return jax.device_count("cpu") == 1
@@ -149,149 +151,44 @@ def _single_cpu_device() -> bool:
     return False
 
 
-def cpu_kernel_available() -> bool:
-  """Whether the fused CPU kernel was built and could be registered with XLA."""
-  return bool(_registered_kernels())
+def _default_backend_is_cpu() -> bool:
+  try:
+    return jax.default_backend() == "cpu"
+  except RuntimeError:
+    return False
 
 
-@dataclasses.dataclass(frozen=True)
-class AdamDirection:
-  """Adam's moments and direction, as ``optax.scale_by_adam`` with ``eps_root=0``.
-
-  ``nesterov`` is the official AdamP's, see
-  :func:`decoupled_optax.scale_by_adamp_nesterov`.
-  """
-
-  b1: Any = 0.9
-  b2: Any = 0.999
-  eps: Any = 1e-8
-  nesterov: bool = False
-  kind = "adam"
-
-  def __post_init__(self) -> None:
-    check_unit_interval("b1", self.b1)
-    check_unit_interval("b2", self.b2)
-    check_non_negative("eps", self.eps)
-    check_bool("nesterov", self.nesterov)
-
-  def transform(self) -> optax.GradientTransformation:
-    """The optax transform that computes this direction (and keeps its state)."""
-    if self.nesterov:
-      return scale_by_adamp_nesterov(self.b1, self.b2, self.eps)
-    return optax.scale_by_adam(self.b1, self.b2, self.eps)
-
-  def state_template(self, count: jax.Array) -> optax.ScaleByAdamState:
-    return optax.ScaleByAdamState(count, None, None)
-
-  def moments(self, state: optax.ScaleByAdamState) -> tuple[Any, Any]:
-    return state.mu, state.nu
-
-  def with_moments(self, state: optax.ScaleByAdamState, moments: Sequence[Any]) -> Any:
-    return state._replace(mu=moments[0], nu=moments[1])
-
-  def scalars(self, state: optax.ScaleByAdamState) -> dict[str, jax.Array]:
-    """The step's scalars, from the state after this update (its step count)."""
-    count = state.count
-    # 1 - b computed as optax does (in double for Python floats): in float32,
-    # 1 - 0.999 is off by 1e-5 relative.
-    b1, one_minus_b1, b2, one_minus_b2, eps = (
-      jnp.asarray(x, jnp.float32) for x in (self.b1, 1 - self.b1, self.b2, 1 - self.b2, self.eps)
+def _uses_kernel(direction: Direction, cpu_kernel: bool | None) -> bool:
+  """The one decision, at construction, whether the CPU may run the kernel at all."""
+  available = direction.kind in _registered_kernels()
+  if cpu_kernel is True and not available:
+    raise RuntimeError(
+      f"cpu_kernel=True, but the fused CPU kernel is not available: {_kernel_status()[1]}. "
+      "Pass cpu_kernel=None to use it only where it is available."
     )
-    bias_correction1, bias_correction2 = 1 - b1**count, 1 - b2**count
-    kernel = [b1, one_minus_b1, b2, one_minus_b2, eps, bias_correction1, bias_correction2]
-    return dict(
-      b1=b1,
-      one_minus_b1=one_minus_b1,
-      eps=eps,
-      bias_correction1=bias_correction1,
-      bias_correction2=bias_correction2,
-      kernel=jnp.stack(kernel),
-    )
-
-  def direction(
-    self, s: dict[str, jax.Array], grad: jax.Array, moments: Sequence[jax.Array]
-  ) -> jax.Array:
-    """The direction from the updated moments, as the kernel computes it."""
-    mu, nu = moments
-    numerator = s["b1"] * mu + s["one_minus_b1"] * grad if self.nesterov else mu
-    return (numerator / s["bias_correction1"]) / (jnp.sqrt(nu / s["bias_correction2"]) + s["eps"])
+  if cpu_kernel is None:
+    cpu_kernel = _single_cpu_device()
+    if cpu_kernel and not available and _default_backend_is_cpu():
+      _warn_missing_kernel()
+  return bool(cpu_kernel) and available
 
 
-@dataclasses.dataclass(frozen=True)
-class MomentumDirection:
-  """optax.trace's momentum buffer of raw gradients and PyTorch's Nesterov."""
+class _Layout(NamedTuple):
+  """A leaf viewed as ``(outer, channels, inner)``: the kernel's attributes."""
 
-  decay: Any = 0.9
-  nesterov: bool = False
-  accumulator_dtype: Any | None = None
-  kind = "momentum"
-
-  def __post_init__(self) -> None:
-    check_unit_interval("decay", self.decay)
-    check_bool("nesterov", self.nesterov)
-    check_dtype("accumulator_dtype", self.accumulator_dtype)
-
-  def transform(self) -> optax.GradientTransformation:
-    """The optax transform that computes this direction (and keeps its state)."""
-    return optax.trace(self.decay, self.nesterov, self.accumulator_dtype)
-
-  def state_template(self, count: jax.Array) -> optax.TraceState:
-    del count
-    return optax.TraceState(None)
-
-  def moments(self, state: optax.TraceState) -> tuple[Any]:
-    return (state.trace,)
-
-  def with_moments(self, state: optax.TraceState, moments: Sequence[Any]) -> Any:
-    return state._replace(trace=moments[0])
-
-  def scalars(self, state: optax.TraceState) -> dict[str, jax.Array]:
-    """The step's scalars."""
-    del state
-    decay = jnp.asarray(self.decay, jnp.float32)
-    return dict(decay=decay, kernel=decay[None])
-
-  def direction(
-    self, s: dict[str, jax.Array], grad: jax.Array, moments: Sequence[jax.Array]
-  ) -> jax.Array:
-    """The direction from the updated buffer, as the kernel computes it."""
-    (trace,) = moments
-    return grad + s["decay"] * trace if self.nesterov else trace
+  outer: int
+  channels: int
+  inner: int
 
 
-Direction = AdamDirection | MomentumDirection
-
-
-def _layout(shape: tuple[int, ...], channel_axis: int) -> dict[str, Any]:
+def _layout(shape: tuple[int, ...], channel_axis: int) -> _Layout:
   axis = channel_axis % len(shape)
-  return dict(
-    outer=math.prod(shape[:axis]), channels=shape[axis], inner=math.prod(shape[axis + 1 :])
-  )
+  return _Layout(math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1 :]))
 
 
 def _kernel_call(
   direction: Direction,
-  scalars: dict[str, jax.Array],
-  grad: jax.Array,
-  param: jax.Array,
-  moments: tuple[jax.Array, ...],
-  channel_axis: int,
-) -> tuple[tuple[jax.Array, ...], jax.Array, jax.Array]:
-  layout = _layout(param.shape, channel_axis)
-  moment_shapes = [jax.ShapeDtypeStruct(param.shape, jnp.float32) for _ in moments]
-  *new_moments, statistics = jax.ffi.ffi_call(
-    _TARGET_PREFIX + direction.kind,
-    (*moment_shapes, jax.ShapeDtypeStruct((4, layout["channels"]), jnp.float32)),
-    # The moments are updated in place (operands 2, 3 are results 0, 1).
-    input_output_aliases={2 + k: k for k in range(len(moments))},
-    vmap_method="sequential",
-  )(grad, param, *moments, scalars["kernel"], nesterov=direction.nesterov, **layout)
-  return tuple(new_moments), direction.direction(scalars, grad, new_moments), statistics
-
-
-def _first_pass(
-  direction: Direction,
-  scalars: dict[str, jax.Array],
+  scalars: NamedTuple,
   grad: jax.Array,
   param: jax.Array,
   moments: tuple[jax.Array, ...],
@@ -299,13 +196,21 @@ def _first_pass(
 ) -> tuple[tuple[jax.Array, ...], jax.Array, jax.Array]:
   """One leaf through the kernel: ``(new moments, direction, statistics (4, channels))``.
 
-  ``scalars`` are ``direction.scalars(state)``, computed once per step. The
-  direction itself is recomputed from the new moments with the kernel's
-  formula, so XLA fuses it into the final update.
+  The direction is recomputed from the new moments with the kernel's formula
+  (:meth:`Direction.from_moments`), so XLA fuses it into the final update.
   """
-  if direction.kind not in _registered_kernels():
-    raise RuntimeError(f"the fused CPU kernel ({direction.kind}) is not available here.")
-  return _kernel_call(direction, scalars, grad, param, moments, channel_axis)
+  layout = _layout(param.shape, channel_axis)
+  moment_shapes = [jax.ShapeDtypeStruct(param.shape, jnp.float32) for _ in moments]
+  operands = (grad, param, *moments, jnp.stack(scalars))
+  *new_moments, statistics = jax.ffi.ffi_call(
+    _TARGET_PREFIX + direction.kind,
+    (*moment_shapes, jax.ShapeDtypeStruct((4, layout.channels), jnp.float32)),
+    # The moments are updated in place: operand 2 + k (after grad and param)
+    # is result k.
+    input_output_aliases={2 + k: k for k in range(len(moments))},
+    vmap_method="sequential",
+  )(*operands, nesterov=direction.nesterov, **layout._asdict())
+  return tuple(new_moments), direction.from_moments(scalars, grad, new_moments), statistics
 
 
 def _plain_type(x: jax.Array) -> bool:
@@ -315,7 +220,38 @@ def _plain_type(x: jax.Array) -> bool:
   ``jax.set_mesh``, Explicit axes, or inside ``shard_map``) keeps the generic path.
   """
   aval = jax.typeof(x)
-  return aval == jax.core.ShapedArray(aval.shape, aval.dtype)
+  return aval == jax.core.ShapedArray(aval.shape, aval.dtype)  # pyright: ignore[reportAttributeAccessIssue]
+
+
+class _FlatLeaves(NamedTuple):
+  """The update's leaves, flattened once: grads, params and, per leaf, its moments."""
+
+  treedef: Any
+  grads: list[Any]
+  params: list[Any]
+  moments: list[tuple[Any, ...]]
+
+
+def _flat_leaves(
+  direction: Direction, updates: Any, direction_state: Any, params: Any
+) -> _FlatLeaves:
+  treedef = jax.tree.structure(updates, is_leaf=lambda x: x is None)
+  moments = [treedef.flatten_up_to(m) for m in direction.moments(direction_state)]
+  return _FlatLeaves(
+    treedef,
+    treedef.flatten_up_to(updates),
+    treedef.flatten_up_to(params),
+    list(zip(*moments, strict=True)) if moments else [() for _ in range(treedef.num_leaves)],
+  )
+
+
+def _kernel_takes(grad: Any, param: Any, moments: tuple[Any, ...]) -> bool:
+  """Which leaves the kernel takes: projected, float32 throughout, plain types."""
+  return (
+    grad is not None
+    and is_projected(param)
+    and all(x.dtype == jnp.float32 and _plain_type(x) for x in (grad, param, *moments))
+  )
 
 
 def fused_scale_invariance(
@@ -342,7 +278,8 @@ def fused_scale_invariance(
   the parameter update.
 
   Args:
-    direction: :class:`AdamDirection` or :class:`MomentumDirection`.
+    direction: a :class:`decoupled_optax.AdamDirection` or
+      :class:`decoupled_optax.MomentumDirection`.
     tail: the rest of the chain, starting with
       :func:`decoupled_optax.project_out_radial`.
     delta, wd_ratio, eps, channel_axis, axis_name, param_specs: as in
@@ -372,7 +309,7 @@ def fused_scale_invariance(
 
   Reference: Heo et al., ICLR 2021, Algorithm 1; official ``adamp`` package.
   """
-  if not isinstance(direction, (AdamDirection, MomentumDirection)):
+  if not isinstance(direction, Direction):
     raise TypeError(
       f"direction must be an AdamDirection or a MomentumDirection, got {describe(direction)}."
     )
@@ -380,87 +317,109 @@ def fused_scale_invariance(
   check_bool("cpu_kernel", cpu_kernel, optional=True)
   detection = dict(delta=delta, wd_ratio=wd_ratio, eps=eps, channel_axis=channel_axis)
   direction_transform = direction.transform()
-  chain = optax.chain(direction_transform, tail)
   generic = detect_scale_invariance(
-    chain, **detection, axis_name=axis_name, param_specs=param_specs
+    optax.chain(direction_transform, tail),
+    **detection,
+    axis_name=axis_name,
+    param_specs=param_specs,
   )
-  if cpu_kernel is True and direction.kind not in _registered_kernels():
-    raise RuntimeError(
-      f"cpu_kernel=True, but the fused CPU kernel is not available: {_kernel_status()[1]}. "
-      "Pass cpu_kernel=None to use it only where it is available."
-    )
-  if cpu_kernel is None:
-    cpu_kernel = _single_cpu_device()
-    if cpu_kernel and direction.kind not in _registered_kernels() and _default_backend_is_cpu():
-      _warn_missing_kernel()
-  if not cpu_kernel or direction.kind not in _registered_kernels():
+  if not _uses_kernel(direction, cpu_kernel):
     return generic
   tail = optax.with_extra_args_support(tail)
 
-  def fusable_leaves(updates: optax.Updates, state: Any, params: optax.Params) -> list[bool]:
-    """Which leaves the kernel takes: projected (ndim > 1, non-empty), float32, plain types."""
-    treedef = jax.tree.structure(updates, is_leaf=lambda x: x is None)
-    moments = [treedef.flatten_up_to(t) for t in direction.moments(state[0])]
-    return [
-      g is not None
-      and _projected(w)
-      and all(x.dtype == jnp.float32 and _plain_type(x) for x in (g, w, *old))
-      for g, w, *old in zip(
-        treedef.flatten_up_to(updates), treedef.flatten_up_to(params), *moments, strict=True
-      )
-    ]
-
   def fused_update(
     updates: optax.Updates,
-    state: Any,
+    state: tuple[Any, Any],
     params: optax.Params,
-    fusable: list[bool],
-    **extra_args: Any,
-  ) -> tuple[optax.Updates, Any]:
+    extra_args: dict[str, Any],
+    fused: list[bool],
+  ) -> tuple[optax.Updates, tuple[Any, Any]]:
     direction_state, tail_state = state
-    is_none = lambda x: x is None  # noqa: E731
-    treedef = jax.tree.structure(updates, is_leaf=is_none)
-    skip_fused = lambda tree: treedef.unflatten(  # noqa: E731
-      [None if f else x for f, x in zip(fusable, treedef.flatten_up_to(tree), strict=True)]
+    treedef, flat_grads, flat_params, flat_moments = _flat_leaves(
+      direction, updates, direction_state, params
     )
-    # optax's own direction update for the leaves the kernel does not take.
+    without_fused = lambda flat: treedef.unflatten(  # noqa: E731
+      [None if f else x for f, x in zip(fused, flat, strict=True)]
+    )
+
+    # optax's own update of the direction for the leaves the kernel does not take...
     directions, new_direction_state = direction_transform.update(
-      skip_fused(updates),
+      without_fused(flat_grads),
       direction.with_moments(
-        direction_state, [skip_fused(t) for t in direction.moments(direction_state)]
+        direction_state, [without_fused(m) for m in zip(*flat_moments, strict=True)]
       ),
       params,
     )
-    flat_grads = treedef.flatten_up_to(updates)
-    flat_params = treedef.flatten_up_to(params)
     flat_directions = treedef.flatten_up_to(directions)
-    flat_old = [treedef.flatten_up_to(t) for t in direction.moments(direction_state)]
-    flat_new = [treedef.flatten_up_to(t) for t in direction.moments(new_direction_state)]
-    flat_names = _leaf_axis_names(treedef, flat_grads, params, axis_name, param_specs, channel_axis)
-    flat_statistics: list[jax.Array | None] = [None] * len(flat_grads)
-    scalars = direction.scalars(new_direction_state)
-    for i, (g, w) in enumerate(zip(flat_grads, flat_params, strict=True)):
-      if fusable[i]:
-        old = tuple(t[i] for t in flat_old)
-        new, flat_directions[i], flat_statistics[i] = _first_pass(
-          direction, scalars, g, w, old, channel_axis
-        )
-        for t, moment in zip(flat_new, new, strict=True):
-          t[i] = moment
-      else:
-        flat_statistics[i] = _leaf_statistics(g, w, channel_axis)
-    projectors, multipliers = _projectors(
-      flat_statistics, flat_grads, flat_params, flat_names, batch_leaves=True, **detection
+    flat_new_moments = [
+      list(treedef.flatten_up_to(m)) for m in direction.moments(new_direction_state)
+    ]
+    # ... and the kernel for the others, with this step's scalars.
+    scalars = direction.kernel_scalars(new_direction_state)
+    known_statistics = {}
+    for i in (i for i, f in enumerate(fused) if f):
+      moments, flat_directions[i], statistics = _kernel_call(
+        direction, scalars, flat_grads[i], flat_params[i], flat_moments[i], channel_axis
+      )
+      known_statistics[i] = ChannelStatistics(*statistics)
+      for new, moment in zip(flat_new_moments, moments, strict=True):
+        new[i] = moment
+
+    projectors, multipliers = projectors_of_leaves(
+      flat_grads,
+      flat_params,
+      leaf_axis_names(treedef, flat_grads, params, axis_name, param_specs, channel_axis),
+      known_statistics=known_statistics,
+      batch_leaves=True,
+      **detection,
     )
-    new_direction_state = direction.with_moments(
-      new_direction_state, [treedef.unflatten(t) for t in flat_new]
-    )
-    extra_args[RADIAL_PROJECTORS] = treedef.unflatten(projectors)
-    extra_args[WEIGHT_DECAY_MULTIPLIERS] = treedef.unflatten(multipliers)
+    extra_args = {
+      **extra_args,
+      RADIAL_PROJECTORS: treedef.unflatten(projectors),
+      WEIGHT_DECAY_MULTIPLIERS: treedef.unflatten(multipliers),
+    }
     updates, tail_state = tail.update(
       treedef.unflatten(flat_directions), tail_state, params, **extra_args
     )
-    return updates, (new_direction_state, tail_state)
+    new_moments = [treedef.unflatten(m) for m in flat_new_moments]
+    return updates, (direction.with_moments(new_direction_state, new_moments), tail_state)
+
+  def generic_step(u: Any, s: Any, p: Any, extra: dict[str, Any]) -> tuple[Any, Any]:
+    return generic.update(u, s, p, **extra)
+
+  def differentiable_fused_step(
+    u: Any, s: Any, p: Any, extra: dict[str, Any], fused: list[bool]
+  ) -> Any:
+    """The fused update, whose derivatives (the FFI call has none) are the generic chain's.
+
+    Neither a custom_jvp function nor its rule may close over tracers (such
+    as the hyperparameters that inject_hyperparams traces), so both are
+    closure-converted. The generic chain closes over the same values; the
+    rule finds them among the fused step's by identity, and their tangents
+    carry the hyperparameters' derivatives (meta-learning, hypergradients).
+    """
+    closed, constants = jax.closure_convert(
+      lambda u, s, p, extra: fused_update(u, s, p, extra, fused), u, s, p, extra
+    )
+    position = {id(c): i for i, c in enumerate(constants)}
+    step = jax.custom_jvp(lambda constants, *args: closed(*args, *constants))
+
+    @step.defjvp
+    def rule(primals: tuple[Any, ...], tangents: tuple[Any, ...]) -> Any:
+      generic_closed, generic_constants = jax.closure_convert(generic_step, *primals[1:])
+      if any(id(c) not in position for c in generic_constants):
+        raise NotImplementedError(
+          "decoupled_optax: the generic chain closes over values the fused CPU step does "
+          "not; differentiate with cpu_kernel=False."
+        )
+      index = [position[id(c)] for c in generic_constants]
+      return jax.jvp(
+        generic_closed,
+        (*primals[1:], *(primals[0][i] for i in index)),
+        (*tangents[1:], *(tangents[0][i] for i in index)),
+      )
+
+    return step(tuple(constants), u, s, p, extra)
 
   def update_fn(
     updates: optax.Updates,
@@ -469,52 +428,21 @@ def fused_scale_invariance(
     **extra_args: Any,
   ) -> tuple[optax.Updates, Any]:
     check_update_inputs(updates, params, channel_axis)
-    # Decided here, on the caller's types, not on the branches' closures.
-    fusable = fusable_leaves(updates, state, params)
-    if not any(fusable):
+    assert params is not None  # checked above; for the type checker
+    # Decided here, on the caller's types: the branches of platform_dependent
+    # are traced with new arguments.
+    leaves = _flat_leaves(direction, updates, state[0], params)
+    fused = [
+      _kernel_takes(*leaf) for leaf in zip(leaves.grads, leaves.params, leaves.moments, strict=True)
+    ]
+    if not any(fused):
       return generic.update(updates, state, params, **extra_args)
-
-    # The FFI call has no derivatives; differentiating the step (meta-learning,
-    # unrolled hypergradients) gets the generic chain's, of the same function.
-    def generic_step(u: Any, s: Any, p: Any, extra: dict[str, Any]) -> tuple[Any, Any]:
-      return generic.update(u, s, p, **extra)
-
-    def fused_step(u: Any, s: Any, p: Any, extra: dict[str, Any]) -> tuple[Any, Any]:
-      # Neither a custom_jvp function nor its rule may close over tracers (such
-      # as the hyperparameters that inject_hyperparams traces), so both are
-      # closure-converted. The generic chain closes over the same values; the
-      # rule finds them among the fused step's by identity, and their tangents
-      # carry the hyperparameters' derivatives.
-      closed, constants = jax.closure_convert(
-        lambda u, s, p, extra: fused_update(u, s, p, fusable, **extra), u, s, p, extra
-      )
-      position = {id(c): i for i, c in enumerate(constants)}
-      differentiable = jax.custom_jvp(lambda constants, *args: closed(*args, *constants))
-
-      @differentiable.defjvp
-      def rule(primals: tuple[Any, ...], tangents: tuple[Any, ...]) -> Any:
-        generic_closed, generic_constants = jax.closure_convert(generic_step, *primals[1:])
-        missing = [c for c in generic_constants if id(c) not in position]
-        if missing:
-          raise NotImplementedError(
-            "decoupled_optax: the generic chain closes over values the fused CPU step does "
-            "not; differentiate with cpu_kernel=False."
-          )
-        index = [position[id(c)] for c in generic_constants]
-        return jax.jvp(
-          generic_closed,
-          (*primals[1:], *(primals[0][i] for i in index)),
-          (*tangents[1:], *(tangents[0][i] for i in index)),
-        )
-
-      return differentiable(tuple(constants), u, s, p, extra)
-
     return jax.lax.platform_dependent(
       updates,
       state,
       params,
       extra_args,
-      cpu=fused_step,
+      cpu=functools.partial(differentiable_fused_step, fused=fused),
       default=generic_step,
     )
 

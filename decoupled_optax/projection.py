@@ -74,9 +74,10 @@ class RadialProjector(NamedTuple):
     channel_axis_name: mapped axes that shard the channel dim: the
       whole-tensor sum of the per-channel sums is psum'd over them; None if
       none (static).
-    coefficient: ``c`` itself, shaped like ``channel_weight``, if the
-      detection already knew ``w.u`` (the fused CPU pass of AdamP/SGDP),
-      else None.
+    known_coefficient: ``c`` itself, shaped like ``channel_weight``, when
+      the detection already knew ``w.u`` (the fused CPU pass of AdamP/SGDP
+      computes it with the other statistics); None otherwise, and
+      :func:`project_out_radial` reduces ``w.u`` itself.
   """
 
   channel_weight: jax.Array
@@ -84,7 +85,37 @@ class RadialProjector(NamedTuple):
   reduce_axes: tuple[int, ...]
   axis_name: AxisName
   channel_axis_name: AxisName = None
-  coefficient: jax.Array | None = None
+  known_coefficient: jax.Array | None = None
+
+  def coefficient(self, update: jax.Array, param: jax.Array) -> jax.Array:
+    """``c`` per channel, shaped to broadcast against the leaf (inputs in the statistics dtype)."""
+    if self.known_coefficient is not None:
+      return self.known_coefficient
+    w_dot_u = _global_sum(
+      jnp.sum(param * update, axis=self.reduce_axes, keepdims=True), self.axis_name
+    )
+    # Without the barrier XLA turns the total back into a full-size reduction.
+    w_dot_u = jax.lax.optimization_barrier(w_dot_u)
+    w_dot_u_total = _global_sum(jnp.sum(w_dot_u), self.channel_axis_name)
+    return self.channel_weight * w_dot_u + self.whole_weight * w_dot_u_total
+
+
+class ChannelStatistics(NamedTuple):
+  """This shard's per-channel sums of one leaf, from which its projector follows.
+
+  Attributes:
+    g_dot_w: the gradient times the weight.
+    g_sq: the squared gradient.
+    w_sq: the squared weight.
+    w_dot_u: the weight times the direction, when the sums were taken with
+      the direction (the fused CPU pass); then the projector knows its
+      coefficient. None otherwise.
+  """
+
+  g_dot_w: jax.Array
+  g_sq: jax.Array
+  w_sq: jax.Array
+  w_dot_u: jax.Array | None = None
 
 
 def _statistics_dtype(dtype: jnp.dtype) -> jnp.dtype:
@@ -143,18 +174,13 @@ def _reduce_axes(ndim: int, channel_axis: int) -> tuple[int, ...]:
   return tuple(a for a in range(ndim) if a != channel_axis % ndim)
 
 
-def _projected(param: jax.Array) -> bool:
-  # Biases and normalization scales are never projected (official code: p.ndim > 1).
+def is_projected(param: jax.Array) -> bool:
+  """Whether the test runs on a leaf: never on biases, normalization scales (ndim < 2), empty leaves."""
   return param.ndim > 1 and param.size > 0
 
 
-def _leaf_statistics(grad: Any, param: jax.Array, channel_axis: int) -> jax.Array | None:
-  """This shard's per-channel ``(g.w, |g|^2, |w|^2)``, shaped ``(3, channels)``.
-
-  None for a None gradient and for leaves that are never projected.
-  """
-  if grad is None or not _projected(param):
-    return None
+def _channel_statistics(grad: jax.Array, param: jax.Array, channel_axis: int) -> ChannelStatistics:
+  """This shard's per-channel ``g.w, |g|^2, |w|^2`` of a projected leaf."""
   reduce_axes = _reduce_axes(param.ndim, channel_axis)
   dtype = _statistics_dtype(param.dtype)
   g, w = grad.astype(dtype), param.astype(dtype)
@@ -167,11 +193,11 @@ def _leaf_statistics(grad: Any, param: jax.Array, channel_axis: int) -> jax.Arra
   g_dot_w = jnp.sum(g * w, axis=reduce_axes)
   g_sq = jnp.sum(g_squared_input * g_squared_input, axis=reduce_axes)
   w_sq = jnp.sum(w * w, axis=reduce_axes)
-  return jnp.stack(jax.lax.optimization_barrier((g_dot_w, g_sq, w_sq)))
+  return ChannelStatistics(*jax.lax.optimization_barrier((g_dot_w, g_sq, w_sq)))
 
 
 def _projectors_from_statistics(
-  statistics: Sequence[jax.Array],
+  statistics: Sequence[ChannelStatistics],
   shapes: Sequence[tuple[int, ...]],
   *,
   delta: float,
@@ -188,9 +214,8 @@ def _projectors_from_statistics(
   per leaf.
 
   Args:
-    statistics: per leaf, this shard's per-channel sums ``(g.w, |g|^2,
-      |w|^2)`` or ``(g.w, |g|^2, |w|^2, w.u)``, shaped ``(3 or 4, channels)``.
-      With ``w.u`` the projector carries the projection's coefficient and
+    statistics: per leaf, this shard's per-channel sums; all with ``w.u``
+      or all without. With it the projectors carry their coefficient and
       :func:`project_out_radial` needs no reduction of its own.
     shapes: the leaves' (shard) shapes. ``axis_name`` names the mapped axes
       that shard their non-channel dims, ``channel_axis_name`` those that
@@ -202,11 +227,12 @@ def _projectors_from_statistics(
   Returns:
     ``(projector, decay multiplier)`` per leaf.
   """
-  widths = [s.shape[-1] for s in statistics]
+  knows_w_dot_u = statistics[0].w_dot_u is not None
+  rows = [jnp.stack([x for x in leaf if x is not None]) for leaf in statistics]
+  widths = [r.shape[-1] for r in rows]
   widest = max(widths)
   padded = [
-    s if s.shape[-1] == widest else jnp.pad(s, ((0, 0), (0, widest - s.shape[-1])))
-    for s in statistics
+    r if r.shape[-1] == widest else jnp.pad(r, ((0, 0), (0, widest - r.shape[-1]))) for r in rows
   ]
   stacked = _global_sum(jnp.stack(padded), axis_name)  # (leaves, statistics, widest)
   g_dot_w, g_sq, w_sq = stacked[:, 0], stacked[:, 1], stacked[:, 2]
@@ -238,7 +264,7 @@ def _projectors_from_statistics(
   )
   multipliers = jnp.where(channel_invariant | whole_invariant, wd_ratio, 1.0).astype(stacked.dtype)
   coefficients = None
-  if stacked.shape[1] == 4:
+  if knows_w_dot_u:
     w_dot_u = stacked[:, 3]
     w_dot_u_total = _global_sum(jnp.sum(w_dot_u, axis=1), channel_axis_name)
     coefficients = channel_weight * w_dot_u + (whole_weight * w_dot_u_total)[:, None]
@@ -260,43 +286,63 @@ def _projectors_from_statistics(
   return results
 
 
-def _projectors(
-  flat_statistics: Sequence[jax.Array | None],
+def projectors_of_leaves(
   flat_grads: Sequence[Any],
   flat_params: Sequence[Any],
   flat_names: Sequence[tuple[AxisName, AxisName]],
   *,
+  known_statistics: dict[int, ChannelStatistics],
   batch_leaves: bool,
-  **detection: Any,
+  delta: Any,
+  wd_ratio: Any,
+  eps: Any,
+  channel_axis: int,
 ) -> tuple[list[RadialProjector | None], list[jax.Array | None]]:
-  """Per leaf ``(projector, decay multiplier)`` from the leaves' statistics.
+  """AdamP's test on flattened leaves: per leaf ``(projector, decay multiplier)``.
 
-  A leaf without statistics is not projected: its multiplier is 1 (None for
-  a None gradient). With ``batch_leaves`` the others go through
-  :func:`_projectors_from_statistics` in groups of the same mapped axes,
-  dtype and number of statistics, else one by one. Batching compiles
-  faster, but under ``jit`` with sharded params GSPMD propagates the
-  stacked (replicated) statistics back into the updates and may return the
-  params replicated, so only the single-device fused path batches.
+  The one place both paths decide and build the projection. Leaves that are
+  not projected (:func:`is_projected`) get no projector and a multiplier of 1
+  (None for a None gradient). The others' statistics are taken here unless
+  ``known_statistics`` has them by leaf index (the fused CPU pass).
+
+  Args:
+    flat_grads, flat_params: the leaves.
+    flat_names: per leaf, ``(reduce-dim axes, channel-dim axes)``, see
+      :func:`leaf_axis_names`.
+    known_statistics: statistics already computed, by leaf index.
+    batch_leaves: run the small per-channel math of leaves with the same
+      axes, dtype and kind of statistics together, in groups of similar
+      width: it compiles faster. Under ``jit`` with sharded params GSPMD
+      propagates the stacked (replicated) statistics back into the updates
+      and may return the params replicated, so only the single-device fused
+      path batches.
+    delta, wd_ratio, eps, channel_axis: as in :func:`detect_scale_invariance`.
   """
+  detection = dict(delta=delta, wd_ratio=wd_ratio, eps=eps, channel_axis=channel_axis)
   projectors: list[RadialProjector | None] = [None] * len(flat_params)
   multipliers: list[jax.Array | None] = [
     None if g is None else jnp.ones([], _statistics_dtype(p.dtype))
     for g, p in zip(flat_grads, flat_params, strict=True)
   ]
+  flat_statistics: dict[int, ChannelStatistics] = {}
   groups: dict[tuple[Any, ...], list[int]] = {}
-  for i, (statistics, names) in enumerate(zip(flat_statistics, flat_names, strict=True)):
-    if statistics is not None:
-      # Leaves of one group are padded to its widest; grouping by the power of
-      # two above the width bounds the padding by 2x each leaf's own statistics.
-      width_bucket = (statistics.shape[-1] - 1).bit_length()
-      key = (
-        names,
-        statistics.dtype,
-        statistics.shape[0],
-        width_bucket if batch_leaves else i,
-      )
-      groups.setdefault(key, []).append(i)
+  for i, (g, w, names) in enumerate(zip(flat_grads, flat_params, flat_names, strict=True)):
+    if g is None or not is_projected(w):
+      continue
+    statistics = known_statistics.get(i)
+    if statistics is None:
+      statistics = _channel_statistics(g, w, channel_axis)
+    flat_statistics[i] = statistics
+    # Leaves of one group are padded to its widest; grouping by the power of
+    # two above the width bounds the padding by 2x each leaf's own statistics.
+    width_bucket = (statistics.g_dot_w.shape[-1] - 1).bit_length()
+    key = (
+      names,
+      statistics.g_dot_w.dtype,
+      statistics.w_dot_u is not None,
+      width_bucket if batch_leaves else i,
+    )
+    groups.setdefault(key, []).append(i)
   for (names, *_), indices in groups.items():
     results = _projectors_from_statistics(
       [flat_statistics[i] for i in indices],
@@ -310,7 +356,7 @@ def _projectors(
   return projectors, multipliers
 
 
-def _leaf_axis_names(
+def leaf_axis_names(
   treedef: Any,
   flat_grads: list[Any],
   params: Any,
@@ -338,7 +384,7 @@ def _leaf_axis_names(
 def check_channel_axes(params: Any, channel_axis: int) -> None:
   """Raises ValueError naming the first projected leaf that has no axis ``channel_axis``."""
   for path, leaf in jax.tree_util.tree_flatten_with_path(params, is_leaf=lambda x: x is None)[0]:
-    if leaf is None or not hasattr(leaf, "ndim") or not _projected(leaf):
+    if leaf is None or not hasattr(leaf, "ndim") or not is_projected(leaf):
       continue
     if not -leaf.ndim <= channel_axis < leaf.ndim:
       raise ValueError(
@@ -406,15 +452,12 @@ def scale_invariance(
   treedef = jax.tree.structure(grads, is_leaf=is_none)
   flat_grads = treedef.flatten_up_to(grads)
   flat_params = treedef.flatten_up_to(params)
-  flat_names = _leaf_axis_names(treedef, flat_grads, params, axis_name, param_specs, channel_axis)
-  flat_statistics = [
-    _leaf_statistics(g, p, channel_axis) for g, p in zip(flat_grads, flat_params, strict=True)
-  ]
-  flat_projectors, flat_multipliers = _projectors(
-    flat_statistics,
+  flat_names = leaf_axis_names(treedef, flat_grads, params, axis_name, param_specs, channel_axis)
+  flat_projectors, flat_multipliers = projectors_of_leaves(
     flat_grads,
     flat_params,
     flat_names,
+    known_statistics={},
     batch_leaves=False,
     delta=delta,
     wd_ratio=wd_ratio,
@@ -531,16 +574,7 @@ def detect_scale_invariance(
 def _project_leaf(update: jax.Array, param: jax.Array, projector: RadialProjector) -> jax.Array:
   dtype = _statistics_dtype(update.dtype)
   u, w = update.astype(dtype), param.astype(dtype)
-  coefficient = projector.coefficient
-  if coefficient is None:
-    w_dot_u = _global_sum(
-      jnp.sum(w * u, axis=projector.reduce_axes, keepdims=True), projector.axis_name
-    )
-    # Without the barrier XLA turns the total back into a full-size reduction.
-    w_dot_u = jax.lax.optimization_barrier(w_dot_u)
-    w_dot_u_total = _global_sum(jnp.sum(w_dot_u), projector.channel_axis_name)
-    coefficient = projector.channel_weight * w_dot_u + projector.whole_weight * w_dot_u_total
-  return (u - w * coefficient).astype(update.dtype)
+  return (u - w * projector.coefficient(u, w)).astype(update.dtype)
 
 
 def project_out_radial() -> optax.GradientTransformationExtraArgs:

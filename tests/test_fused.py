@@ -167,9 +167,9 @@ def test_kernel_statistics_against_float64(nesterov):
   b1, b2, eps, count = 0.9, 0.999, 1e-8, 3
   direction = fused.AdamDirection(b1, b2, eps, nesterov)
   (mu, nu), update, statistics = jax.jit(
-    lambda *a: fused._first_pass(
+    lambda *a: fused._kernel_call(
       direction,
-      direction.scalars(optax.ScaleByAdamState(jnp.int32(count), None, None)),
+      direction.kernel_scalars(optax.ScaleByAdamState(jnp.int32(count), None, None)),
       *a[:2],
       a[2:],
       -1,

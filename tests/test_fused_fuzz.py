@@ -262,18 +262,18 @@ _THREADS_SCRIPT = textwrap.dedent(
   assert fused.cpu_kernel_available()  # registers outside jit: its self-test cannot run traced
   cases = json.loads(sys.argv[1])
   direction = fused.AdamDirection(0.9, 0.999, 1e-8, nesterov=True)
-  scalars = direction.scalars(optax.ScaleByAdamState(jnp.int32(2), None, None))
+  scalars = direction.kernel_scalars(optax.ScaleByAdamState(jnp.int32(2), None, None))
   results = {}
   for index, (shape, axis) in enumerate(cases):
     rng = np.random.default_rng(index)
     g, w, m, v = (rng.standard_normal(shape).astype(np.float32) for _ in range(4))
     v = np.abs(v)
-    call = jax.jit(lambda *a: fused._first_pass(direction, scalars, a[0], a[1], a[2:], axis))
+    call = jax.jit(lambda *a: fused._kernel_call(direction, scalars, a[0], a[1], a[2:], axis))
     first = [np.asarray(x) for x in jax.tree.leaves(call(g, w, m, v))]
     again = [np.asarray(x) for x in jax.tree.leaves(call(g, w, m, v))]
     layout = fused._layout(tuple(shape), axis)
     results[index] = dict(
-      plan=_cpu_kernels.plan(layout["outer"], layout["channels"], layout["inner"]),
+      plan=_cpu_kernels.plan(layout.outer, layout.channels, layout.inner),
       deterministic=all(np.array_equal(a, b, equal_nan=True) for a, b in zip(first, again)),
       outputs=[x.tolist() for x in first],
     )
@@ -296,19 +296,21 @@ def test_threaded_kernel_paths_agree_with_one_thread():
   assert out.returncode == 0, out.stderr
   results = json.loads(out.stdout.strip().splitlines()[-1])
   direction = fused.AdamDirection(0.9, 0.999, 1e-8, nesterov=True)
-  scalars = direction.scalars(optax.ScaleByAdamState(jax.numpy.int32(2), None, None))
+  scalars = direction.kernel_scalars(optax.ScaleByAdamState(jax.numpy.int32(2), None, None))
   splits = set()
   for index, (shape, axis) in enumerate(THREAD_CASES):
     threaded = results[str(index)]
     assert threaded["deterministic"]
     layout = fused._layout(shape, axis)
-    expected_split = layout["outer"] >= 5 and layout["outer"] * layout["inner"] >= 80
+    expected_split = layout.outer >= 5 and layout.outer * layout.inner >= 80
     assert threaded["plan"]["split_rows"] == expected_split, (shape, threaded["plan"])
-    assert threaded["plan"]["threads"] == (5 if expected_split else min(5, layout["channels"]))
+    assert threaded["plan"]["threads"] == (5 if expected_split else min(5, layout.channels))
     rng = np.random.default_rng(index)
     g, w, m, v = (rng.standard_normal(shape).astype(np.float32) for _ in range(4))
     v = np.abs(v)
-    call = jax.jit(lambda *a, axis=axis: fused._first_pass(direction, scalars, *a[:2], a[2:], axis))
+    call = jax.jit(
+      lambda *a, axis=axis: fused._kernel_call(direction, scalars, *a[:2], a[2:], axis)
+    )
     single = [np.asarray(x) for x in jax.tree.leaves(call(g, w, m, v))]
     # Leaves: moments (mu, nu), the direction u (XLA's, from the moments), the
     # statistics. All but the statistics are elementwise: identical whatever
@@ -324,7 +326,7 @@ def test_threaded_kernel_paths_agree_with_one_thread():
     u_abs = (0.9 * np.abs(mu) + 0.1 * np.abs(g)) / (1 - 0.9**2)
     u_abs /= np.sqrt(nu / (1 - 0.999**2)) + 1e-8
     g64, w64, u64, u_abs = (
-      np.moveaxis(np.asarray(x, np.float64), axis, -1).reshape(-1, layout["channels"])
+      np.moveaxis(np.asarray(x, np.float64), axis, -1).reshape(-1, layout.channels)
       for x in (g, w, u, u_abs)
     )
     terms = [g64 * w64, g64 * g64, w64 * w64, w64 * u64]

@@ -259,6 +259,7 @@ NOT_IN_TABLE = {
 # Public callables that build nothing from hyperparameters.
 NOT_CONSTRUCTORS = {
   "cpu_kernel_available",  # no arguments
+  "Direction",  # abstract: AdamDirection and MomentumDirection are in the table
   "project_out_radial",  # no arguments
   "AddDecoupledWeightDecayState",  # states and results: NamedTuples
   "RadialProjector",
