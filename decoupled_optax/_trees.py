@@ -9,7 +9,7 @@ it goes wrong.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -24,9 +24,14 @@ NO_PARAMS_MSG = (
 _is_none = lambda x: x is None  # noqa: E731
 
 
-def require_params(params: Any) -> None:
+T = TypeVar("T")
+
+
+def require_params(params: T | None) -> T:
+  """``params``, or optax's ValueError when an update was called without them."""
   if params is None:
     raise ValueError(NO_PARAMS_MSG)
+  return params
 
 
 def path_name(path: tuple[Any, ...]) -> str:

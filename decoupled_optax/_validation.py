@@ -18,6 +18,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.core import Tracer
 
 _NUMBER = "a real number (a Python or NumPy scalar or a 0-d array)"
 
@@ -30,7 +31,7 @@ def describe(value: Any) -> str:
 
 
 def _is_tracer(value: Any) -> bool:
-  return isinstance(value, jax.core.Tracer)
+  return isinstance(value, Tracer)
 
 
 def _real_dtype(dtype: Any) -> bool:
@@ -93,7 +94,7 @@ def check_number(
     return
   if callable(value) and schedule:
     return
-  if _is_tracer(value):
+  if isinstance(value, Tracer):
     if value.ndim != 0:
       raise TypeError(f"{name} must be a scalar, got a traced array of shape {value.shape}.")
     return

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -165,7 +165,11 @@ def decoupled_chain(
     ]
   else:
     warn_if_torch_convention(weight_decay, learning_rate)
-    steps += [optax.scale(learning_rate), decay, _scale_by_multiplier(schedule, -1.0)]
+    steps += [
+      optax.scale_by_learning_rate(learning_rate, flip_sign=False),
+      decay,
+      _scale_by_multiplier(schedule, -1.0),
+    ]
   transform = direction.transform() if fusable else direction
   if radial_projection is None:
     chain = _checked_inputs(optax.chain(transform, *steps))
@@ -517,7 +521,7 @@ def _judge_conventions(parameters: Mapping[str, inspect.Parameter], arguments: d
 
 
 def inject_hyperparams(
-  inner_factory: Any,
+  inner_factory: Callable[..., optax.GradientTransformation],
   static_args: str | tuple[str, ...] = (),
   hyperparam_dtype: Any | None = None,
 ) -> Any:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 from collections.abc import Sequence
-from typing import Any, ClassVar, NamedTuple, final
+from typing import Any, ClassVar, NamedTuple, cast, final
 
 import jax
 import jax.numpy as jnp
@@ -65,9 +65,10 @@ def scale_by_adamp_nesterov(
   adam = optax.scale_by_adam(b1=b1, b2=b2, eps=eps, eps_root=eps_root, mu_dtype=mu_dtype)
 
   def update_fn(
-    updates: optax.Updates, state: optax.ScaleByAdamState, params: optax.Params | None = None
-  ) -> tuple[optax.Updates, optax.ScaleByAdamState]:
-    _, state = adam.update(updates, state, params)
+    updates: optax.Updates, state: optax.OptState, params: optax.Params | None = None
+  ) -> tuple[optax.Updates, optax.OptState]:
+    _, new_state = adam.update(updates, state, params)
+    state = cast(optax.ScaleByAdamState, new_state)
     lookahead = jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g, state.mu, updates)
     lookahead_hat = optax.tree.bias_correction(lookahead, b1, state.count)
     nu_hat = optax.tree.bias_correction(state.nu, b2, state.count)

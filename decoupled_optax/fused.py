@@ -34,7 +34,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.core import ShapedArray
 
+from decoupled_optax._trees import require_params
 from decoupled_optax._validation import check_bool, check_transform, describe
 from decoupled_optax.conventions import user_stacklevel
 from decoupled_optax.directions import AdamDirection, Direction, MomentumDirection
@@ -189,9 +191,9 @@ def _layout(shape: tuple[int, ...], channel_axis: int) -> _Layout:
 def _kernel_call(
   direction: Direction,
   scalars: NamedTuple,
-  grad: jax.Array,
-  param: jax.Array,
-  moments: tuple[jax.Array, ...],
+  grad: jax.typing.ArrayLike,
+  param: jax.typing.ArrayLike,
+  moments: tuple[jax.typing.ArrayLike, ...],
   channel_axis: int,
 ) -> tuple[tuple[jax.Array, ...], jax.Array, jax.Array]:
   """One leaf through the kernel: ``(new moments, direction, statistics (4, channels))``.
@@ -199,6 +201,7 @@ def _kernel_call(
   The direction is recomputed from the new moments with the kernel's formula
   (:meth:`Direction.from_moments`), so XLA fuses it into the final update.
   """
+  grad, param = jnp.asarray(grad), jnp.asarray(param)
   layout = _layout(param.shape, channel_axis)
   moment_shapes = [jax.ShapeDtypeStruct(param.shape, jnp.float32) for _ in moments]
   operands = (grad, param, *moments, jnp.stack(scalars))
@@ -220,7 +223,7 @@ def _plain_type(x: jax.Array) -> bool:
   ``jax.set_mesh``, Explicit axes, or inside ``shard_map``) keeps the generic path.
   """
   aval = jax.typeof(x)
-  return aval == jax.core.ShapedArray(aval.shape, aval.dtype)  # pyright: ignore[reportAttributeAccessIssue]
+  return aval == ShapedArray(aval.shape, aval.dtype)
 
 
 class _FlatLeaves(NamedTuple):
@@ -315,7 +318,9 @@ def fused_scale_invariance(
     )
   check_transform("tail", tail)
   check_bool("cpu_kernel", cpu_kernel, optional=True)
-  detection = dict(delta=delta, wd_ratio=wd_ratio, eps=eps, channel_axis=channel_axis)
+  detection: dict[str, Any] = dict(
+    delta=delta, wd_ratio=wd_ratio, eps=eps, channel_axis=channel_axis
+  )
   direction_transform = direction.transform()
   generic = detect_scale_invariance(
     optax.chain(direction_transform, tail),
@@ -428,7 +433,7 @@ def fused_scale_invariance(
     **extra_args: Any,
   ) -> tuple[optax.Updates, Any]:
     check_update_inputs(updates, params, channel_axis)
-    assert params is not None  # checked above; for the type checker
+    params = require_params(params)
     # Decided here, on the caller's types: the branches of platform_dependent
     # are traced with new arguments.
     leaves = _flat_leaves(direction, updates, state[0], params)

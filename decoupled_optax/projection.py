@@ -554,6 +554,7 @@ def detect_scale_invariance(
     params: optax.Params | None = None,
     **extra_args: Any,
   ) -> tuple[optax.Updates, optax.OptState]:
+    params = require_params(params)
     projectors, multipliers = scale_invariance(
       updates,
       params,
@@ -601,10 +602,10 @@ def project_out_radial() -> optax.GradientTransformationExtraArgs:
 
   def update_fn(
     updates: optax.Updates,
-    state: optax.EmptyState,
+    state: optax.OptState,
     params: optax.Params | None = None,
     **extra_args: Any,
-  ) -> tuple[optax.Updates, optax.EmptyState]:
+  ) -> tuple[optax.Updates, optax.OptState]:
     # The projectors of a single bare leaf are the tree None: test the key, not the value.
     if RADIAL_PROJECTORS not in extra_args:
       raise ValueError(

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.core import Tracer
 
 from decoupled_optax._validation import check_non_negative, check_number, concrete_float
 
@@ -65,8 +66,10 @@ def _period_starts(
   table once.
   """
   limit = int(np.iinfo(dtype).max)
-  starts, lengths = [0], []
-  start, i = 0, 0
+  starts: list[Any] = [0]
+  lengths: list[float] = []
+  start: Any = 0
+  i = 0
   while True:
     if isinstance(period_mult, int):
       length = first_period * period_mult**i
@@ -140,7 +143,7 @@ def _integer_count(count: Any) -> tuple[jnp.ndarray, jnp.ndarray | None]:
     raise TypeError(f"count must be an integer or a float step, got bool {count!r}.")
   if isinstance(count, int):
     return _host_integer_count(count, count), None
-  if not isinstance(count, (jax.Array, jax.core.Tracer)):
+  if not isinstance(count, (jax.Array, Tracer)):
     try:
       host = np.asarray(count)
     except (TypeError, ValueError):
@@ -383,7 +386,7 @@ def cosine_warm_restart_schedule(
   first_period = int(first_period)
   warmup_steps = int(warmup_steps)
 
-  def schedule(count: jnp.ndarray | int | float) -> jnp.ndarray:
+  def schedule(count: Any) -> jax.Array:
     position, in_warmup, fraction = _restart_position_after_warmup(
       count, warmup_steps, first_period, period_mult
     )

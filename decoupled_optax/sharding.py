@@ -32,13 +32,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
+from jax.core import Tracer
 from jax.sharding import NamedSharding, PartitionSpec, Sharding
 
 from decoupled_optax._validation import check_transform
 
 
 def _is_tracer(x: Any) -> bool:
-  return isinstance(x, jax.core.Tracer)
+  return isinstance(x, Tracer)
 
 
 def _is_param_like(leaf: Any, param: Any) -> bool:

@@ -41,7 +41,7 @@ class AddDecoupledWeightDecayState(NamedTuple):
   A constant decay keeps ``optax.EmptyState()``.
   """
 
-  count: jnp.ndarray  # int32 scalar
+  count: jax.Array  # pyright: ignore[reportIncompatibleMethodOverride]  (optax's name)
 
 
 def add_decoupled_weight_decay(
@@ -93,7 +93,7 @@ def add_decoupled_weight_decay(
   # the compiled step is exactly optax.adamw's (no counter kernel).
   scheduled = callable(weight_decay)
 
-  def init_fn(params: optax.Params) -> AddDecoupledWeightDecayState | optax.EmptyState:
+  def init_fn(params: optax.Params) -> optax.OptState:
     del params
     if scheduled:
       return AddDecoupledWeightDecayState(count=jnp.zeros([], jnp.int32))
@@ -101,13 +101,16 @@ def add_decoupled_weight_decay(
 
   def update_fn(
     updates: optax.Updates,
-    state: AddDecoupledWeightDecayState | optax.EmptyState,
+    state: optax.OptState,
     params: optax.Params | None = None,
     **extra_args: Any,
-  ) -> tuple[optax.Updates, AddDecoupledWeightDecayState | optax.EmptyState]:
-    require_params(params)
+  ) -> tuple[optax.Updates, optax.OptState]:
+    params = require_params(params)
     check_same_structure("updates", updates, params)
-    decay = weight_decay(state.count) if scheduled else weight_decay
+    decay: Any = weight_decay
+    if isinstance(state, AddDecoupledWeightDecayState) and callable(weight_decay):
+      decay = weight_decay(state.count)
+      state = AddDecoupledWeightDecayState(count=jnp.asarray(optax.safe_increment(state.count)))
     multipliers = extra_args.get(WEIGHT_DECAY_MULTIPLIERS)
 
     def decay_leaf(update: jax.Array, param: jax.Array, multiplier: Any = None) -> jax.Array:
@@ -120,8 +123,6 @@ def add_decoupled_weight_decay(
       updates = jax.tree.map(decay_leaf, updates, params, is_leaf=lambda x: x is None)
     else:
       updates = jax.tree.map(decay_leaf, updates, params, multipliers, is_leaf=lambda x: x is None)
-    if scheduled:
-      state = AddDecoupledWeightDecayState(count=optax.safe_increment(state.count))
     return updates, state
 
   transform = optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -228,7 +229,7 @@ def normalized_weight_decay_schedule(
   first_period = int(first_period)
   scale = lambda_norm * math.sqrt(batch_size * steps_per_epoch / num_train_points)
 
-  def schedule(count: jnp.ndarray | int) -> jnp.ndarray:
+  def schedule(count: Any) -> jax.Array:
     # The same count handling as cosine_warm_restart_schedule, so both restart on
     # the same step; during warmup the position is that of the first period.
     position, _, _ = _restart_position_after_warmup(count, warmup_steps, first_period, period_mult)
