@@ -100,7 +100,7 @@ def decoupled_chain(
   scale_weight_decay_by_lr: bool = False,
   weight_decay_factor: Any = 1.0,
   radial_projection: Mapping[str, Any] | None = None,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   """Direction, optional radial projection, and decoupled decay, in either convention.
 
   Args:
@@ -197,7 +197,7 @@ def adamw(
   mask: MaskOrFn = None,
   nesterov: bool = False,
   scale_weight_decay_by_lr: bool = False,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   r"""AdamW with the paper's decoupled weight decay (Algorithm 2).
 
   .. math::
@@ -222,7 +222,7 @@ def adamw(
     scale_weight_decay_by_lr: use the PyTorch / optax convention.
 
   Returns:
-    An optax ``GradientTransformation``.
+    An :class:`optax.GradientTransformationExtraArgs`.
 
   Example:
     >>> import jax.numpy as jnp, optax
@@ -270,7 +270,7 @@ def sgdw(
   schedule: optax.ScalarOrSchedule | None = None,
   mask: MaskOrFn = None,
   scale_weight_decay_by_lr: bool = False,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   r"""SGD with momentum and decoupled weight decay (SGDW, Algorithm 1).
 
   .. math::
@@ -296,7 +296,7 @@ def sgdw(
     scale_weight_decay_by_lr: use the PyTorch / optax convention.
 
   Returns:
-    An optax ``GradientTransformation``.
+    An :class:`optax.GradientTransformationExtraArgs`.
 
   Example:
     >>> import jax.numpy as jnp
@@ -339,7 +339,7 @@ def adamp(
   mask: MaskOrFn = None,
   scale_weight_decay_by_lr: bool = False,
   cpu_kernel: bool | None = None,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   r"""AdamP: Adam without the radial update component on scale-invariant weights.
 
   For every weight with ``ndim > 1`` whose raw gradient is (nearly)
@@ -381,7 +381,7 @@ def adamp(
       :func:`decoupled_optax.fused_scale_invariance`. Same result either way.
 
   Returns:
-    An optax ``GradientTransformationExtraArgs``.
+    An :class:`optax.GradientTransformationExtraArgs`.
 
   Example:
     >>> import jax, jax.numpy as jnp
@@ -430,7 +430,7 @@ def sgdp(
   mask: MaskOrFn = None,
   scale_weight_decay_by_lr: bool = False,
   cpu_kernel: bool | None = None,
-) -> optax.GradientTransformation:
+) -> optax.GradientTransformationExtraArgs:
   r"""SGDP: momentum SGD without the radial update component on scale-invariant weights.
 
   .. math::
@@ -457,7 +457,7 @@ def sgdp(
     cpu_kernel: as in :func:`adamp`, for the momentum buffer.
 
   Returns:
-    An optax ``GradientTransformationExtraArgs``.
+    An :class:`optax.GradientTransformationExtraArgs`.
 
   Example:
     >>> import jax, jax.numpy as jnp
