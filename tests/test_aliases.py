@@ -245,8 +245,8 @@ def test_sgdw_paper_mode_matches_authors_sgd_lua(nesterov, mask_name):
 
 
 # Both paths of AdamP/SGDP: the fused CPU kernel and the generic chain (what
-# GPUs, TPUs and multi-device CPU runs use). tests/conftest.py gives this
-# process 8 CPU devices, where the default would pick the generic chain.
+# GPUs, TPUs and multi-device CPU runs use), explicitly: the default (None)
+# picks the kernel here, where the process has one CPU device.
 PATHS = pytest.mark.parametrize("cpu_kernel", [True, False], ids=["kernel", "generic"])
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "examples" / "multihost_adamp.py"
 STEPS = 4
 TIMEOUT_S = 90

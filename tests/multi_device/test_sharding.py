@@ -1,6 +1,6 @@
 """Multi-device: jit over NamedSharding (GSPMD), pmap, shard_map, and state shardings.
 
-Runs on 8 fake CPU devices (tests/conftest.py sets the XLA flag). The
+Runs on 8 fake CPU devices (tests/multi_device/conftest.py sets the XLA flag). The
 reference is always the same computation on one device.
 """
 
