@@ -505,15 +505,10 @@ def _cast_like(new: Any, old: Any) -> Any:
   )
 
 
-def _judge_conventions(parameters: Mapping[str, inspect.Parameter], arguments: dict) -> None:
-  """The aliases' convention warnings, on the values the user passed (before optax injects them)."""
-  if "learning_rate" not in arguments:
+def _judge_conventions(bound: Mapping[str, Any]) -> None:
+  """The aliases' convention warnings, on the arguments the user passed (defaults applied)."""
+  if "learning_rate" not in bound:
     return
-  bound = {
-    name: arguments.get(name, parameter.default)
-    for name, parameter in parameters.items()
-    if parameter.default is not inspect.Parameter.empty or name in arguments
-  }
   if "schedule" in bound:
     warn_if_schedule_looks_like_learning_rate(bound["schedule"], bound["learning_rate"])
   if not bound.get("scale_weight_decay_by_lr", True) and "weight_decay" in bound:
@@ -571,7 +566,8 @@ def inject_hyperparams(
   if not isinstance(static_args, (tuple, list)) or not all(isinstance(n, str) for n in static_args):
     raise TypeError(f"static_args must be a name or a tuple of names, got {describe(static_args)}.")
   check_dtype("hyperparam_dtype", hyperparam_dtype)
-  parameters = inspect.signature(inner_factory).parameters
+  signature = inspect.signature(inner_factory)
+  parameters = signature.parameters
   names = set(static_args) | {name for name in _STATIC_ARGUMENTS if name in parameters}
 
   def injected(dtype: Any) -> Any:
@@ -586,8 +582,9 @@ def inject_hyperparams(
 
   @functools.wraps(inner_factory)
   def factory(*args: Any, **kwargs: Any) -> optax.GradientTransformationExtraArgs:
-    arguments = inspect.signature(inner_factory).bind(*args, **kwargs).arguments
-    _judge_conventions(parameters, arguments)
+    bound = signature.bind(*args, **kwargs)
+    bound.apply_defaults()
+    _judge_conventions(bound.arguments)
     # Built once here, so that bad arguments raise at construction, not at init.
     with conventions_already_judged():
       inner_factory(*args, **kwargs)

@@ -1,8 +1,8 @@
 """The fused CPU first pass of AdamP/SGDP against the generic chain and NumPy.
 
 The reference tests in test_aliases.py (torch, the official adamp) run the
-aliases with their default ``cpu_kernel=True``, so on the CPU they test the
-kernel against the peers; these tests pin the kernel against the generic
+aliases with ``cpu_kernel=True`` and ``False``, so on the CPU they test both
+paths against the peers; these tests pin the kernel against the generic
 chain on every layout it handles, and against float64 NumPy directly.
 """
 
@@ -79,8 +79,8 @@ def _trajectory(tx, params, grads, steps=6):
   return params, state, updates_seen
 
 
-# cpu_kernel=True throughout: tests/conftest.py gives this process 8 CPU
-# devices, where the default (None) picks the generic chain.
+# cpu_kernel=True and False are passed explicitly, so each test names the path
+# it pins (the default is pinned in tests/test_single_device_default.py).
 FACTORIES = {
   "adamp": lambda **kw: dopt.adamp(1e-3, 1e-2, scale_weight_decay_by_lr=True, **kw),
   "adamp_nesterov": lambda **kw: dopt.adamp(1e-3, 1e-4, nesterov=True, **kw),
