@@ -1,7 +1,7 @@
 """decoupled_optax: the optimizers of "Decoupled Weight Decay Regularization" and AdamP.
 
-Composable optax transforms: decoupled weight decay in the paper's or
-PyTorch's convention, AdamP/SGDP's radial projection, SGDR warm restarts and
+Composable optax transforms: decoupled weight decay in the paper's,
+PyTorch's or the corrected convention, AdamP/SGDP's radial projection, SGDR warm restarts and
 the paper's normalized weight decay, and the aliases built from them.
 """
 
@@ -14,6 +14,7 @@ from decoupled_optax.aliases import (
   sgdw,
 )
 from decoupled_optax.conventions import ScheduleConventionWarning, WeightDecayConventionWarning
+from decoupled_optax.diagnostics import DiagnosticsState, read_diagnostics, with_diagnostics
 from decoupled_optax.directions import (
   AdamDirection,
   Direction,
@@ -52,6 +53,7 @@ __all__ = [
   "AdamDirection",
   "AddDecoupledWeightDecayState",
   "CPUKernelWarning",
+  "DiagnosticsState",
   "Direction",
   "MomentumDirection",
   "RadialProjector",
@@ -73,6 +75,7 @@ __all__ = [
   "normalized_weight_decay",
   "normalized_weight_decay_schedule",
   "project_out_radial",
+  "read_diagnostics",
   "restart_position",
   "scale_by_adamp_nesterov",
   "scale_invariance",
@@ -81,4 +84,5 @@ __all__ = [
   "state_partition_specs",
   "state_shardings",
   "weight_decay_mask",
+  "with_diagnostics",
 ]

@@ -1,17 +1,24 @@
 r"""AdamW, SGDW, AdamP and SGDP as thin chains of the library's blocks.
 
-All four share one construction, :func:`decoupled_chain`, and two
-conventions for the weight decay lambda:
+All four share one construction, :func:`decoupled_chain`, and three
+conventions for the weight decay lambda (``weight_decay_convention``), with
+alpha = ``learning_rate`` and eta_t = ``schedule(t)`` (1 without a schedule):
 
-* **the paper's (default)**: ``update = -eta_t * (alpha * direction + lambda * theta)``,
-  with alpha = ``learning_rate`` and eta_t = ``schedule(t)`` (1 without a
-  schedule). lambda is NOT multiplied by alpha (Loshchilov & Hutter 2019,
-  Algorithms 1 and 2; the authors' code; MosaicML Composer).
-* **PyTorch / optax / timm / official AdamP** (``scale_weight_decay_by_lr=True``):
-  ``update = -alpha_t * eta_t * (direction + lambda * theta)``. Here
-  ``learning_rate`` may also be an optax schedule.
+* ``"paper"`` (default): ``update = -eta_t * (alpha * direction + lambda * theta)``.
+  lambda is NOT multiplied by alpha (Loshchilov & Hutter 2019, Algorithms 1
+  and 2; the authors' code; MosaicML Composer).
+* ``"torch"``: ``update = -alpha_t * eta_t * (direction + lambda * theta)``:
+  PyTorch, optax, timm, Keras, the official AdamP. ``learning_rate`` may
+  also be an optax schedule. ``scale_weight_decay_by_lr=True`` is the same.
+* ``"corrected"``: ``update = -eta_t * (alpha * direction + lambda * eta_t * theta)``,
+  lambda in the paper's units (Defazio 2025, AdamC/SGDC; timm's
+  ``corrected_weight_decay``, a per-step decay of ``lr**2 / max_lr * wd``).
+  The decay follows the schedule once more, so that the steady-state
+  ``||g|| / ||w||`` of normalized layers does not drift as eta_t decays.
 
-The two agree when ``lambda_paper = alpha * lambda_torch``.
+Conversions: ``lambda_paper = alpha * lambda_torch``; ``"corrected"`` takes
+the paper's lambda, and equals ``"paper"`` while eta_t = 1 (the schedule's
+peak); timm's corrected ``wd`` is ``lambda / alpha``.
 """
 
 from __future__ import annotations
@@ -19,12 +26,13 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from decoupled_optax._recording import record_step_scalars
 from decoupled_optax._trees import check_real_params, check_same_structure, require_params
 from decoupled_optax._validation import (
   check_bool,
@@ -90,6 +98,54 @@ def _scale_by_multiplier(
   return optax.scale(sign * schedule)
 
 
+WeightDecayConvention = Literal["paper", "torch", "corrected"]
+_CONVENTIONS = ("paper", "torch", "corrected")
+
+
+def resolve_convention(
+  weight_decay_convention: str | None, scale_weight_decay_by_lr: bool | None
+) -> str:
+  """The convention asked for; ``scale_weight_decay_by_lr=True`` spells ``"torch"``."""
+  check_bool("scale_weight_decay_by_lr", scale_weight_decay_by_lr, optional=True)
+  if weight_decay_convention is not None and weight_decay_convention not in _CONVENTIONS:
+    raise ValueError(
+      f"weight_decay_convention must be one of {_CONVENTIONS}, got {describe(weight_decay_convention)}."
+    )
+  from_flag = (
+    None if scale_weight_decay_by_lr is None else ("torch" if scale_weight_decay_by_lr else "paper")
+  )
+  if weight_decay_convention is None:
+    return from_flag or "paper"
+  if from_flag is not None and from_flag != weight_decay_convention:
+    raise ValueError(
+      f"scale_weight_decay_by_lr={scale_weight_decay_by_lr} contradicts "
+      f"weight_decay_convention={weight_decay_convention!r}; pass only weight_decay_convention."
+    )
+  return weight_decay_convention
+
+
+def _value_at(value: Any, count: jax.Array) -> Any:
+  return value(count) if callable(value) else value
+
+
+def _reporting_step_scalars(
+  inner: optax.GradientTransformationExtraArgs,
+  step_scalars: Callable[[jax.Array], dict[str, Any]],
+) -> optax.GradientTransformationExtraArgs:
+  """``inner``, which reports its step's scalars to :func:`decoupled_optax.with_diagnostics`."""
+
+  def update_fn(
+    updates: optax.Updates,
+    state: optax.OptState,
+    params: optax.Params | None = None,
+    **extra_args: Any,
+  ) -> tuple[optax.Updates, optax.OptState]:
+    record_step_scalars(step_scalars)
+    return inner.update(updates, state, params, **extra_args)
+
+  return optax.GradientTransformationExtraArgs(inner.init, update_fn)
+
+
 def decoupled_chain(
   direction: optax.GradientTransformation | Direction,
   *,
@@ -97,11 +153,24 @@ def decoupled_chain(
   weight_decay: optax.ScalarOrSchedule,
   schedule: optax.ScalarOrSchedule | None = None,
   mask: MaskOrFn = None,
-  scale_weight_decay_by_lr: bool = False,
+  weight_decay_convention: WeightDecayConvention | None = None,
+  scale_weight_decay_by_lr: bool | None = None,
   weight_decay_factor: Any = 1.0,
   radial_projection: Mapping[str, Any] | None = None,
 ) -> optax.GradientTransformationExtraArgs:
-  """Direction, optional radial projection, and decoupled decay, in either convention.
+  r"""Direction, optional radial projection, and decoupled decay, in any of the three conventions.
+
+  With :math:`d_t` the direction, :math:`\alpha` the learning rate,
+  :math:`\eta_t` the schedule multiplier and :math:`\lambda` the decay:
+
+  .. math::
+
+    \text{paper:} \quad \theta_t = \theta_{t-1} - \eta_t(\alpha d_t + \lambda\theta_{t-1}), \qquad
+    \text{torch:} \quad \theta_t = \theta_{t-1} - \alpha_t\eta_t(d_t + \lambda\theta_{t-1}), \qquad
+    \text{corrected:} \quad \theta_t = \theta_{t-1} - \eta_t(\alpha d_t + \lambda\eta_t\theta_{t-1})
+
+  This is the W-variant of any optax direction: ``decoupled_chain(optax.scale_by_lion(), ...)``
+  is Lion with the paper's decay.
 
   Args:
     direction: the update direction (``optax.scale_by_adam()``, ``optax.trace(...)``,
@@ -109,36 +178,50 @@ def decoupled_chain(
       :class:`decoupled_optax.MomentumDirection`, which with
       ``radial_projection`` may run fused on the CPU
       (:func:`decoupled_optax.fused_scale_invariance`).
-    learning_rate: alpha, the base rate; an optax schedule only when
-      ``scale_weight_decay_by_lr=True``.
+    learning_rate: alpha, the base rate; an optax schedule only in the
+      ``"torch"`` convention.
     weight_decay: lambda, a scalar or a schedule.
     schedule: eta_t, the paper's multiplier, evaluated at the update count
       (the first update uses ``schedule(0)``); None means 1.
     mask: which leaves are decayed, as in optax.
-    scale_weight_decay_by_lr: False for the paper's convention, True for
-      PyTorch / optax's.
+    weight_decay_convention: ``"paper"`` (the default), ``"torch"`` or
+      ``"corrected"``, see :mod:`decoupled_optax.aliases`.
+    scale_weight_decay_by_lr: True is the same as
+      ``weight_decay_convention="torch"``, False as ``"paper"``; it may not
+      contradict ``weight_decay_convention``.
     weight_decay_factor: a constant that multiplies ``weight_decay`` (SGDP's
       official ``1 / (1 - momentum)``). The convention warning judges the
       ``weight_decay`` the user gave, before this factor.
     radial_projection: AdamP/SGDP's projection. When given, these keyword
-      arguments go to :func:`decoupled_optax.detect_scale_invariance` (or
-      :func:`decoupled_optax.fused_scale_invariance` for a fusable
-      direction), which wraps the chain, and
-      :func:`decoupled_optax.project_out_radial` follows the direction.
+      arguments go to :func:`decoupled_optax.fused_scale_invariance` (for an
+      :class:`decoupled_optax.AdamDirection` or
+      :class:`decoupled_optax.MomentumDirection`) or
+      :func:`decoupled_optax.detect_scale_invariance` (any other direction),
+      which wraps the chain, and :func:`decoupled_optax.project_out_radial`
+      follows the direction.
 
   Returns:
-    The chain, an :class:`optax.GradientTransformationExtraArgs`.
+    The chain, an :class:`optax.GradientTransformationExtraArgs`. Under
+    :func:`decoupled_optax.with_diagnostics` it reports ``schedule``,
+    ``learning_rate`` (alpha_t eta_t) and ``weight_decay`` as applied per step
+    (lambda eta_t, alpha_t eta_t lambda or lambda eta_t^2, times
+    ``weight_decay_factor``).
+
+  Example:
+    >>> import optax, decoupled_optax as dopt
+    >>> lion_w = dopt.decoupled_chain(
+    ...     optax.scale_by_lion(), learning_rate=1e-4, weight_decay=1e-5)
   """
   fusable = isinstance(direction, Direction)
   if not fusable:
     check_transform("direction", direction)
-  check_bool("scale_weight_decay_by_lr", scale_weight_decay_by_lr)
-  if callable(learning_rate) and not scale_weight_decay_by_lr:
+  convention = resolve_convention(weight_decay_convention, scale_weight_decay_by_lr)
+  if callable(learning_rate) and convention != "torch":
     raise ValueError(
-      "learning_rate must be a scalar in the paper's convention; pass the schedule as "
-      "schedule=... (the multiplier eta_t), or set scale_weight_decay_by_lr=True."
+      f"learning_rate must be a scalar in the {convention!r} convention; pass the schedule as "
+      "schedule=... (the multiplier eta_t), or use weight_decay_convention='torch'."
     )
-  check_non_negative("learning_rate", learning_rate, schedule=scale_weight_decay_by_lr)
+  check_non_negative("learning_rate", learning_rate, schedule=convention == "torch")
   check_non_negative("weight_decay", weight_decay, schedule=True)
   check_number("schedule", schedule, low=0.0, schedule=True, optional=True)
   check_mask_argument(mask)
@@ -149,39 +232,79 @@ def decoupled_chain(
       f"detect_scale_invariance, got {describe(radial_projection)}."
     )
   warn_if_schedule_looks_like_learning_rate(schedule, learning_rate)
-  steps = []
-  if radial_projection is not None:
-    steps.append(project_out_radial())
-  if callable(weight_decay):
-    scaled_decay = lambda count: weight_decay_factor * weight_decay(count)
-  else:
-    scaled_decay = weight_decay_factor * weight_decay
-  decay = add_decoupled_weight_decay(scaled_decay, mask)
-  if scale_weight_decay_by_lr:
-    steps += [
+  if convention != "torch":
+    warn_if_torch_convention(weight_decay, learning_rate)
+
+  eta = lambda count: 1.0 if schedule is None else _value_at(schedule, count)  # noqa: E731
+  # The decay coefficient of the parameters before the multiplier eta_t.
+  decay_schedule: Callable[[jax.Array], Any] = {
+    "paper": lambda count: weight_decay_factor * _value_at(weight_decay, count),
+    "torch": lambda count: weight_decay_factor * _value_at(weight_decay, count),
+    "corrected": lambda count: weight_decay_factor * _value_at(weight_decay, count) * eta(count),
+  }[convention]
+  scheduled_decay = callable(weight_decay) or (convention == "corrected" and callable(schedule))
+  decay = add_decoupled_weight_decay(
+    decay_schedule if scheduled_decay else decay_schedule(jnp.zeros([], jnp.int32)), mask
+  )
+  if convention == "torch":  # -alpha_t eta_t (d + lambda theta)
+    steps = [
       decay,
       optax.scale_by_learning_rate(learning_rate),
       _scale_by_multiplier(schedule, 1.0),
     ]
-  else:
-    warn_if_torch_convention(weight_decay, learning_rate)
-    steps += [
+  else:  # -eta_t (alpha d + lambda [eta_t] theta)
+    steps = [
       optax.scale_by_learning_rate(learning_rate, flip_sign=False),
       decay,
       _scale_by_multiplier(schedule, -1.0),
     ]
+
+  def step_scalars(count: jax.Array) -> dict[str, Any]:
+    learning_rate_applied = _value_at(learning_rate, count) * eta(count)
+    decay_applied = decay_schedule(count) * eta(count)
+    if convention == "torch":
+      decay_applied = decay_applied * _value_at(learning_rate, count)
+    return {
+      "schedule": eta(count),
+      "learning_rate": learning_rate_applied,
+      "weight_decay": decay_applied,
+    }
+
   transform = direction.transform() if fusable else direction
   if radial_projection is None:
     chain = _checked_inputs(optax.chain(transform, *steps))
-  elif fusable:
-    chain = fused_scale_invariance(direction, optax.chain(*steps), **radial_projection)
   else:
-    # The fused chain's state structure: (direction, (projection, decay, ...)).
-    options = {k: v for k, v in radial_projection.items() if k != "cpu_kernel"}
-    chain = detect_scale_invariance(optax.chain(transform, optax.chain(*steps)), **options)
+    # One state structure for both paths: (direction, (projection, decay, ...)).
+    tail = optax.chain(project_out_radial(), *steps)
+    if fusable:
+      chain = fused_scale_invariance(direction, tail, **radial_projection)
+    else:
+      options = {k: v for k, v in radial_projection.items() if k != "cpu_kernel"}
+      chain = detect_scale_invariance(optax.chain(transform, tail), **options)
 
   # Under jit, the state follows the params' sharding (see decoupled_optax.sharding).
-  return keep_param_sharding(chain)
+  return keep_param_sharding(_reporting_step_scalars(chain, step_scalars))
+
+
+def _projection_options(
+  delta: float,
+  wd_ratio: float,
+  eps: float,
+  channel_axis: int,
+  axis_name: AxisName,
+  param_specs: Any,
+  cpu_kernel: bool | None,
+) -> dict[str, Any]:
+  """AdamP's and SGDP's ``radial_projection`` for :func:`decoupled_chain`."""
+  return dict(
+    delta=delta,
+    wd_ratio=wd_ratio,
+    eps=eps,
+    channel_axis=channel_axis,
+    axis_name=axis_name,
+    param_specs=param_specs,
+    cpu_kernel=cpu_kernel,
+  )
 
 
 def adamw(
@@ -196,7 +319,8 @@ def adamw(
   schedule: optax.ScalarOrSchedule | None = None,
   mask: MaskOrFn = None,
   nesterov: bool = False,
-  scale_weight_decay_by_lr: bool = False,
+  weight_decay_convention: WeightDecayConvention | None = None,
+  scale_weight_decay_by_lr: bool | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""AdamW with the paper's decoupled weight decay (Algorithm 2).
 
@@ -205,21 +329,29 @@ def adamw(
     \theta_t = \theta_{t-1} - \eta_t \left(\alpha \frac{\hat m_t}{\sqrt{\hat v_t} + \epsilon}
                + \lambda \theta_{t-1}\right)
 
-  With ``scale_weight_decay_by_lr=True`` the decay is multiplied by alpha as
+  With ``weight_decay_convention="torch"`` the decay is multiplied by alpha as
   in ``torch.optim.AdamW`` and ``optax.adamw``; then
-  ``adamw(lr, wd, scale_weight_decay_by_lr=True) == optax.adamw(lr, weight_decay=wd)``.
+  ``adamw(lr, wd, weight_decay_convention="torch") == optax.adamw(lr, weight_decay=wd)``.
+  ``"corrected"`` multiplies the decay by eta_t once more (AdamC, Defazio 2025).
 
   Args:
     learning_rate: alpha, the base learning rate.
     weight_decay: lambda (a scalar or a schedule), in the convention chosen
-      by ``scale_weight_decay_by_lr``. In the paper's convention a value of
-      at least ``learning_rate`` warns once: it looks like a PyTorch value.
-    b1, b2, eps, eps_root, mu_dtype: as in ``optax.scale_by_adam``.
+      by ``weight_decay_convention``. In the paper's (and the corrected)
+      convention a value of at least ``learning_rate`` warns: it looks like a
+      PyTorch value.
+    b1: the decay of the first moment, as in :func:`optax.scale_by_adam`.
+    b2: the decay of the second moment, as in :func:`optax.scale_by_adam`.
+    eps: added to the denominator, as in :func:`optax.scale_by_adam`.
+    eps_root: added inside the square root, as in :func:`optax.scale_by_adam`.
+    mu_dtype: the dtype of the first moment, as in :func:`optax.scale_by_adam`.
     schedule: eta_t, the schedule multiplier (e.g.
       :func:`decoupled_optax.cosine_warm_restart_schedule` for AdamWR).
     mask: leaves to decay, as in optax (pytree of bools or callable).
     nesterov: optax's NAdam direction.
-    scale_weight_decay_by_lr: use the PyTorch / optax convention.
+    weight_decay_convention: ``"paper"`` (default), ``"torch"`` or
+      ``"corrected"``; see :func:`decoupled_chain` for the math.
+    scale_weight_decay_by_lr: True is ``weight_decay_convention="torch"``.
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs`.
@@ -247,6 +379,7 @@ def adamw(
     weight_decay=weight_decay,
     schedule=schedule,
     mask=mask,
+    weight_decay_convention=weight_decay_convention,
     scale_weight_decay_by_lr=scale_weight_decay_by_lr,
   )
 
@@ -269,7 +402,8 @@ def sgdw(
   accumulator_dtype: Any | None = None,
   schedule: optax.ScalarOrSchedule | None = None,
   mask: MaskOrFn = None,
-  scale_weight_decay_by_lr: bool = False,
+  weight_decay_convention: WeightDecayConvention | None = None,
+  scale_weight_decay_by_lr: bool | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""SGD with momentum and decoupled weight decay (SGDW, Algorithm 1).
 
@@ -288,12 +422,14 @@ def sgdw(
   Args:
     learning_rate: alpha.
     momentum: mu in [0, 1).
-    weight_decay: lambda, in the convention chosen by ``scale_weight_decay_by_lr``.
+    weight_decay: lambda, in the convention chosen by ``weight_decay_convention``.
     nesterov: PyTorch's Nesterov, ``d = g + mu * buf``.
     accumulator_dtype: dtype of the momentum buffer.
     schedule: eta_t, the schedule multiplier (SGDWR with warm restarts).
     mask: leaves to decay, as in optax.
-    scale_weight_decay_by_lr: use the PyTorch / optax convention.
+    weight_decay_convention: ``"paper"`` (default), ``"torch"`` or
+      ``"corrected"``; see :func:`decoupled_chain` for the math.
+    scale_weight_decay_by_lr: True is ``weight_decay_convention="torch"``.
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs`.
@@ -318,6 +454,7 @@ def sgdw(
     weight_decay=weight_decay,
     schedule=schedule,
     mask=mask,
+    weight_decay_convention=weight_decay_convention,
     scale_weight_decay_by_lr=scale_weight_decay_by_lr,
   )
 
@@ -337,7 +474,8 @@ def adamp(
   param_specs: Any = None,
   schedule: optax.ScalarOrSchedule | None = None,
   mask: MaskOrFn = None,
-  scale_weight_decay_by_lr: bool = False,
+  weight_decay_convention: WeightDecayConvention | None = None,
+  scale_weight_decay_by_lr: bool | None = None,
   cpu_kernel: bool | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""AdamP: Adam without the radial update component on scale-invariant weights.
@@ -352,29 +490,33 @@ def adamp(
     d_t = \Pi_{\theta}\left(\frac{\hat m_t}{\sqrt{\hat v_t} + \epsilon}\right), \quad
     \theta_t = \theta_{t-1} - \eta_t (\alpha d_t + r \lambda \theta_{t-1})
 
-  With ``scale_weight_decay_by_lr=True`` this is the official ``adamp.AdamP``
+  With ``weight_decay_convention="torch"`` this is the official ``adamp.AdamP``
   (whose decay is ``p *= 1 - lr * wd * r``). ``nesterov=True`` uses the
   official formula, see :func:`decoupled_optax.scale_by_adamp_nesterov`.
 
   Args:
     learning_rate: alpha.
-    weight_decay: lambda, in the convention chosen by ``scale_weight_decay_by_lr``.
-    b1, b2, eps: Adam's; ``eps`` also guards the projection's norms, as in
-      the official code.
+    weight_decay: lambda, in the convention chosen by ``weight_decay_convention``.
+    b1: the decay of Adam's first moment.
+    b2: the decay of Adam's second moment.
+    eps: Adam's; it also guards the projection's norms, as in the official code.
     delta: threshold of the scale-invariance test (official default 0.1).
     wd_ratio: decay multiplier r on projected weights (official default 0.1;
       timm's factory uses 0.01).
     nesterov: the official AdamP Nesterov step.
     channel_axis: output-channel axis; -1 for Flax layouts, 0 for PyTorch's.
-    axis_name, param_specs: for params sharded inside ``shard_map``/``pmap``:
-      the mapped axis name(s) and which of them shard which dims (a tree of
-      ``PartitionSpec``, e.g. shard_map's ``in_specs`` of the params), so
-      that the projection's cosines and norms are global; see
-      :func:`decoupled_optax.detect_scale_invariance`. Without them they
-      are per shard. Not needed under ``jit``, nor with replicated params.
+    axis_name: for params sharded inside ``shard_map``/``pmap``, the mapped
+      axis name(s) that shard them, so that the projection's cosines and
+      norms are global; see :func:`decoupled_optax.detect_scale_invariance`.
+      Without it they are per shard. Not needed under ``jit``, nor with
+      replicated params.
+    param_specs: which of those axes shard which dims: a tree of
+      ``PartitionSpec``, e.g. shard_map's ``in_specs`` of the params.
     schedule: eta_t, the schedule multiplier.
     mask: leaves to decay, as in optax.
-    scale_weight_decay_by_lr: use the PyTorch / official-AdamP convention.
+    weight_decay_convention: ``"paper"`` (default), ``"torch"`` or
+      ``"corrected"``; see :func:`decoupled_chain` for the math.
+    scale_weight_decay_by_lr: True is ``weight_decay_convention="torch"``.
     cpu_kernel: on the CPU, run Adam's moments and the projection's
       statistics in one fused pass where the kernel was built; None (default)
       when the process has a single CPU device, True always, False never. See
@@ -400,15 +542,10 @@ def adamp(
     weight_decay=weight_decay,
     schedule=schedule,
     mask=mask,
+    weight_decay_convention=weight_decay_convention,
     scale_weight_decay_by_lr=scale_weight_decay_by_lr,
-    radial_projection=dict(
-      delta=delta,
-      wd_ratio=wd_ratio,
-      eps=eps,
-      channel_axis=channel_axis,
-      axis_name=axis_name,
-      param_specs=param_specs,
-      cpu_kernel=cpu_kernel,
+    radial_projection=_projection_options(
+      delta, wd_ratio, eps, channel_axis, axis_name, param_specs, cpu_kernel
     ),
   )
 
@@ -428,7 +565,8 @@ def sgdp(
   accumulator_dtype: Any | None = None,
   schedule: optax.ScalarOrSchedule | None = None,
   mask: MaskOrFn = None,
-  scale_weight_decay_by_lr: bool = False,
+  weight_decay_convention: WeightDecayConvention | None = None,
+  scale_weight_decay_by_lr: bool | None = None,
   cpu_kernel: bool | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""SGDP: momentum SGD without the radial update component on scale-invariant weights.
@@ -447,13 +585,20 @@ def sgdp(
   Args:
     learning_rate: alpha.
     momentum: mu in [0, 1).
-    weight_decay: lambda, in the convention chosen by ``scale_weight_decay_by_lr``.
+    weight_decay: lambda, in the convention chosen by ``weight_decay_convention``.
     nesterov: PyTorch's Nesterov, ``d = g + mu * buf``.
-    delta, wd_ratio, eps, channel_axis, axis_name, param_specs: as in :func:`adamp`.
+    delta: threshold of the scale-invariance test, as in :func:`adamp`.
+    wd_ratio: decay multiplier on projected weights, as in :func:`adamp`.
+    eps: guards the projection's norms, as in :func:`adamp`.
+    channel_axis: output-channel axis, as in :func:`adamp`.
+    axis_name: mapped axes sharding the params, as in :func:`adamp`.
+    param_specs: the params' ``PartitionSpec`` tree, as in :func:`adamp`.
     accumulator_dtype: dtype of the momentum buffer.
     schedule: eta_t, the schedule multiplier.
     mask: leaves to decay, as in optax.
-    scale_weight_decay_by_lr: use the PyTorch / official-SGDP convention.
+    weight_decay_convention: ``"paper"`` (default), ``"torch"`` or
+      ``"corrected"``; see :func:`decoupled_chain` for the math.
+    scale_weight_decay_by_lr: True is ``weight_decay_convention="torch"``.
     cpu_kernel: as in :func:`adamp`, for the momentum buffer.
 
   Returns:
@@ -477,22 +622,24 @@ def sgdp(
     weight_decay_factor=1.0 / (1.0 - momentum),
     schedule=schedule,
     mask=mask,
+    weight_decay_convention=weight_decay_convention,
     scale_weight_decay_by_lr=scale_weight_decay_by_lr,
-    radial_projection=dict(
-      delta=delta,
-      wd_ratio=wd_ratio,
-      eps=eps,
-      channel_axis=channel_axis,
-      axis_name=axis_name,
-      param_specs=param_specs,
-      cpu_kernel=cpu_kernel,
+    radial_projection=_projection_options(
+      delta, wd_ratio, eps, channel_axis, axis_name, param_specs, cpu_kernel
     ),
   )
 
 
 # Arguments that must stay Python values: optax would trace an int channel axis
-# and evaluate a callable mask as if it were a schedule.
-_STATIC_ARGUMENTS = ("mask", "channel_axis", "axis_name", "cpu_kernel")
+# and a bool convention flag, and evaluate a callable mask as if it were a schedule.
+_STATIC_ARGUMENTS = (
+  "mask",
+  "channel_axis",
+  "axis_name",
+  "cpu_kernel",
+  "weight_decay_convention",
+  "scale_weight_decay_by_lr",
+)
 
 
 def _cast_like(new: Any, old: Any) -> Any:
@@ -511,7 +658,17 @@ def _judge_conventions(bound: Mapping[str, Any]) -> None:
     return
   if "schedule" in bound:
     warn_if_schedule_looks_like_learning_rate(bound["schedule"], bound["learning_rate"])
-  if not bound.get("scale_weight_decay_by_lr", True) and "weight_decay" in bound:
+  if "weight_decay" not in bound or not (
+    {"weight_decay_convention", "scale_weight_decay_by_lr"} & set(bound)
+  ):
+    return
+  try:
+    convention = resolve_convention(
+      bound.get("weight_decay_convention"), bound.get("scale_weight_decay_by_lr")
+    )
+  except (TypeError, ValueError):
+    return  # the factory itself raises, with the same message
+  if convention != "torch":
     warn_if_torch_convention(bound["weight_decay"], bound["learning_rate"])
 
 
@@ -526,7 +683,8 @@ def inject_hyperparams(
   ``static_args``: a callable mask would be evaluated on the step count and
   weight decay silently turned off. It also turns integer arguments into
   traced arrays, which the projection's ``channel_axis`` cannot be. This adds
-  ``mask``, ``channel_axis``, ``axis_name`` and ``cpu_kernel`` to ``static_args`` when the
+  ``mask``, ``channel_axis``, ``axis_name``, ``cpu_kernel`` and the convention arguments
+  to ``static_args`` when the
   factory takes them; learning rate, weight decay, schedule and the other
   numeric hyperparameters are injected as usual.
 

@@ -36,6 +36,11 @@ import numpy as np
 import optax
 from jax.core import ShapedArray
 
+from decoupled_optax._recording import (
+  is_recording,
+  record_scale_invariance,
+  recorded_in_nested_trace,
+)
 from decoupled_optax._trees import require_params
 from decoupled_optax._validation import check_bool, check_transform, describe
 from decoupled_optax.conventions import user_stacklevel
@@ -48,6 +53,7 @@ from decoupled_optax.projection import (
   detect_scale_invariance,
   is_projected,
   leaf_axis_names,
+  projection_views,
   projectors_of_leaves,
 )
 from decoupled_optax.weight_decay import WEIGHT_DECAY_MULTIPLIERS
@@ -338,7 +344,8 @@ def fused_scale_invariance(
     params: optax.Params,
     extra_args: dict[str, Any],
     fused: list[bool],
-  ) -> tuple[optax.Updates, tuple[Any, Any]]:
+    report: bool,
+  ) -> Any:
     direction_state, tail_state = state
     treedef, flat_grads, flat_params, flat_moments = _flat_leaves(
       direction, updates, direction_state, params
@@ -387,13 +394,19 @@ def fused_scale_invariance(
       treedef.unflatten(flat_directions), tail_state, params, **extra_args
     )
     new_moments = [treedef.unflatten(m) for m in flat_new_moments]
-    return updates, (direction.with_moments(new_direction_state, new_moments), tail_state)
+    result = updates, (direction.with_moments(new_direction_state, new_moments), tail_state)
+    if not report:
+      return result
+    views = projection_views(extra_args[RADIAL_PROJECTORS])
+    return result, ([views], [extra_args[WEIGHT_DECAY_MULTIPLIERS]])
 
-  def generic_step(u: Any, s: Any, p: Any, extra: dict[str, Any]) -> tuple[Any, Any]:
-    return generic.update(u, s, p, **extra)
+  def generic_step(u: Any, s: Any, p: Any, extra: dict[str, Any], report: bool) -> Any:
+    if not report:
+      return generic.update(u, s, p, **extra)
+    return recorded_in_nested_trace(lambda: generic.update(u, s, p, **extra))
 
   def differentiable_fused_step(
-    u: Any, s: Any, p: Any, extra: dict[str, Any], fused: list[bool]
+    u: Any, s: Any, p: Any, extra: dict[str, Any], fused: list[bool], report: bool
   ) -> Any:
     """The fused update, whose derivatives (the FFI call has none) are the generic chain's.
 
@@ -404,14 +417,16 @@ def fused_scale_invariance(
     carry the hyperparameters' derivatives (meta-learning, hypergradients).
     """
     closed, constants = jax.closure_convert(
-      lambda u, s, p, extra: fused_update(u, s, p, extra, fused), u, s, p, extra
+      lambda u, s, p, extra: fused_update(u, s, p, extra, fused, report), u, s, p, extra
     )
     position = {id(c): i for i, c in enumerate(constants)}
     step = jax.custom_jvp(lambda constants, *args: closed(*args, *constants))
 
     @step.defjvp
     def rule(primals: tuple[Any, ...], tangents: tuple[Any, ...]) -> Any:
-      generic_closed, generic_constants = jax.closure_convert(generic_step, *primals[1:])
+      generic_closed, generic_constants = jax.closure_convert(
+        functools.partial(generic_step, report=report), *primals[1:]
+      )
       if any(id(c) not in position for c in generic_constants):
         raise NotImplementedError(
           "decoupled_optax: the generic chain closes over values the fused CPU step does "
@@ -442,13 +457,22 @@ def fused_scale_invariance(
     ]
     if not any(fused):
       return generic.update(updates, state, params, **extra_args)
-    return jax.lax.platform_dependent(
+    # The branches run in traces of their own: they return the decisions
+    # that with_diagnostics records, and they are recorded here.
+    report = is_recording()
+    outputs = jax.lax.platform_dependent(
       updates,
       state,
       params,
       extra_args,
-      cpu=functools.partial(differentiable_fused_step, fused=fused),
-      default=generic_step,
+      cpu=functools.partial(differentiable_fused_step, fused=fused, report=report),
+      default=functools.partial(generic_step, report=report),
     )
+    if not report:
+      return outputs
+    result, (views, multipliers) = outputs
+    for v, m in zip(views, multipliers, strict=True):
+      record_scale_invariance(v, m)
+    return result
 
   return optax.GradientTransformationExtraArgs(generic.init, update_fn)

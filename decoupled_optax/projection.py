@@ -37,6 +37,13 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec
 
+from decoupled_optax._recording import (
+  CHANNEL_VIEW,
+  NOT_PROJECTED,
+  WHOLE_VIEW,
+  is_recording,
+  record_scale_invariance,
+)
 from decoupled_optax._trees import (
   check_real_params,
   check_same_structure,
@@ -78,6 +85,8 @@ class RadialProjector(NamedTuple):
       the detection already knew ``w.u`` (the fused CPU pass of AdamP/SGDP
       computes it with the other statistics); None otherwise, and
       :func:`project_out_radial` reduces ``w.u`` itself.
+    view: the view found scale invariant: 0 none, 1 the channel view, 2 the
+      whole tensor (int8 scalar), for :func:`decoupled_optax.with_diagnostics`.
   """
 
   channel_weight: jax.Array
@@ -86,6 +95,7 @@ class RadialProjector(NamedTuple):
   axis_name: AxisName
   channel_axis_name: AxisName = None
   known_coefficient: jax.Array | None = None
+  view: jax.Array | None = None
 
   def coefficient(self, update: jax.Array, param: jax.Array) -> jax.Array:
     """``c`` per channel, shaped to broadcast against the leaf (inputs in the statistics dtype)."""
@@ -263,6 +273,9 @@ def _projectors_from_statistics(
     ~channel_invariant & whole_invariant, 1.0 / (jnp.sqrt(w_sq_total) + eps) ** 2, zero
   )
   multipliers = jnp.where(channel_invariant | whole_invariant, wd_ratio, 1.0).astype(stacked.dtype)
+  views = jnp.where(
+    channel_invariant, CHANNEL_VIEW, jnp.where(whole_invariant, WHOLE_VIEW, NOT_PROJECTED)
+  ).astype(jnp.int8)
   coefficients = None
   if knows_w_dot_u:
     w_dot_u = stacked[:, 3]
@@ -281,6 +294,7 @@ def _projectors_from_statistics(
       axis_name,
       channel_axis_name,
       None if coefficients is None else per_channel(coefficients),
+      views[i],
     )
     results.append((projector, multipliers[i]))
   return results
@@ -414,6 +428,11 @@ def check_projection_arguments(
       "optax.inject_hyperparams pass static_args=('channel_axis',), or use "
       "decoupled_optax.inject_hyperparams, which does it for you."
     )
+  check_axis_name(axis_name)
+
+
+def check_axis_name(axis_name: Any) -> None:
+  """``axis_name`` is None, a mesh axis name, or a sequence of names."""
   names = (axis_name,) if isinstance(axis_name, str) or axis_name is None else axis_name
   if not isinstance(names, (tuple, list)) or not all(
     isinstance(n, str) or (n is None and axis_name is None) for n in names
@@ -467,6 +486,15 @@ def scale_invariance(
   projectors = treedef.unflatten(flat_projectors)
   multipliers = treedef.unflatten(flat_multipliers)
   return projectors, multipliers
+
+
+def projection_views(projectors: Any) -> Any:
+  """Per leaf, the view projected (0, 1, 2; int8); 0 for leaves never projected."""
+  return jax.tree.map(
+    lambda p: jnp.zeros([], jnp.int8) if p is None else p.view,
+    projectors,
+    is_leaf=lambda x: x is None or isinstance(x, RadialProjector),
+  )
 
 
 def detect_scale_invariance(
@@ -567,6 +595,8 @@ def detect_scale_invariance(
     )
     extra_args[RADIAL_PROJECTORS] = projectors
     extra_args[WEIGHT_DECAY_MULTIPLIERS] = multipliers
+    if is_recording():
+      record_scale_invariance(projection_views(projectors), multipliers)
     return inner.update(updates, state, params, **extra_args)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

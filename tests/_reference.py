@@ -247,12 +247,14 @@ def sgd_lua(
   eta: Sequence[float],
   nesterov: bool = False,
   decayed: Sequence[str] = NAMES,
+  corrected: bool = False,
 ):
   """NumPy transcription of the authors' sgd.lua (SGDW, the paper's convention).
 
   buf = g at the first step, then mu * buf + g; d = buf, or g + mu * buf with
   Nesterov; theta -= alpha * eta_t * d + eta_t * lambda * theta_old. The
-  gradients come from torch autograd at the reference's own params.
+  gradients come from torch autograd at the reference's own params. With
+  ``corrected``, Defazio's (2025) SGDC: the decay is lambda * eta_t^2.
   """
   params = {n: flax_to_torch(n, p) for n, p in init_params().items()}
   targets = make_targets(steps)
@@ -266,6 +268,8 @@ def sgd_lua(
       bufs[n] = g.copy() if t == 0 else momentum * bufs[n] + g
       d = g + momentum * bufs[n] if nesterov else bufs[n]
       wd = weight_decay if n in decayed else 0.0
+      if corrected:
+        wd = wd * eta[t]
       params[n] = params[n] - learning_rate * eta[t] * d - eta[t] * wd * params[n]
       params[n] = params[n].astype(np.float32)
     trajectory.append({n: torch_to_flax(n, p.copy()) for n, p in params.items()})

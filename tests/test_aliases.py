@@ -386,11 +386,108 @@ ALIAS_LR = {"adamw": ADAM_LR, "sgdw": SGD_LR, "adamp": ADAM_LR, "sgdp": SGD_LR}
 
 @pytest.mark.parametrize("schedule", [None, 0.7], ids=["no_schedule", "constant_schedule"])
 @pytest.mark.parametrize("alias", list(ALIASES))
-def test_conventions_agree_when_decay_is_converted(alias, schedule):
+def test_the_three_conventions_agree_when_decay_is_converted(alias, schedule):
+  # lambda_paper = alpha * lambda_torch; the corrected decay is lambda * eta_t per unit of
+  # eta_t, so a constant eta = c needs lambda_corrected = lambda_paper / c (none: equal).
   make, lr = ALIASES[alias], ALIAS_LR[alias]
-  paper = make(lr * TORCH_WD, schedule=schedule, mask=MASK)
-  torch_style = make(TORCH_WD, schedule=schedule, mask=MASK, scale_weight_decay_by_lr=True)
-  assert_trajectories_match(run_ours(paper, STEPS), run_ours(torch_style, STEPS))
+  paper_wd = lr * TORCH_WD
+  eta = 1.0 if schedule is None else schedule
+  paper = run_ours(make(paper_wd, schedule=schedule, mask=MASK), STEPS)
+  torch_style = make(TORCH_WD, schedule=schedule, mask=MASK, weight_decay_convention="torch")
+  assert_trajectories_match(paper, run_ours(torch_style, STEPS))
+  flag_style = make(TORCH_WD, schedule=schedule, mask=MASK, scale_weight_decay_by_lr=True)
+  assert_trajectories_match(paper, run_ours(flag_style, STEPS))
+  corrected = make(
+    paper_wd / eta, schedule=schedule, mask=MASK, weight_decay_convention="corrected"
+  )
+  assert_trajectories_match(paper, run_ours(corrected, STEPS))
+
+
+@pytest.mark.parametrize("alias", list(ALIASES))
+def test_corrected_equals_paper_under_a_constant_unit_schedule(alias):
+  make, lr = ALIASES[alias], ALIAS_LR[alias]
+  paper = run_ours(make(lr * TORCH_WD, mask=MASK), STEPS)
+  for schedule in (None, 1.0, optax.constant_schedule(1.0)):
+    corrected = make(
+      lr * TORCH_WD, schedule=schedule, mask=MASK, weight_decay_convention="corrected"
+    )
+    assert_trajectories_match(paper, run_ours(corrected, STEPS), tolerance=1e-6)
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_corrected_sgdw_matches_a_numpy_transcription_under_sgdr(nesterov):
+  # SGDC: theta -= eta_t (alpha d + lambda eta_t theta), with eta_t the SGDR table.
+  lam = SGD_LR * TORCH_WD
+  ours = run_ours(
+    dopt.sgdw(
+      SGD_LR,
+      0.9,
+      lam,
+      nesterov=nesterov,
+      schedule=table_schedule(ETA),
+      mask=MASK,
+      weight_decay_convention="corrected",
+    ),
+    STEPS,
+  )
+  reference = sgd_lua(STEPS, SGD_LR, 0.9, lam, ETA, nesterov, DECAYED, corrected=True)
+  assert_trajectories_match(ours, reference)
+  # ...and the schedule changes the decay enough that the paper's convention differs.
+  paper = sgd_lua(STEPS, SGD_LR, 0.9, lam, ETA, nesterov, DECAYED)
+  assert max_relative_error(ours, paper)[0] > 1e-3
+
+
+@PATHS
+def test_corrected_adamw_and_adamp_match_timm_corrected_weight_decay(cpu_kernel):
+  # timm PR #2511: p *= 1 - wd * lr_t**2 / max_lr before the Adam step, lr_t = alpha eta_t,
+  # max_lr = alpha; here with torch's AdamW / official AdamP, whose own decay is
+  # p *= 1 - lr_t * wd, given wd * lr_t / max_lr at each step. lambda_corrected = alpha * wd.
+  timm_wd = TORCH_WD
+
+  def corrected_decay(optimizer):
+    for group in optimizer.param_groups:
+      group["weight_decay"] = timm_wd * group["lr"] / ADAM_LR if group["decay"] else 0.0
+
+  for ours_tx, make in [
+    (
+      dopt.adamw(
+        ADAM_LR,
+        ADAM_LR * timm_wd,
+        schedule=table_schedule(ETA),
+        mask=MASK,
+        weight_decay_convention="corrected",
+      ),
+      lambda groups: torch.optim.AdamW(groups, lr=ADAM_LR),
+    ),
+    (
+      dopt.adamp(
+        ADAM_LR,
+        ADAM_LR * timm_wd,
+        schedule=table_schedule(ETA),
+        mask=MASK,
+        weight_decay_convention="corrected",
+        cpu_kernel=cpu_kernel,
+      ),
+      lambda groups: AdamP(groups, lr=ADAM_LR),
+    ),
+  ]:
+    reference, _, _ = run_torch(make, STEPS, eta=ETA, decayed=DECAYED, before_step=corrected_decay)
+    assert_trajectories_match(run_ours(ours_tx, STEPS), reference)
+
+
+def test_the_convention_arguments_may_not_contradict_each_other():
+  with pytest.raises(ValueError, match="contradicts"):
+    dopt.adamw(1e-3, 1e-5, weight_decay_convention="corrected", scale_weight_decay_by_lr=True)
+  with pytest.raises(ValueError, match="contradicts"):
+    dopt.sgdp(0.1, 0.9, 1e-5, weight_decay_convention="torch", scale_weight_decay_by_lr=False)
+  dopt.adamw(1e-3, 1e-2, weight_decay_convention="torch", scale_weight_decay_by_lr=True)
+  with pytest.raises(ValueError, match="learning_rate must be a scalar in the 'corrected'"):
+    dopt.adamw(optax.constant_schedule(1e-3), 1e-5, weight_decay_convention="corrected")
+
+
+def test_the_corrected_convention_warns_on_a_pytorch_valued_decay():
+  with pytest.warns(dopt.WeightDecayConventionWarning):
+    dopt.adamw(1e-3, 1e-2, weight_decay_convention="corrected")
 
 
 def test_sgdp_judges_the_convention_on_the_decay_it_was_given():

@@ -38,6 +38,7 @@ POSITIVE = [(0.0, V), (-1.0, V), (INF, V), (NAN, V), ("0.1", T), (None, T)]
 UNIT = [(1.0, V), (-0.1, V), (NAN, V), (INF, V), (None, T), ("0.9", T), (0.5j, T)]
 BOOL = [(None, T), ("yes", T), (1, T)]
 OPTIONAL_BOOL = [("yes", T), (1, T)]
+CONVENTION = [("pytorch", V), ("Paper", V), (1, V), (True, V)]
 DTYPE = [("not-a-dtype", T), (3.5, T)]
 MASK = [(True, V), ("kernel", T), (3, T)]
 SCHEDULE = [(-1.0, V), (NAN, V), (INF, V), ("1", T), ([1.0], T)]
@@ -62,7 +63,8 @@ TABLE = {
       schedule=SCHEDULE,
       mask=MASK,
       nesterov=BOOL,
-      scale_weight_decay_by_lr=BOOL,
+      weight_decay_convention=CONVENTION,
+      scale_weight_decay_by_lr=OPTIONAL_BOOL,
     ),
   ),
   "sgdw": (
@@ -75,7 +77,8 @@ TABLE = {
       accumulator_dtype=DTYPE,
       schedule=SCHEDULE,
       mask=MASK,
-      scale_weight_decay_by_lr=BOOL,
+      weight_decay_convention=CONVENTION,
+      scale_weight_decay_by_lr=OPTIONAL_BOOL,
     ),
   ),
   "adamp": (
@@ -93,7 +96,8 @@ TABLE = {
       axis_name=AXIS_NAME,
       schedule=SCHEDULE,
       mask=MASK,
-      scale_weight_decay_by_lr=BOOL,
+      weight_decay_convention=CONVENTION,
+      scale_weight_decay_by_lr=OPTIONAL_BOOL,
       cpu_kernel=OPTIONAL_BOOL,
     ),
   ),
@@ -112,7 +116,8 @@ TABLE = {
       accumulator_dtype=DTYPE,
       schedule=SCHEDULE,
       mask=MASK,
-      scale_weight_decay_by_lr=BOOL,
+      weight_decay_convention=CONVENTION,
+      scale_weight_decay_by_lr=OPTIONAL_BOOL,
       cpu_kernel=OPTIONAL_BOOL,
     ),
   ),
@@ -124,7 +129,8 @@ TABLE = {
       weight_decay=NON_NEGATIVE_OR_SCHEDULE,
       schedule=SCHEDULE,
       mask=MASK,
-      scale_weight_decay_by_lr=BOOL,
+      weight_decay_convention=CONVENTION,
+      scale_weight_decay_by_lr=OPTIONAL_BOOL,
       weight_decay_factor=NON_NEGATIVE,
       radial_projection=[("delta=0.1", T), (3, T)],
     ),
@@ -167,6 +173,14 @@ TABLE = {
       axis_name=AXIS_NAME,
       cpu_kernel=OPTIONAL_BOOL,
     ),
+  ),
+  "with_diagnostics": (
+    dict(inner=optax.sgd(0.1)),
+    dict(inner=TRANSFORM, axis_name=AXIS_NAME),
+  ),
+  "read_diagnostics": (
+    dict(state=dopt.with_diagnostics(optax.sgd(0.1)).init(PARAMS)),
+    dict(state=[(optax.sgd(0.1).init(PARAMS), V), (None, V)]),
   ),
   "AdamDirection": (dict(), dict(b1=UNIT, b2=UNIT, eps=NON_NEGATIVE, nesterov=BOOL)),
   "MomentumDirection": (dict(), dict(decay=UNIT, nesterov=BOOL, accumulator_dtype=DTYPE)),
@@ -255,6 +269,7 @@ NOT_IN_TABLE = {
   ("state_partition_specs", "params"),
   ("state_partition_specs", "param_specs"),
   ("init_sharded", "params"),
+  ("with_diagnostics", "param_specs"),
 }
 # Public callables that build nothing from hyperparameters.
 NOT_CONSTRUCTORS = {
@@ -264,6 +279,7 @@ NOT_CONSTRUCTORS = {
   "AddDecoupledWeightDecayState",  # states and results: NamedTuples
   "RadialProjector",
   "RestartPosition",
+  "DiagnosticsState",
   "CPUKernelWarning",
   "ScheduleConventionWarning",
   "WeightDecayConventionWarning",
