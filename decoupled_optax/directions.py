@@ -144,10 +144,10 @@ def _float32(x: Any) -> jax.Array:
 @final
 @dataclasses.dataclass(frozen=True)
 class AdamDirection(Direction):
-  """Adam's moments and direction, as ``optax.scale_by_adam`` with ``eps_root=0``.
+  r"""Adam's moments and direction, as ``optax.scale_by_adam`` with ``eps_root=0``.
 
-  .. math:: u = \frac{\\hat m}{\\sqrt{\\hat v} + \\epsilon}, \\quad
-            \\hat m = m / (1 - \beta_1^t), \\; \\hat v = v / (1 - \beta_2^t)
+  .. math:: u = \frac{\hat m}{\sqrt{\hat v} + \epsilon}, \quad
+            \hat m = m / (1 - \beta_1^t), \; \hat v = v / (1 - \beta_2^t)
 
   With ``nesterov`` the numerator is the official AdamP's
   ``b1 m + (1 - b1) g`` (see :func:`decoupled_optax.scale_by_adamp_nesterov`).

@@ -291,8 +291,15 @@ def fused_scale_invariance(
       :class:`decoupled_optax.MomentumDirection`.
     tail: the rest of the chain, starting with
       :func:`decoupled_optax.project_out_radial`.
-    delta, wd_ratio, eps, channel_axis, axis_name, param_specs: as in
+    delta: threshold of the cosine test, as in
       :func:`decoupled_optax.detect_scale_invariance`.
+    wd_ratio: multiplies the weight decay of projected leaves, as there.
+    eps: guards the norms, as there.
+    channel_axis: the output-channel axis (-1 for Flax layouts, 0 for
+      PyTorch's), as there.
+    axis_name: the mapped axis name(s) that shard the params inside
+      ``shard_map``/``pmap``, as there.
+    param_specs: which mesh axes shard which dims of each param, as there.
     cpu_kernel: whether the CPU runs the kernel. None (default): when the
       process sees a single CPU device, the usual CPU setup. With several
       CPU devices (``--xla_force_host_platform_device_count``, multi-host

@@ -1,0 +1,43 @@
+"""The docs stay in step with the code: the API reference and the porting guide's tests.
+
+The site itself is built by .ci/run (``python -m sphinx -W``), whose
+``docs/ext/coverage_check.py`` fails the build on a public name without an
+entry; these checks need no Sphinx.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import sys
+from pathlib import Path
+
+import decoupled_optax
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+sys.path.insert(0, str(DOCS / "ext"))
+
+import coverage_check  # noqa: E402
+
+
+def test_the_api_reference_lists_every_public_name():
+  listed = set(re.findall(r"^   (\w+)$", (DOCS / "api.rst").read_text(), re.M))
+  assert sorted(set(decoupled_optax.__all__) - listed) == []
+  assert sorted(listed - set(decoupled_optax.__all__)) == []
+
+
+def test_the_coverage_check_names_what_is_missing():
+  documented = {f"decoupled_optax.{n}" for n in decoupled_optax.__all__ if n != "adamw"}
+  assert coverage_check.missing_names(list(decoupled_optax.__all__), documented) == ["adamw"]
+  assert coverage_check.missing_names(["adamw"], documented | {"decoupled_optax.adamw"}) == []
+
+
+def test_every_porting_row_names_a_test_and_every_test_is_a_row():
+  guide = (DOCS / "porting.md").read_text()
+  named = set(re.findall(r"`(test_\w+)`", guide))
+  tree = ast.parse((Path(__file__).parent / "test_porting.py").read_text())
+  tests = {
+    n.name for n in tree.body if isinstance(n, ast.FunctionDef) and n.name.startswith("test_")
+  }
+  assert sorted(named - tests) == [], "rows naming a test that does not exist"
+  assert sorted(tests - named) == [], "tests that no row names"
