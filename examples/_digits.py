@@ -134,8 +134,8 @@ class NnxCNN(nnx.Module):
 
 def example_optimizers(
   steps_per_epoch: int, epochs: int, batch_size: int, num_train: int
-) -> dict[str, tuple[optax.GradientTransformation, Any, Any, float]]:
-  """The examples' optimizers: name -> (tx, eta schedule, lambda schedule, alpha).
+) -> dict[str, optax.GradientTransformation]:
+  """The examples' optimizers, by name.
 
   AdamWR: ``dopt.adamw`` in the paper's convention, SGDR warm restarts as
   eta_t (T_0 = a third of the run, T_mult = 2) and the normalized weight decay
@@ -156,22 +156,10 @@ def example_optimizers(
   total = epochs * steps_per_epoch
   eta_cos = dopt.cosine_warm_restart_schedule(1.0, first_period=total)
   lam_p = dopt.normalized_weight_decay(0.025, batch_size, num_train, epochs)
-  lam_const = lambda count: jnp.full((), lam_p, jnp.float32)  # noqa: E731
-  alpha_w, alpha_p = 1e-2, 1e-2
   mask = dopt.weight_decay_mask
   return {
-    "AdamWR": (
-      dopt.adamw(alpha_w, lam_wr, schedule=eta_wr, mask=mask),
-      eta_wr,
-      lam_wr,
-      alpha_w,
-    ),
-    "AdamP": (
-      dopt.adamp(alpha_p, lam_p, schedule=eta_cos, mask=mask),
-      eta_cos,
-      lam_const,
-      alpha_p,
-    ),
+    "AdamWR": dopt.adamw(1e-2, lam_wr, schedule=eta_wr, mask=mask),
+    "AdamP": dopt.adamp(1e-2, lam_p, schedule=eta_cos, mask=mask),
   }
 
 
@@ -217,46 +205,88 @@ def progress(iterable: Any, *, total: int, desc: str, disable: bool = False) -> 
   return tqdm(iterable, total=total, desc=desc, disable=quiet, leave=False)
 
 
-def plot_training(histories: dict[str, dict[str, np.ndarray]], path: Path, title: str) -> None:
-  """Four panels: eta_t (and alpha * eta_t), the per-step decay lambda_t * eta_t, loss, accuracy.
+def stack_diagnostics(steps: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+  """Per key, the values of ``dopt.read_diagnostics`` over the steps, as one array."""
+  steps = jax.device_get(steps)
+  return {key: np.asarray([d[key] for d in steps]) for key in steps[0]}
 
-  Each history holds ``step``, ``eta``, ``alpha`` (a scalar), ``decay`` (lambda_t * eta_t,
-  the fraction of the weights removed per step in the paper's convention),
-  ``loss`` (per step), ``eval_step``, ``test_accuracy``.
+
+def _kernel_keys(diagnostics: dict[str, np.ndarray], quantity: str) -> list[str]:
+  return sorted(k for k in diagnostics if k.startswith(f"{quantity}/") and k.endswith("kernel"))
+
+
+def plot_training(histories: dict[str, dict[str, Any]], path: Path, title: str) -> None:
+  """Six panels from each run's diagnostics, loss and accuracy.
+
+  The learning rate and the weight decay as applied per step (``read_diagnostics``'
+  ``learning_rate`` and ``weight_decay``), the angular update and the norm of
+  each kernel, the training loss and the test accuracy. Each history holds
+  ``diagnostics`` (per key, one value per step), ``loss`` (per step),
+  ``eval_step`` and ``test_accuracy``.
   """
   import matplotlib
 
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
-  fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
-  (ax_lr, ax_wd), (ax_loss, ax_acc) = axes
+  fig, axes = plt.subplots(2, 3, figsize=(15, 7.5))
+  (ax_lr, ax_wd, ax_angle), (ax_norm, ax_loss, ax_acc) = axes
+  styles = ["-", "--", ":", "-."]
   for name, h in histories.items():
-    (line,) = ax_lr.plot(h["step"], h["eta"], label=f"{name} (alpha = {float(h['alpha']):g})")
-    ax_wd.plot(h["step"], h["decay"], label=name, color=line.get_color())
+    d = h["diagnostics"]
+    steps = np.arange(1, len(h["loss"]) + 1)
+    (line,) = ax_lr.plot(steps, d["learning_rate"], label=name)
+    color = line.get_color()
+    ax_wd.plot(steps, d["weight_decay"], label=name, color=color)
+    for style, key in zip(styles, _kernel_keys(d, "angular_update"), strict=False):
+      layer = key.split("/", 1)[1]
+      ax_angle.plot(steps, d[key], style, color=color, lw=1, label=f"{name} {layer}")
+    for style, key in zip(styles, _kernel_keys(d, "weight_norm"), strict=False):
+      layer = key.split("/", 1)[1]
+      ax_norm.plot(steps, d[key], style, color=color, lw=1, label=f"{name} {layer}")
     loss = np.asarray(h["loss"])
     window = max(1, len(loss) // 50)
     smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
-    ax_loss.plot(h["step"][: len(smooth)] + window // 2, smooth, label=name, color=line.get_color())
-    ax_acc.plot(h["eval_step"], h["test_accuracy"], label=name, color=line.get_color(), marker=".")
-  ax_lr.set(
-    title="schedule multiplier eta_t (learning rate = alpha * eta_t)", xlabel="step", ylabel="eta_t"
-  )
+    ax_loss.plot(steps[: len(smooth)] + window // 2, smooth, label=name, color=color)
+    ax_acc.plot(h["eval_step"], h["test_accuracy"], label=name, color=color, marker=".")
+  ax_lr.set(title="learning rate as applied, alpha * eta_t", xlabel="step")
   ax_wd.set(
-    title="weight decay per step, lambda_t * eta_t",
+    title="weight decay as applied per step (x wd_ratio where AdamP projects)",
     xlabel="step",
     ylabel="fraction of the weight removed",
   )
+  ax_angle.set(
+    title="angular update of each kernel (effective step size)",
+    xlabel="step",
+    ylabel="radians",
+    yscale="log",
+  )
+  ax_norm.set(title="kernel norms ||w||", xlabel="step")
   ax_loss.set(title="training loss (moving average)", xlabel="step", yscale="log")
   ax_acc.set(title="test accuracy", xlabel="step", ylim=(0.8, 1.0))
   for ax in axes.flat:
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-  fig.suptitle(title)
+    ax.legend(fontsize=7)
+  fig.suptitle(f"{title} (from dopt.read_diagnostics)")
   fig.tight_layout()
   path.parent.mkdir(parents=True, exist_ok=True)
   fig.savefig(path, dpi=110)
   plt.close(fig)
+
+
+def write_tensorboard(histories: dict[str, dict[str, Any]], log_dir: Path) -> None:
+  """One TensorBoard run per optimizer: every diagnostic, the loss and the test accuracy."""
+  from tensorboardX import SummaryWriter
+
+  for name, h in histories.items():
+    with SummaryWriter(str(log_dir / name)) as writer:
+      for key, values in h["diagnostics"].items():
+        for step, value in enumerate(values, start=1):
+          writer.add_scalar(f"diagnostics/{key}", float(value), step)
+      for step, value in enumerate(h["loss"], start=1):
+        writer.add_scalar("train/loss", float(value), step)
+      for step, value in zip(h["eval_step"], h["test_accuracy"], strict=True):
+        writer.add_scalar("test/accuracy", float(value), int(step))
 
 
 def run_example(
@@ -269,13 +299,20 @@ def run_example(
   """The examples' driver: parse arguments, train each example optimizer with ``train``, plot, report.
 
   ``train(name, tx, data, batches, steps_per_epoch, seed, quiet=...)`` is the
-  framework-specific part (linen ``TrainState`` or ``nnx.Optimizer``); it
-  returns the loss per step and the test accuracy at each epoch end.
+  framework-specific part (linen ``TrainState`` or ``nnx.Optimizer``); ``tx``
+  is wrapped in ``dopt.with_diagnostics``, and ``train`` returns the loss and
+  the diagnostics per step and the test accuracy at each epoch end.
   """
   parser = base_parser(description)
   parser.add_argument("--epochs", type=int, default=30)
   parser.add_argument("--batch-size", type=int, default=64)
   parser.add_argument("--steps", type=int, default=None, help="stop after this many steps")
+  parser.add_argument(
+    "--tensorboard",
+    type=Path,
+    default=None,
+    help="also write TensorBoard event files here, one run per optimizer (needs tensorboardX)",
+  )
   args = parser.parse_args(argv)
   if args.smoke and args.steps is None:
     args.steps = 5
@@ -287,16 +324,14 @@ def run_example(
   batches = batch_indices(args.seed, num_train, args.batch_size, total)
   histories, results = {}, {}
   optimizers = example_optimizers(steps_per_epoch, args.epochs, args.batch_size, num_train)
-  for name, (tx, eta, lam, alpha) in optimizers.items():
+  for name, tx in optimizers.items():
+    tx = dopt.with_diagnostics(tx)
     history = train(name, tx, data, batches, steps_per_epoch, args.seed, quiet=args.smoke)
-    steps = np.arange(total)
-    history["step"] = steps
-    history["eta"] = np.asarray(jax.vmap(eta)(steps))
-    history["decay"] = np.asarray(jax.vmap(lam)(steps)) * history["eta"]
-    history["alpha"] = alpha
     histories[name] = history
     results[name] = float(history["test_accuracy"][-1])
   plot_training(histories, args.out / figure, title)
+  if args.tensorboard is not None:
+    write_tensorboard(histories, args.tensorboard)
   print(f"{total} steps per optimizer, {time.perf_counter() - start:.1f} s in all")
   for name, acc in results.items():
     print(f"{name} test accuracy: {acc:.4f}")

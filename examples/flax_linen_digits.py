@@ -7,11 +7,15 @@
 
 Both decay only the kernels (``dopt.weight_decay_mask``: no decay on biases
 and BatchNorm scales). The training state is ``flax.training.train_state.TrainState``
-with the BatchNorm statistics alongside. Writes ``flax_linen_digits.png``
-(eta_t, the per-step decay lambda_t * eta_t, loss, test accuracy) to ``--out``.
+with the BatchNorm statistics alongside. Each optimizer is wrapped in
+``dopt.with_diagnostics``, and the train step returns ``dopt.read_diagnostics(state.opt_state)``
+with its loss. Writes ``flax_linen_digits.png`` (the learning rate and the
+weight decay as applied, the angular update of each kernel, its norm, loss,
+test accuracy) to ``--out``.
 
     python examples/flax_linen_digits.py             # ~30 epochs, about a minute on 2 CPU cores
     python examples/flax_linen_digits.py --smoke     # a few steps
+    python examples/flax_linen_digits.py --tensorboard runs/   # also TensorBoard event files
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax.training import train_state
+
+import decoupled_optax as dopt
 
 
 class TrainState(train_state.TrainState):
@@ -58,7 +64,7 @@ def train(
   x_test, y_test = jnp.asarray(data.x_test), jnp.asarray(data.y_test)
 
   @functools.partial(D.jit, smoke=quiet)
-  def train_step(state: TrainState, idx: jax.Array) -> tuple[TrainState, jax.Array]:
+  def train_step(state: TrainState, idx: jax.Array) -> tuple[TrainState, jax.Array, Any]:
     x, y = x_train[idx], y_train[idx]
 
     def loss_fn(params: Any) -> tuple[jax.Array, Any]:
@@ -68,7 +74,8 @@ def train(
       return D.cross_entropy(logits, y), updates["batch_stats"]
 
     (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    return state.apply_gradients(grads=grads, batch_stats=batch_stats), loss
+    state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    return state, loss, dopt.read_diagnostics(state.opt_state)
 
   @functools.partial(D.jit, smoke=quiet)
   def test_accuracy(state: TrainState) -> jax.Array:
@@ -77,11 +84,12 @@ def train(
     )
     return D.accuracy(logits, y_test)
 
-  losses, eval_steps, accuracies = [], [], []
+  losses, diagnostics, eval_steps, accuracies = [], [], [], []
   bar = D.progress(range(len(batches)), total=len(batches), desc=name, disable=quiet)
   for step in bar:
-    state, loss = train_step(state, batches[step])
+    state, loss, step_diagnostics = train_step(state, batches[step])
     losses.append(loss)
+    diagnostics.append(step_diagnostics)
     if (step + 1) % steps_per_epoch == 0 or step + 1 == len(batches):
       eval_steps.append(step + 1)
       accuracies.append(float(test_accuracy(state)))
@@ -89,6 +97,7 @@ def train(
         bar.set_postfix(loss=f"{float(loss):.3f}", test_acc=f"{accuracies[-1]:.4f}")
   return {
     "loss": np.asarray(jax.device_get(losses)),
+    "diagnostics": D.stack_diagnostics(diagnostics),
     "eval_step": np.asarray(eval_steps),
     "test_accuracy": np.asarray(accuracies),
   }

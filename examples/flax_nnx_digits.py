@@ -22,6 +22,8 @@ import numpy as np
 import optax
 from flax import nnx
 
+import decoupled_optax as dopt
+
 
 def train(
   name: str,
@@ -39,21 +41,23 @@ def train(
   x_test, y_test = jnp.asarray(data.x_test), jnp.asarray(data.y_test)
 
   @nnx.jit
-  def train_step(model: D.NnxCNN, optimizer: nnx.Optimizer, idx: jax.Array) -> jax.Array:
+  def train_step(model: D.NnxCNN, optimizer: nnx.Optimizer, idx: jax.Array) -> Any:
     x, y = x_train[idx], y_train[idx]
     loss, grads = nnx.value_and_grad(lambda m: D.cross_entropy(m(x), y))(model)
     optimizer.update(model, grads)
-    return loss
+    return loss, dopt.read_diagnostics(optimizer.opt_state)
 
   @nnx.jit
   def test_accuracy(model: D.NnxCNN) -> jax.Array:
     return D.accuracy(model(x_test), y_test)
 
-  losses, eval_steps, accuracies = [], [], []
+  losses, diagnostics, eval_steps, accuracies = [], [], [], []
   bar = D.progress(range(len(batches)), total=len(batches), desc=name, disable=quiet)
   for step in bar:
     model.train()
-    losses.append(train_step(model, optimizer, jnp.asarray(batches[step])))
+    loss, step_diagnostics = train_step(model, optimizer, jnp.asarray(batches[step]))
+    losses.append(loss)
+    diagnostics.append(step_diagnostics)
     if (step + 1) % steps_per_epoch == 0 or step + 1 == len(batches):
       model.eval()
       eval_steps.append(step + 1)
@@ -62,6 +66,7 @@ def train(
         bar.set_postfix(loss=f"{float(losses[-1]):.3f}", test_acc=f"{accuracies[-1]:.4f}")
   return {
     "loss": np.asarray(jax.device_get(losses)),
+    "diagnostics": D.stack_diagnostics(diagnostics),
     "eval_step": np.asarray(eval_steps),
     "test_accuracy": np.asarray(accuracies),
   }

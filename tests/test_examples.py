@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import struct
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -41,11 +42,31 @@ def _load(relative: str) -> ModuleType:
 
 @pytest.mark.parametrize("script", ["examples/flax_linen_digits.py", "examples/flax_nnx_digits.py"])
 def test_example_smoke(script: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-  results = _load(script).main(["--smoke", "--out", str(tmp_path)])
+  runs = tmp_path / "runs"
+  results = _load(script).main(["--smoke", "--out", str(tmp_path), "--tensorboard", str(runs)])
   assert set(results) == {"AdamWR", "AdamP"}
   assert all(0.0 <= acc <= 1.0 for acc in results.values())
   assert (tmp_path / f"{Path(script).stem}.png").stat().st_size > 0
   assert capsys.readouterr().out.strip().splitlines()[-1].startswith("test accuracy: ")
+  # One TensorBoard run per optimizer, holding the diagnostics.
+  for name in results:
+    (event_file,) = (runs / name).glob("events.out.tfevents.*")
+    tags = _scalar_tags(event_file)
+    assert "train/loss" in tags and tags.count("diagnostics/learning_rate") == 5
+    assert any(t.startswith("diagnostics/angular_update/") for t in tags)
+
+
+def _scalar_tags(path: Path) -> list[str]:
+  """The scalar tags of a TensorBoard event file (TFRecord framing: length, crc, data, crc)."""
+  from tensorboardX.proto import event_pb2
+
+  data, i, tags = path.read_bytes(), 0, []
+  while i < len(data):
+    (length,) = struct.unpack("<Q", data[i : i + 8])
+    event = event_pb2.Event.FromString(data[i + 12 : i + 12 + length])
+    tags += [value.tag for value in event.summary.value]
+    i += 12 + length + 4
+  return tags
 
 
 @pytest.mark.parametrize(
