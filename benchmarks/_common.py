@@ -141,8 +141,9 @@ def train_linen_cnn(
     batches: (steps, batch_size) int indices.
     seed: initialisation seed.
     hparams: values for ``opt_state.hyperparams`` (may be traced).
-    record: optional ``(params, batch_stats) -> pytree``, recorded after every
-      ``record_every`` steps (zeros at the other steps).
+    record: optional ``(params, batch_stats, opt_state) -> pytree``, recorded
+      after every ``record_every`` steps (zeros at the other steps); e.g.
+      ``dopt.read_diagnostics(opt_state)`` of a ``dopt.with_diagnostics`` optimizer.
     l2: coefficient of an L2 penalty ``l2 / 2 * ||theta||^2`` added to the loss
       (the "+L2" baselines), over the leaves selected by ``l2_mask``.
     l2_mask: pytree of bools like the params (None: all leaves).
@@ -189,15 +190,16 @@ def train_linen_cnn(
     if record is None:
       recorded = None
     elif record_every == 1:
-      recorded = record(params, batch_stats)
+      recorded = record(params, batch_stats, opt_state)
     else:
-      shapes = jax.eval_shape(record, params, batch_stats)
+      shapes = jax.eval_shape(record, params, batch_stats, opt_state)
       recorded = jax.lax.cond(
         (i + 1) % record_every == 0,
         record,
         lambda *_: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes),
         params,
         batch_stats,
+        opt_state,
       )
     return (params, batch_stats, opt_state), (loss, recorded)
 
