@@ -259,6 +259,15 @@ def jax_optimizers() -> dict[str, tuple[str, Callable[[], optax.GradientTransfor
       "sgdp",
       lambda: dopt.sgdp(LEARNING_RATE, MOMENTUM, WEIGHT_DECAY, **torch_conv),
     ),
+    # The diagnostics' cost: the same steps under dopt.with_diagnostics.
+    "ours adamw + diagnostics": (
+      "adamw",
+      lambda: dopt.with_diagnostics(dopt.adamw(LEARNING_RATE, WEIGHT_DECAY, **torch_conv)),
+    ),
+    "ours adamp + diagnostics": (
+      "adamp",
+      lambda: dopt.with_diagnostics(dopt.adamp(LEARNING_RATE, WEIGHT_DECAY, **torch_conv)),
+    ),
     # The same without the fused CPU pass (what runs on GPUs and TPUs).
     "ours adamp generic": (
       "adamp",
@@ -604,6 +613,12 @@ def targets(rows: list[dict[str, Any]], param_bytes: int) -> list[dict[str, Any]
   add("ours sgdw / optax sgd+decay (time)", ratio("ours sgdw", "optax sgd+decay"), 1.0)
   add("ours adamp / optax.adamw (time)", ratio("ours adamp", "optax.adamw"), 1.5)
   add("ours sgdp / optax.sgd (time)", ratio("ours sgdp", "optax.sgd"), 1.6)
+  add(
+    "ours adamp + diagnostics / ours adamp (time)",
+    ratio("ours adamp + diagnostics", "ours adamp"),
+    1.15,
+  )
+
   add(
     "official AdamP / ours adamp (speed-up)",
     ratio("official AdamP", "ours adamp"),
