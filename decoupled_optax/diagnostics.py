@@ -34,6 +34,8 @@ class DiagnosticsState(NamedTuple):
   Attributes:
     inner_state: the wrapped transform's state, unchanged.
     count: the number of updates so far.
+    gradient_norm: per leaf, ||g_t||, of the updates the last update was
+      given (the raw gradients, for a wrapper outermost in the chain).
     weight_norm: per leaf, ||w_t||, of the params the last update was given.
     update_norm: per leaf, ||Delta w_t||.
     relative_update: per leaf, ||Delta w_t|| / ||w_t|| (0 where both are 0).
@@ -49,6 +51,7 @@ class DiagnosticsState(NamedTuple):
 
   inner_state: optax.OptState
   count: jax.Array  # pyright: ignore[reportIncompatibleMethodOverride]  (optax's name)
+  gradient_norm: Any
   weight_norm: Any
   update_norm: Any
   relative_update: Any
@@ -84,6 +87,12 @@ def _sum_of_squares_and_dot(
   if axes:
     sums = jax.lax.psum(sums, axes)
   return sums
+
+
+def _gradient_norm(g: jax.Array, axes: tuple[str, ...]) -> jax.Array:
+  g = g.astype(jnp.promote_types(g.dtype, jnp.float32))
+  g_sq = jnp.sum(g * g)
+  return jnp.sqrt(jax.lax.psum(g_sq, axes) if axes else g_sq)
 
 
 def _leaf_diagnostics(
@@ -127,8 +136,8 @@ def with_diagnostics(
 ) -> optax.GradientTransformationExtraArgs:
   r"""Wraps ``inner`` and records, at every update, what it did to each leaf.
 
-  For each leaf, from the params ``w_t`` the update is given and the update
-  ``\Delta w_t`` it returns:
+  For each leaf, from the gradient ``g_t`` and the params ``w_t`` the update
+  is given and the update ``\Delta w_t`` it returns, ``||g_t||`` and:
 
   .. math::
 
@@ -197,10 +206,15 @@ def with_diagnostics(
       for leaf, (reduce, channel) in zip(flat, names, strict=True)
     ]
 
-  def diagnose(updates: Any, params: Any, count: jax.Array, recording: Recording) -> dict[str, Any]:
+  def diagnose(
+    grads: Any, updates: Any, params: Any, count: jax.Array, recording: Recording
+  ) -> dict[str, Any]:
     axes = leaf_axes(params)
     flat_params, treedef = jax.tree.flatten(params)
     flat_updates = treedef.flatten_up_to(updates)
+    gradient_norm = treedef.unflatten(
+      [_gradient_norm(g, a) for g, a in zip(treedef.flatten_up_to(grads), axes, strict=True)]
+    )
     per_leaf = [
       _leaf_diagnostics(w, u, a) for w, u, a in zip(flat_params, flat_updates, axes, strict=True)
     ]
@@ -219,6 +233,7 @@ def with_diagnostics(
       for key, value in step_scalars(count).items():
         scalars[key + suffix] = jnp.asarray(value, jnp.float32)
     return dict(
+      gradient_norm=gradient_norm,
       weight_norm=weight_norm,
       update_norm=update_norm,
       relative_update=relative,
@@ -233,7 +248,7 @@ def with_diagnostics(
   ) -> tuple[Any, Any, dict[str, Any]]:
     with open_recording() as recording:
       new_updates, new_state = inner.update(updates, state, params, **extra_args)
-      diagnostics = diagnose(new_updates, params, count, recording)
+      diagnostics = diagnose(updates, new_updates, params, count, recording)
     return new_updates, new_state, diagnostics
 
   def reported_structure(params: Any, inner_state: Any) -> Any:
@@ -318,6 +333,7 @@ def _read_one(state: DiagnosticsState) -> dict[str, jax.Array]:
   out: dict[str, jax.Array] = {"count": jnp.asarray(state.count)}
   out.update(state.scalars)
   per_leaf: Mapping[str, Any] = {
+    "gradient_norm": state.gradient_norm,
     "weight_norm": state.weight_norm,
     "update_norm": state.update_norm,
     "relative_update": state.relative_update,

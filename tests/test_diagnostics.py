@@ -339,3 +339,15 @@ def test_mapped_axes_of_the_chain_must_be_given_to_the_wrapper_too():
     dopt.with_diagnostics(dopt.adamp(1e-3, 1e-5, axis_name="x")).init(params)
   tx = dopt.with_diagnostics(dopt.adamp(1e-3, 1e-5, axis_name="x"), axis_name="x")
   assert "projection/w" in dopt.read_diagnostics(tx.init(params))
+
+
+@PATHS
+def test_the_gradient_norm_is_that_of_the_raw_gradient(cpu_kernel):
+  params = _params()
+  grads = _grads(params, make_targets(1)[0])
+  tx = dopt.with_diagnostics(dopt.adamp(1e-2, 5e-3, cpu_kernel=cpu_kernel))
+  _, state = jax.jit(tx.update)(grads, tx.init(params), params)
+  d = dopt.read_diagnostics(state)
+  for name in SHAPES:
+    g = np.asarray(grads[name], np.float64)
+    np.testing.assert_allclose(d[f"gradient_norm/{name}"], np.linalg.norm(g), rtol=1e-6)

@@ -73,6 +73,7 @@ def _scalar_tags(path: Path) -> list[str]:
   ("script", "figures"),
   [
     ("benchmarks/repro_l2_insensitivity.py", ["repro_l2_insensitivity.png"]),
+    ("benchmarks/demo_corrected_decay.py", ["demo_corrected_decay.png"]),
     ("benchmarks/repro_norm_growth.py", ["repro_norm_growth_toy.png", "repro_norm_growth_cnn.png"]),
     ("benchmarks/repro_warm_restarts.py", ["repro_warm_restarts.png"]),
     ("benchmarks/repro_decoupling.py", ["repro_decoupling.png"]),
