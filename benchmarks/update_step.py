@@ -41,9 +41,20 @@ resident-set growth during one step (``VmHWM`` after resetting it through
 ``/proc/self/clear_refs``, minus ``VmRSS`` before the step): what the step
 allocates on top of its inputs.
 
+Device time (``--device-time K``). In training the update runs inside the
+same jit as the backward pass, so the per-call dispatch of hundreds of
+buffers (which dominates a GPU's per-call timing) is not what users pay. With
+``K > 1`` every JAX candidate runs K updates inside one jitted
+``lax.fori_loop``, the gradient scaled by a step-dependent factor so that XLA
+cannot hoist work out of the loop, and the time per call is divided by K; the
+copy reference runs K copies the same way. PyTorch candidates run K
+``optimizer.step()`` calls per call (still per-call dispatch: compare them
+with care).
+
 Usage::
 
   python benchmarks/update_step.py                       # CPU, both trees
+  python benchmarks/update_step.py --device-time 20      # GPU: K updates per jit call
   python benchmarks/update_step.py --trees resnet50      # one tree
   python benchmarks/update_step.py --smoke --out /tmp/x  # seconds-long check
 """
@@ -233,6 +244,7 @@ class Candidate:
   hlo_fusions: int | None = None
   times: list[float] = dataclasses.field(default_factory=list)
   rss_step_bytes: int | None = None
+  steps_per_call: int = 1  # --device-time: the time of one step is the call's / this
 
 
 def jax_optimizers() -> dict[str, tuple[str, Callable[[], optax.GradientTransformation]]]:
@@ -289,9 +301,17 @@ def _count_fusions(hlo_text: str) -> int:
 
 
 def compile_jax(
-  factory: Callable[[], optax.GradientTransformation], params: Any, grads: Any, reps: int
+  factory: Callable[[], optax.GradientTransformation],
+  params: Any,
+  grads: Any,
+  reps: int,
+  steps_per_call: int = 1,
 ) -> tuple[Callable[..., Any], Any, float, Any]:
-  """Builds and compiles the donated update; returns (jitted fn, state, median compile s, compiled)."""
+  """Builds and compiles the donated update; returns (jitted fn, state, median compile s, compiled).
+
+  With ``steps_per_call > 1`` the function runs that many updates in a
+  ``lax.fori_loop``, on gradients scaled by ``1 + 1e-6 i`` at step ``i``.
+  """
   seconds = []
   for _ in range(reps):
     tx = factory()
@@ -300,7 +320,15 @@ def compile_jax(
       updates, state = tx.update(grads, state, params)
       return optax.apply_updates(params, updates), state
 
-    fn = jax.jit(update, donate_argnums=(0, 1))
+    def updates_in_a_loop(params: Any, state: Any, grads: Any) -> tuple[Any, Any]:
+      def body(i: Any, carry: tuple[Any, Any]) -> tuple[Any, Any]:
+        scale = 1.0 + 1e-6 * i.astype(jnp.float32)
+        return update(*carry, jax.tree.map(lambda g: g * scale, grads))
+
+      return jax.lax.fori_loop(0, steps_per_call, body, (params, state))
+
+    step_fn = update if steps_per_call == 1 else updates_in_a_loop
+    fn = jax.jit(step_fn, donate_argnums=(0, 1))
     state = jax.jit(tx.init)(params)
     start = time.perf_counter()
     compiled = fn.lower(params, state, grads).compile()
@@ -309,10 +337,16 @@ def compile_jax(
 
 
 def setup_jax(
-  name: str, kind: str, factory: Callable[[], Any], np_params: Any, grads: Any, compile_reps: int
+  name: str,
+  kind: str,
+  factory: Callable[[], Any],
+  np_params: Any,
+  grads: Any,
+  compile_reps: int,
+  steps_per_call: int = 1,
 ) -> Candidate:
   params = jax.tree.map(jnp.array, np_params)  # fresh buffers: they are donated
-  fn, state, compile_s, compiled = compile_jax(factory, params, grads, compile_reps)
+  fn, state, compile_s, compiled = compile_jax(factory, params, grads, compile_reps, steps_per_call)
   memory = compiled.memory_analysis()
   peak = temp = None
   if memory is not None:
@@ -338,6 +372,7 @@ def setup_jax(
     xla_peak_bytes=peak,
     xla_temp_bytes=temp,
     hlo_fusions=_count_fusions(compiled.as_text()),
+    steps_per_call=steps_per_call,
   )
 
 
@@ -373,7 +408,12 @@ def torch_optimizers() -> dict[str, tuple[str, Callable[[list[Any]], Any]]]:
 
 
 def setup_torch(
-  name: str, kind: str, factory: Callable[[list[Any]], Any], np_params: Any, torch_grads: list[Any]
+  name: str,
+  kind: str,
+  factory: Callable[[list[Any]], Any],
+  np_params: Any,
+  torch_grads: list[Any],
+  steps_per_call: int = 1,
 ) -> Candidate:
   device = torch_grads[0].device
   leaves = [torch.tensor(to_torch_layout(p), device=device) for p in jax.tree.leaves(np_params)]
@@ -383,28 +423,31 @@ def setup_torch(
   optimizer = factory(leaves)
 
   def step() -> None:
-    optimizer.step()
+    for _ in range(steps_per_call):
+      optimizer.step()
     if device.type == "cuda":
       torch.cuda.synchronize()
 
-  return Candidate(name, "torch", kind, step)
+  return Candidate(name, "torch", kind, step, steps_per_call=steps_per_call)
 
 
 # ---------------------------------------------------------------------------
 # Copy bandwidth and memory.
 
 
-def copy_candidates(num_floats: int, with_torch: bool) -> list[Candidate]:
+def copy_candidates(num_floats: int, with_torch: bool, steps_per_call: int = 1) -> list[Candidate]:
   """Copies of a param-sized array; bytes moved = 2 x its size (read + write)."""
   x = jnp.ones([num_floats], jnp.float32)
-  add = jax.jit(lambda a: a + 1.0, donate_argnums=0)
+  add = jax.jit(
+    lambda a: jax.lax.fori_loop(0, steps_per_call, lambda i, b: b + 1.0, a), donate_argnums=0
+  )
   holder = {"x": add(x)}
 
   def jax_copy() -> None:
     holder["x"] = add(holder["x"])
     holder["x"].block_until_ready()
 
-  out = [Candidate("copy (jax, a + 1)", "jax", "copy", jax_copy)]
+  out = [Candidate("copy (jax, a + 1)", "jax", "copy", jax_copy, steps_per_call=steps_per_call)]
   if with_torch and jax.default_backend() == "cpu":
     tsrc, tdst = torch.ones(num_floats), torch.empty(num_floats)
     out.append(Candidate("copy (torch)", "torch", "copy", lambda: tdst.copy_(tsrc)))
@@ -487,6 +530,7 @@ def run_tree(
   compile_reps: int,
   with_torch: bool,
   only: set[str] | None,
+  steps_per_call: int = 1,
 ) -> dict[str, Any]:
   specs = TREES[tree_name]()
   np_params, np_grads = make_arrays(specs)
@@ -505,7 +549,7 @@ def run_tree(
       continue
     # The compile-time target compares these two: repeat them; compile the rest once.
     reps = compile_reps if name in ("ours adamp", "optax.adamw") else 1
-    candidate = setup_jax(name, kind, factory, np_params, grads, reps)
+    candidate = setup_jax(name, kind, factory, np_params, grads, reps, steps_per_call)
     print(
       f"  compiled {name:24s} {candidate.compile_s:6.2f} s  {candidate.hlo_fusions} fusions",
       flush=True,
@@ -519,9 +563,9 @@ def run_tree(
     for name, (kind, factory) in torch_optimizers().items():
       if only and name not in only:
         continue
-      candidates.append(setup_torch(name, kind, factory, np_params, torch_grads))
+      candidates.append(setup_torch(name, kind, factory, np_params, torch_grads, steps_per_call))
   del np_grads
-  candidates += copy_candidates(num_params, with_torch)
+  candidates += copy_candidates(num_params, with_torch, steps_per_call)
 
   for candidate in candidates:  # warm up, and the memory growth of one step
     for _ in range(warmup):
@@ -535,7 +579,7 @@ def run_tree(
     for candidate in candidates[shift:] + candidates[:shift]:
       t0 = time.perf_counter()
       candidate.step()
-      candidate.times.append(time.perf_counter() - t0)
+      candidate.times.append((time.perf_counter() - t0) / candidate.steps_per_call)
   print(f"  timed {rounds} rounds in {time.perf_counter() - start:.1f} s", flush=True)
 
   copy_bw = max(
@@ -577,6 +621,7 @@ def run_tree(
     "params": num_params,
     "param_bytes": param_bytes,
     "rounds": rounds,
+    "steps_per_call": steps_per_call,
     "copy_bandwidth_gb_per_s": copy_bw / 1e9,
     "candidates": rows,
     "targets": targets(rows, param_bytes),
@@ -722,6 +767,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     "--out benchmarks/results)",
   )
   parser.add_argument("--name", default=None, help="file stem (default update_step_<backend>)")
+  parser.add_argument(
+    "--device-time",
+    type=int,
+    default=1,
+    metavar="K",
+    help="K updates per jitted call (lax.fori_loop), timed per update: device time, not dispatch",
+  )
   args = parser.parse_args(argv)
 
   if args.smoke:
@@ -746,6 +798,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
       "momentum": MOMENTUM,
       "warmup": args.warmup,
       "compile_reps": args.compile_reps,
+      "steps_per_call": args.device_time,
     },
     "trees": [],
   }
@@ -760,6 +813,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         compile_reps=args.compile_reps,
         with_torch=with_torch,
         only=only,
+        steps_per_call=args.device_time,
       )
     )
   out = Path(args.out)

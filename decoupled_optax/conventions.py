@@ -131,7 +131,7 @@ def warn_if_torch_convention(weight_decay: Any, learning_rate: Any) -> None:
     f"{what}={decay:g} is used in the paper's convention, where it is NOT "
     f"multiplied by learning_rate={rate:g}: every step shrinks the weights by "
     f"{decay:g} * schedule(t). If this value comes from PyTorch, optax or timm, "
-    f"either pass scale_weight_decay_by_lr=True, or convert it: "
+    f"either pass weight_decay_convention='torch', or convert it: "
     f"weight_decay={decay * rate:g} (= {decay:g} * {rate:g}) gives the same "
     f"trajectory in the paper's convention.",
     WeightDecayConventionWarning,

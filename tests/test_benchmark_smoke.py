@@ -12,6 +12,9 @@ import math
 import sys
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "update_step.py"
@@ -58,3 +61,28 @@ def test_smoke_run_writes_well_formed_results(update_step, tmp_path):
   markdown = (tmp_path / "smoke.md").read_text()
   assert markdown.startswith("# Update-step benchmark")
   assert "| ours adamp |" in markdown and "| target | measured | bound | met |" in markdown
+
+
+def test_device_time_mode_runs_k_updates_per_call(update_step, tmp_path):
+  """K updates in one jitted fori_loop give the same params as K single updates."""
+  params, grads = update_step.make_arrays(update_step.tiny_tree())
+  grads = jax.tree.map(jnp.asarray, grads)
+  factory = lambda: update_step.dopt.adamp(1e-3, 1e-5)  # noqa: E731
+  looped, state, _, _ = update_step.compile_jax(
+    factory, jax.tree.map(jnp.array, params), grads, 1, steps_per_call=3
+  )
+  single, single_state, _, _ = update_step.compile_jax(
+    factory, jax.tree.map(jnp.array, params), grads, 1
+  )
+  p_loop, _ = looped(jax.tree.map(jnp.array, params), state, grads)
+  p_single = jax.tree.map(jnp.array, params)
+  for i in range(3):
+    scaled = jax.tree.map(lambda g, i=i: g * (1.0 + 1e-6 * i), grads)
+    p_single, single_state = single(p_single, single_state, scaled)
+  for a, b in zip(jax.tree.leaves(p_loop), jax.tree.leaves(p_single), strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+  update_step.main(
+    ["--smoke", "--device-time", "3", "--out", str(tmp_path), "--name", "k", "--only", "ours adamw"]
+  )
+  (tree,) = json.loads((tmp_path / "k.json").read_text())["trees"]
+  assert tree["steps_per_call"] == 3
