@@ -392,10 +392,11 @@ def write_results(
   )
   md += (
     "\n## Per learning rate (seed-averaged)\n\nThe per-step decay (lambda for the decoupled "
-    "optimizers, alpha lambda' for SGD + L2) times the steps at the best lambda; angular update "
-    "of the scale-invariant kernels over their equilibrium value at mid-run (45-55 % of the "
-    "steps) and late (80-90 %), averaged over the lambda grid: near 1 means the norms had "
-    "reached equilibrium.\n\n"
+    "optimizers, alpha lambda' for SGD + L2) times the steps, and the angular update of the "
+    "scale-invariant kernels over its equilibrium value at mid-run (45-55 % of the steps) and "
+    "late (80-90 %), both at the grid's lambda nearest the best (the argmin of the smoothed "
+    "error): near 1 means the norms had reached equilibrium. "
+    "`repro_decoupling_equilibrium.png` shows the ratio over the whole grid.\n\n"
   )
   detail = []
   for name, r in results.items():
@@ -403,7 +404,7 @@ def write_results(
       best = r["best_log_lambda_norm"][i]
       j = int(np.argmin(smooth(r["test_error_mean"][i])))
       ratio = (
-        f"{np.nanmean(r['angular_ratio_mid'][i]):.2f} / {np.nanmean(r['angular_ratio_late'][i]):.2f}"
+        f"{r['angular_ratio_mid'][i, j]:.2f} / {r['angular_ratio_late'][i, j]:.2f}"
         if "angular_ratio_mid" in r
         else "-"
       )
@@ -427,7 +428,7 @@ def write_results(
       "best log10 lambda_norm",
       "decay x steps there",
       "lowest final train loss",
-      "angular / equilibrium (mid / late)",
+      "angular / equilibrium there (mid / late)",
       "fitted",
     ],
     detail,
