@@ -5,10 +5,10 @@ procedurally by ``mnist1d.data.make_dataset`` from ten templates in the
 package's code (padding, dilation, scaling, translation, correlated and iid
 noise, shear): nothing is downloaded (the package's ``get_dataset`` would
 download a pickle; it is never called here). Each example is a 40-sample
-signal with one of ten labels. The CNN below reaches 1.3-1.4 % test error
-with 10,000 training examples at its best learning rate and decay, and 2-5 %
-a factor of 3 away from them in either, so the decay matters; 5,000 test
-examples resolve 0.02 percentage points.
+signal with one of ten labels. Trained on 10,000 examples, the CNN below
+(AdamW, 10 epochs) has 1.35 % test error at the best learning rate and decay
+and 1.6-2.0 % with the decay 3 times off either way, so the decay matters;
+5,000 test examples resolve 0.02 percentage points.
 
 The CNN: three convolutions (widths ``features``, kernel sizes 5, 3, 3,
 strides 1, 2, 2), each followed by BatchNorm and a ReLU, then a linear
