@@ -286,25 +286,21 @@ def decoupled_chain(
   return keep_param_sharding(_reporting_step_scalars(chain, step_scalars))
 
 
-def _projection_options(
-  delta: float,
-  wd_ratio: float,
-  eps: float,
-  channel_axis: int,
-  axis_name: AxisName,
-  param_specs: Any,
-  cpu_kernel: bool | None,
-) -> dict[str, Any]:
-  """AdamP's and SGDP's ``radial_projection`` for :func:`decoupled_chain`."""
-  return dict(
-    delta=delta,
-    wd_ratio=wd_ratio,
-    eps=eps,
-    channel_axis=channel_axis,
-    axis_name=axis_name,
-    param_specs=param_specs,
-    cpu_kernel=cpu_kernel,
-  )
+# AdamP's and SGDP's projection keywords, in the order _projection_options takes them.
+_PROJECTION_OPTIONS = (
+  "delta",
+  "wd_ratio",
+  "eps",
+  "channel_axis",
+  "axis_name",
+  "param_specs",
+  "cpu_kernel",
+)
+
+
+def _projection_options(*values: Any) -> dict[str, Any]:
+  """AdamP's and SGDP's ``radial_projection`` for :func:`decoupled_chain`, by position."""
+  return dict(zip(_PROJECTION_OPTIONS, values, strict=True))
 
 
 def adamw(
