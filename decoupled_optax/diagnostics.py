@@ -136,8 +136,9 @@ def with_diagnostics(
 ) -> optax.GradientTransformationExtraArgs:
   r"""Wraps ``inner`` and records, at every update, what it did to each leaf.
 
-  For each leaf, from the gradient ``g_t`` and the params ``w_t`` the update
-  is given and the update ``\Delta w_t`` it returns, ``||g_t||`` and:
+  For each leaf, from the gradient :math:`g_t` and the params :math:`w_t` the
+  update is given and the update :math:`\Delta w_t` it returns,
+  :math:`\|g_t\|` and:
 
   .. math::
 

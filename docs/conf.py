@@ -33,6 +33,7 @@ extensions = [
   "sphinx.ext.autosummary",
   "sphinx.ext.napoleon",
   "sphinx.ext.mathjax",
+  "sphinx-mathjax-offline",  # MathJax shipped with the site: the math renders without a network
   "sphinx.ext.intersphinx",
   "sphinx.ext.viewcode",
   "coverage_check",
