@@ -182,10 +182,11 @@ def with_diagnostics(
     >>> import decoupled_optax as dopt
     >>> tx = dopt.with_diagnostics(dopt.adamp(1e-3, weight_decay=1e-4))
     >>> params = {"kernel": jnp.ones((3, 4))}
-    >>> grads = {"kernel": jnp.array([[1.0, -1, 0, 0], [0, 0, 1, -1], [1, 0, -1, 0]])}
+    >>> # orthogonal to every output channel (column) of the kernel, as behind BatchNorm
+    >>> grads = {"kernel": jnp.array([[1.0, -1, 0, 0], [0, 1, -1, 0], [-1, 0, 1, 0]])}
     >>> updates, state = tx.update(grads, tx.init(params), params)
     >>> d = dopt.read_diagnostics(state)
-    >>> int(d["projection/kernel"]), float(d["learning_rate"])
+    >>> int(d["projection/kernel"]), round(float(d["learning_rate"]), 9)
     (1, 0.001)
 
   Reference: Heo et al., "AdamP", ICLR 2021 (effective step sizes);
