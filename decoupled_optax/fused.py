@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import math
 import warnings
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -351,8 +352,7 @@ def fused_scale_invariance(
     params: optax.Params,
     extra_args: dict[str, Any],
     fused: list[bool],
-    report: bool,
-  ) -> Any:
+  ) -> tuple[optax.Updates, tuple[Any, Any]]:
     direction_state, tail_state = state
     treedef, flat_grads, flat_params, flat_moments = _flat_leaves(
       direction, updates, direction_state, params
@@ -397,20 +397,29 @@ def fused_scale_invariance(
       RADIAL_PROJECTORS: treedef.unflatten(projectors),
       WEIGHT_DECAY_MULTIPLIERS: treedef.unflatten(multipliers),
     }
+    if is_recording():  # as detect_scale_invariance does
+      record_scale_invariance(
+        projection_views(extra_args[RADIAL_PROJECTORS]), extra_args[WEIGHT_DECAY_MULTIPLIERS]
+      )
     updates, tail_state = tail.update(
       treedef.unflatten(flat_directions), tail_state, params, **extra_args
     )
     new_moments = [treedef.unflatten(m) for m in flat_new_moments]
-    result = updates, (direction.with_moments(new_direction_state, new_moments), tail_state)
-    if not report:
-      return result
-    views = projection_views(extra_args[RADIAL_PROJECTORS])
-    return result, ([views], [extra_args[WEIGHT_DECAY_MULTIPLIERS]])
+    return updates, (direction.with_moments(new_direction_state, new_moments), tail_state)
 
-  def generic_step(u: Any, s: Any, p: Any, extra: dict[str, Any], report: bool) -> Any:
+  def generic_step(u: Any, s: Any, p: Any, extra: dict[str, Any]) -> tuple[Any, Any]:
+    return generic.update(u, s, p, **extra)
+
+  def reporting(step: Callable[..., Any], report: bool) -> Callable[..., Any]:
+    """``step``, which also returns what it recorded for with_diagnostics when ``report``.
+
+    The branches of platform_dependent and the custom_jvp run in traces of
+    their own, where the wrapper's recording takes nothing: they record into
+    a recording of their own and return it (see decoupled_optax._recording).
+    """
     if not report:
-      return generic.update(u, s, p, **extra)
-    return recorded_in_nested_trace(lambda: generic.update(u, s, p, **extra))
+      return step
+    return lambda *args: recorded_in_nested_trace(step, *args)
 
   def differentiable_fused_step(
     u: Any, s: Any, p: Any, extra: dict[str, Any], fused: list[bool], report: bool
@@ -424,7 +433,7 @@ def fused_scale_invariance(
     carry the hyperparameters' derivatives (meta-learning, hypergradients).
     """
     closed, constants = jax.closure_convert(
-      lambda u, s, p, extra: fused_update(u, s, p, extra, fused, report), u, s, p, extra
+      reporting(lambda u, s, p, extra: fused_update(u, s, p, extra, fused), report), u, s, p, extra
     )
     position = {id(c): i for i, c in enumerate(constants)}
     step = jax.custom_jvp(lambda constants, *args: closed(*args, *constants))
@@ -432,7 +441,7 @@ def fused_scale_invariance(
     @step.defjvp
     def rule(primals: tuple[Any, ...], tangents: tuple[Any, ...]) -> Any:
       generic_closed, generic_constants = jax.closure_convert(
-        functools.partial(generic_step, report=report), *primals[1:]
+        reporting(generic_step, report), *primals[1:]
       )
       if any(id(c) not in position for c in generic_constants):
         raise NotImplementedError(
@@ -464,8 +473,7 @@ def fused_scale_invariance(
     ]
     if not any(fused):
       return generic.update(updates, state, params, **extra_args)
-    # The branches run in traces of their own: they return the decisions
-    # that with_diagnostics records, and they are recorded here.
+    # The branches return what they recorded (see reporting); it is recorded here.
     report = is_recording()
     outputs = jax.lax.platform_dependent(
       updates,
@@ -473,7 +481,7 @@ def fused_scale_invariance(
       params,
       extra_args,
       cpu=functools.partial(differentiable_fused_step, fused=fused, report=report),
-      default=functools.partial(generic_step, report=report),
+      default=reporting(generic_step, report),
     )
     if not report:
       return outputs
