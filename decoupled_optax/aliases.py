@@ -236,12 +236,12 @@ def decoupled_chain(
     warn_if_torch_convention(weight_decay, learning_rate)
 
   eta = lambda count: 1.0 if schedule is None else _value_at(schedule, count)  # noqa: E731
-  # The decay coefficient of the parameters before the multiplier eta_t.
-  decay_schedule: Callable[[jax.Array], Any] = {
-    "paper": lambda count: weight_decay_factor * _value_at(weight_decay, count),
-    "torch": lambda count: weight_decay_factor * _value_at(weight_decay, count),
-    "corrected": lambda count: weight_decay_factor * _value_at(weight_decay, count) * eta(count),
-  }[convention]
+
+  def decay_schedule(count: Any) -> Any:
+    """The decay coefficient of the parameters before the multiplier eta_t."""
+    decay = weight_decay_factor * _value_at(weight_decay, count)
+    return decay * eta(count) if convention == "corrected" else decay
+
   scheduled_decay = callable(weight_decay) or (convention == "corrected" and callable(schedule))
   decay = add_decoupled_weight_decay(
     decay_schedule if scheduled_decay else decay_schedule(jnp.zeros([], jnp.int32)), mask

@@ -78,21 +78,20 @@ def _merge_per_leaf(trees: list[Any], params: Any, fill: Any, dtype: Any) -> Any
   return treedef.unflatten(flat_merged)
 
 
-def _sum_of_squares_and_dot(
-  w: jax.Array, u: jax.Array, axes: tuple[str, ...]
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-  dtype = jnp.promote_types(w.dtype, jnp.float32)
-  w, u = w.astype(dtype), u.astype(dtype)
-  sums = (jnp.sum(w * w), jnp.sum(w * u), jnp.sum(u * u))
-  if axes:
-    sums = jax.lax.psum(sums, axes)
-  return sums
+def _at_least_float32(x: jax.Array) -> jax.Array:
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def _global_sums(products: tuple[jax.Array, ...], axes: tuple[str, ...]) -> tuple[jax.Array, ...]:
+  """The sum of each product, over the mapped ``axes`` too (psum)."""
+  sums = tuple(jnp.sum(p) for p in products)
+  return jax.lax.psum(sums, axes) if axes else sums
 
 
 def _gradient_norm(g: jax.Array, axes: tuple[str, ...]) -> jax.Array:
-  g = g.astype(jnp.promote_types(g.dtype, jnp.float32))
-  g_sq = jnp.sum(g * g)
-  return jnp.sqrt(jax.lax.psum(g_sq, axes) if axes else g_sq)
+  g = _at_least_float32(g)
+  (g_sq,) = _global_sums((g * g,), axes)
+  return jnp.sqrt(g_sq)
 
 
 def _leaf_diagnostics(
@@ -103,7 +102,8 @@ def _leaf_diagnostics(
   The angle is ``atan2(sqrt(|w|^2 |u|^2 - (w.u)^2), |w|^2 + w.u)``: the
   numerator is ``|w x (w + u)|``, the denominator ``w.(w + u)``.
   """
-  w_sq, w_dot_u, u_sq = _sum_of_squares_and_dot(w, u, axes)
+  w, u = _at_least_float32(w), _at_least_float32(u)
+  w_sq, w_dot_u, u_sq = _global_sums((w * w, w * u, u * u), axes)
   w_norm, u_norm = jnp.sqrt(w_sq), jnp.sqrt(u_sq)
   relative = jnp.where(w_norm > 0, u_norm / jnp.where(w_norm > 0, w_norm, 1), jnp.inf)
   relative = jnp.where(u_norm > 0, relative, 0.0)
@@ -124,7 +124,7 @@ def _mesh_axis_names(axis_name: AxisName, param_specs: Any) -> tuple[str, ...]:
   specs = jax.tree.leaves(param_specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
   for spec in specs:
     for entry in spec if isinstance(spec, PartitionSpec) else ():
-      names += [n for n in _axes(entry) if n not in names]
+      names += _axes(entry)
   return tuple(dict.fromkeys(names))
 
 
@@ -196,8 +196,7 @@ def with_diagnostics(
   check_axis_name(axis_name)
   inner = optax.with_extra_args_support(inner)
 
-  def leaf_axes(params: Any) -> list[tuple[str, ...]]:
-    flat, treedef = jax.tree.flatten(params)
+  def leaf_axes(treedef: Any, flat: list[Any], params: Any) -> list[tuple[str, ...]]:
     if axis_name is None and param_specs is None:
       return [()] * len(flat)
     names = leaf_axis_names(treedef, flat, params, axis_name, param_specs, -1)
@@ -211,19 +210,20 @@ def with_diagnostics(
   def diagnose(
     grads: Any, updates: Any, params: Any, count: jax.Array, recording: Recording
   ) -> dict[str, Any]:
-    axes = leaf_axes(params)
     flat_params, treedef = jax.tree.flatten(params)
-    flat_updates = treedef.flatten_up_to(updates)
-    gradient_norm = treedef.unflatten(
-      [_gradient_norm(g, a) for g, a in zip(treedef.flatten_up_to(grads), axes, strict=True)]
-    )
+    axes = leaf_axes(treedef, flat_params, params)
+    flat_grads, flat_updates = treedef.flatten_up_to(grads), treedef.flatten_up_to(updates)
     per_leaf = [
       _leaf_diagnostics(w, u, a) for w, u, a in zip(flat_params, flat_updates, axes, strict=True)
     ]
-    columns = list(zip(*per_leaf, strict=True)) if per_leaf else [[], [], [], []]
-    weight_norm, update_norm, relative, angle = (treedef.unflatten(list(c)) for c in columns)
+    weight_norm, update_norm, relative = (
+      treedef.unflatten([leaf[i] for leaf in per_leaf]) for i in range(3)
+    )
     angle = treedef.unflatten(
-      [a if p.ndim > 1 else None for a, p in zip(jax.tree.leaves(angle), flat_params, strict=True)]
+      [leaf[3] if p.ndim > 1 else None for leaf, p in zip(per_leaf, flat_params, strict=True)]
+    )
+    gradient_norm = treedef.unflatten(
+      [_gradient_norm(g, a) for g, a in zip(flat_grads, axes, strict=True)]
     )
     projection = multiplier = None
     if recording.views:
@@ -261,7 +261,8 @@ def with_diagnostics(
     """
     count = jnp.zeros([], jnp.int32)
     abstract = lambda p, s: recorded_update(p, s, p, count, {})[2]  # noqa: E731
-    for name in _mesh_axis_names(axis_name, param_specs):
+    mesh_axes = _mesh_axis_names(axis_name, param_specs)
+    for name in mesh_axes:
       abstract = jax.vmap(abstract, in_axes=None, axis_size=1, axis_name=name)
     try:
       shapes = jax.eval_shape(abstract, params, inner_state)
@@ -271,8 +272,7 @@ def with_diagnostics(
         f"that the wrapper does not know ({error}); pass the same axis_name (and "
         "param_specs) to with_diagnostics as to the optimizer."
       ) from error
-    depth = len(_mesh_axis_names(axis_name, param_specs))
-    return jax.tree.map(lambda s: jnp.zeros(s.shape[depth:], s.dtype), shapes)
+    return jax.tree.map(lambda s: jnp.zeros(s.shape[len(mesh_axes) :], s.dtype), shapes)
 
   def init_fn(params: optax.Params) -> DiagnosticsState:
     inner_state = inner.init(params)
