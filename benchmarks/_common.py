@@ -38,6 +38,25 @@ def parse_args(description: str, argv: list[str] | None, extra: Any = None) -> A
   return parser.parse_args(argv)
 
 
+def digits_training_flags(epochs: int) -> Any:
+  """``parse_args``' ``extra`` for a digits run: ``--epochs`` (default ``epochs``), ``--batch-size``."""
+
+  def extra(parser: Any) -> None:
+    parser.add_argument("--epochs", type=int, default=epochs)
+    parser.add_argument("--batch-size", type=int, default=64)
+
+  return extra
+
+
+def digits_batches(args: Any) -> tuple[Any, int, Any]:
+  """``(data, steps, batches)``: digits split by ``args.seed``, and the index batches of
+  ``args.epochs`` epochs of ``args.batch_size`` (8 steps with ``--smoke``)."""
+  data = D.load_digits(args.seed, smoke=args.smoke)
+  num_train = len(data.x_train)
+  steps = 8 if args.smoke else args.epochs * (num_train // args.batch_size)
+  return data, steps, D.batch_indices(args.seed, num_train, args.batch_size, steps)
+
+
 class Outputs:
   """Where a reproduction writes its figures and tables, and the command that made them."""
 

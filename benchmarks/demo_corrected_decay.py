@@ -36,17 +36,9 @@ KERNEL = "Conv_1/kernel"
 def main(argv: list[str] | None = None) -> dict[str, Any]:
   """Runs the demonstration; returns the ratio at a few points of the schedule per run."""
 
-  def extra(parser: Any) -> None:
-    parser.add_argument("--epochs", type=int, default=60)
-    parser.add_argument("--batch-size", type=int, default=64)
-
-  args = C.parse_args(__doc__.splitlines()[0], argv, extra)
+  args = C.parse_args(__doc__.splitlines()[0], argv, C.digits_training_flags(60))
   out = C.Outputs("demo_corrected_decay", args.out, argv, publish=args.publish)
-  data = C.D.load_digits(args.seed, smoke=args.smoke)
-  num_train = len(data.x_train)
-  steps_per_epoch = num_train // args.batch_size
-  steps = 8 if args.smoke else args.epochs * steps_per_epoch
-  batches = C.D.batch_indices(args.seed, num_train, args.batch_size, steps)
+  data, steps, batches = C.digits_batches(args)
   schedule = dopt.cosine_warm_restart_schedule(1.0, first_period=steps)
   features = (4, 4) if args.smoke else (16, 32)
   settings = {  # alpha, lambda (paper units): lambda * steps of order 10 over the run

@@ -80,11 +80,7 @@ def conv_kernels(params: Any) -> dict[str, jax.Array]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
   """Runs the reproduction; returns the final norms."""
 
-  def extra(parser: Any) -> None:
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--batch-size", type=int, default=64)
-
-  args = C.parse_args(__doc__.splitlines()[0], argv, extra)
+  args = C.parse_args(__doc__.splitlines()[0], argv, C.digits_training_flags(20))
   out = C.Outputs("repro_norm_growth", args.out, argv, publish=args.publish)
 
   # --- the 2-D toy
@@ -102,11 +98,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   ]
 
   # --- the digits CNN
-  data = C.D.load_digits(args.seed, smoke=args.smoke)
-  num_train = len(data.x_train)
-  steps_per_epoch = num_train // args.batch_size
-  steps = 8 if args.smoke else args.epochs * steps_per_epoch
-  batches = C.D.batch_indices(args.seed, num_train, args.batch_size, steps)
+  data, steps, batches = C.digits_batches(args)
   sgd_lr, adam_lr = 0.1, 1e-2
   optimizers = {
     "SGD (momentum 0.9)": optax.sgd(sgd_lr, momentum=0.9),
