@@ -1,6 +1,6 @@
 """The aliases against their references, step for step, on a pytree with every kind of leaf.
 
-References: torch.optim.AdamW and SGD (2.13.0), the official adamp 0.3.0
+References: torch.optim.AdamW and SGD (torch 2.5-2.14), the official adamp 0.3.0
 AdamP and SGDP, and a NumPy transcription of the authors' sgd.lua. See
 ``_reference.py`` for the test problem: a per-channel scale-invariant conv
 kernel, a whole-tensor scale-invariant dense kernel, an ordinary kernel, a

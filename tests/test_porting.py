@@ -1,6 +1,6 @@
 """Every row of the porting guide (docs/porting.md), run against its peer.
 
-Peers that install here run as they are: torch 2.13.0 (``torch.optim.AdamW``,
+Peers that install here run as they are: torch 2.5-2.14 (``torch.optim.AdamW``,
 ``SGD``, ``CosineAnnealingWarmRestarts``), the official ``adamp`` 0.3.0 and
 optax. The others are faithful transcriptions of the named source file:
 
