@@ -6,9 +6,10 @@
 # 1. `python -m build`: the sdist, and the wheel built from it (the kernel
 #    stripped, CPython's limited API: one cp310-abi3 wheel).
 # 2. `auditwheel repair`: the wheel gets the manylinux tag this machine's
-#    glibc and libstdc++ allow (manylinux_2_34 on Debian 12 with g++ 12). For
-#    an older tag, run this script inside a manylinux image
-#    (quay.io/pypa/manylinux_2_28_x86_64: its toolchain links older symbols).
+#    glibc and libstdc++ allow (manylinux_2_34 on Debian 12 with g++ 12; why,
+#    in docs/installation.md). For an older tag, run this script inside a
+#    manylinux image (quay.io/pypa/manylinux_2_28_x86_64: its toolchain links
+#    older symbols).
 # 3. A fresh venv installs the repaired wheel (dependencies from the index)
 #    and runs `adamp` with the fused kernel, outside the source tree.
 # 4. The sdist, unpacked elsewhere, is installed editable into that venv with
