@@ -42,6 +42,7 @@ SDIST_MUST_HOLD = (
   "LICENSE",
   "CHANGELOG.md",
   "README.md",
+  ".gitignore",  # tests/test_examples.py checks that outputs/ is ignored
   "pyproject.toml",
   "setup.py",
   "csrc/radial_first_pass.cc",
