@@ -7,7 +7,8 @@
 #
 # Without arguments it runs the range's ends, 2.5.1 and 2.14.1. On a Linux
 # x86_64 machine PyPI's torch wheels are CUDA builds (several GB with their
-# nvidia-* dependencies); the tests run them on the CPU.
+# nvidia-* dependencies); the tests run them on the CPU. Each venv installs
+# this checkout editable, which rebuilds the kernel in place.
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/.." && pwd)"
