@@ -13,10 +13,17 @@ parallelism (pmap with pmean'd gradients) has something to split.
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
+
+import decoupled_optax as dopt
 
 SHAPES = {
   "conv": (3, 3, 4, 8),
@@ -65,3 +72,54 @@ def loss(params: dict[str, jax.Array], batch: dict[str, jax.Array]) -> jax.Array
     + jnp.sum((params["scale"] * batch["scale"]) ** 2, axis=1)
   )
   return jnp.mean(per_example)
+
+
+jitted_grad = jax.jit(jax.grad(loss))
+
+
+@functools.cache
+def auto_mesh() -> Mesh:
+  # The classic GSPMD setting: axes of type Auto.
+  return Mesh(np.array(jax.devices()[:8]).reshape(4, 2), ("x", "y"))
+
+
+def put_sharded(tree: dict[str, Any], specs: dict[str, P] = SPECS) -> dict[str, jax.Array]:
+  return {k: jax.device_put(v, NamedSharding(auto_mesh(), specs[k])) for k, v in tree.items()}
+
+
+def train_steps(tx: optax.GradientTransformation, params: Any, steps: int) -> tuple[Any, Any]:
+  """``steps`` jitted updates on make_batch's batches, wherever ``params`` are placed."""
+  state = jax.jit(tx.init)(params)
+  update = jax.jit(tx.update)
+  for i in range(steps):
+    updates, state = update(jitted_grad(params, make_batch(i)), state, params)
+    params = optax.apply_updates(params, updates)
+  return params, state
+
+
+def shard_map_train(
+  tx: optax.GradientTransformation,
+  param_specs: dict[str, P],
+  steps: int,
+  check_vma: bool = True,
+) -> tuple[Any, Any]:
+  """As ``train_steps``, with params, grads and state sharded inside shard_map by ``param_specs``."""
+  params = put_sharded(init_params(), param_specs)
+  state_specs = dopt.state_partition_specs(tx, params, param_specs)
+  state = jax.jit(tx.init)(params)
+
+  @jax.jit
+  @functools.partial(
+    jax.shard_map,
+    mesh=auto_mesh(),
+    in_specs=(param_specs, state_specs, param_specs),
+    out_specs=(param_specs, state_specs),
+    check_vma=check_vma,
+  )
+  def update(params, state, grads):
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  for i in range(steps):
+    params, state = update(params, state, jitted_grad(params, make_batch(i)))
+  return params, state

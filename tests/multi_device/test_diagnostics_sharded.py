@@ -8,31 +8,23 @@ import jax
 import numpy as np
 import optax
 import pytest
-from _sharded_model import SPECS, init_params, loss, make_batch
-from jax.sharding import Mesh, NamedSharding
+from _sharded_model import (
+  SPECS,
+  init_params,
+  loss,
+  make_batch,
+  put_sharded,
+  shard_map_train,
+  train_steps,
+)
 
 import decoupled_optax as dopt
 
 STEPS = 3
 
 
-@functools.cache
-def _mesh() -> Mesh:
-  return Mesh(np.array(jax.devices()[:8]).reshape(4, 2), ("x", "y"))
-
-
-def _grad(params, batch):
-  return jax.jit(jax.grad(loss))(params, batch)
-
-
 def _one_device(make_tx):
-  tx = make_tx()
-  params = jax.device_put(init_params(), jax.devices()[0])
-  state = tx.init(params)
-  update = jax.jit(tx.update)
-  for i in range(STEPS):
-    updates, state = update(_grad(params, make_batch(i)), state, params)
-    params = optax.apply_updates(params, updates)
+  _, state = train_steps(make_tx(), jax.device_put(init_params(), jax.devices()[0]), STEPS)
   return jax.tree.map(np.asarray, dopt.read_diagnostics(state))
 
 
@@ -52,15 +44,7 @@ def _adamp(**kwargs):
 
 
 def test_gspmd_sharded_params_give_one_devices_diagnostics():
-  tx = _adamp()
-  params = {
-    k: jax.device_put(v, NamedSharding(_mesh(), SPECS[k])) for k, v in init_params().items()
-  }
-  state = jax.jit(tx.init)(params)
-  update = jax.jit(tx.update)
-  for i in range(STEPS):
-    updates, state = update(_grad(params, make_batch(i)), state, params)
-    params = optax.apply_updates(params, updates)
+  _, state = train_steps(_adamp(), put_sharded(init_params()), STEPS)
   diagnostics = jax.jit(dopt.read_diagnostics)(state)
   _assert_same(diagnostics, _one_device(_adamp))
 
@@ -90,26 +74,7 @@ def test_pmap_gives_one_devices_diagnostics():
 @pytest.mark.parametrize("with_specs", [True, False], ids=["axis_name_and_specs", "per_shard"])
 def test_shard_map_with_axis_names_gives_one_devices_diagnostics(with_specs):
   kwargs = dict(axis_name=("x", "y"), param_specs=SPECS) if with_specs else {}
-  tx = _adamp(**kwargs)
-  mesh = _mesh()
-  params = {k: jax.device_put(v, NamedSharding(mesh, SPECS[k])) for k, v in init_params().items()}
-  state_specs = dopt.state_partition_specs(tx, params, SPECS)
-  state = jax.jit(tx.init)(params)
-
-  @jax.jit
-  @functools.partial(
-    jax.shard_map,
-    mesh=mesh,
-    in_specs=(SPECS, state_specs, SPECS),
-    out_specs=(SPECS, state_specs),
-    check_vma=False,
-  )
-  def update(params, state, grads):
-    updates, state = tx.update(grads, state, params)
-    return optax.apply_updates(params, updates), state
-
-  for i in range(STEPS):
-    params, state = update(params, state, _grad(params, make_batch(i)))
+  _, state = shard_map_train(_adamp(**kwargs), SPECS, STEPS, check_vma=False)
   diagnostics = jax.tree.map(np.asarray, dopt.read_diagnostics(state))
   expected = _one_device(_adamp)
   if with_specs:

@@ -13,8 +13,18 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from _sharded_model import SPECS, init_params, loss, make_batch
-from jax.sharding import Mesh, NamedSharding
+from _sharded_model import (
+  SPECS,
+  auto_mesh,
+  init_params,
+  jitted_grad,
+  loss,
+  make_batch,
+  put_sharded,
+  shard_map_train,
+  train_steps,
+)
+from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import decoupled_optax as dopt
@@ -26,16 +36,6 @@ pytestmark = pytest.mark.skipif(
 
 STEPS = 3
 RTOL = 1e-6
-
-
-@functools.cache
-def _mesh() -> Mesh:
-  # The classic GSPMD setting: axes of type Auto.
-  return Mesh(np.array(jax.devices()[:8]).reshape(4, 2), ("x", "y"))
-
-
-def _sharded(tree, specs=SPECS):
-  return {k: jax.device_put(v, NamedSharding(_mesh(), specs[k])) for k, v in tree.items()}
 
 
 def _single(tree):
@@ -89,7 +89,7 @@ def _train_all(params, optimizers=OPTIMIZERS):
 
 @functools.cache
 def _jit_runs():
-  return _train_all(_single(init_params())), _train_all(_sharded(init_params()))
+  return _train_all(_single(init_params())), _train_all(put_sharded(init_params()))
 
 
 def _assert_close(actual, expected, rtol=RTOL):
@@ -109,7 +109,7 @@ def test_jit_over_named_sharding_matches_one_device(name):
   _assert_close(params_out, reference)
   _assert_close(state_out, reference_state)
   # The params keep their sharding, and the state follows them.
-  params = _sharded(init_params())
+  params = put_sharded(init_params())
   for k in params:
     _assert_same_sharding(params_out[k], params[k].sharding)
   state_shardings = dopt.state_shardings(OPTIMIZERS[name](), params)
@@ -123,7 +123,7 @@ def test_scale_invariance_test_is_global_under_jit():
   """AdamP's per-channel and per-tensor cosines and norms: every view, as on one device."""
   grads = jax.jit(jax.grad(loss))(_single(init_params()), make_batch(0))
   reference = jax.jit(dopt.scale_invariance)(grads, _single(init_params()))
-  sharded = jax.jit(dopt.scale_invariance)(_sharded(grads), _sharded(init_params()))
+  sharded = jax.jit(dopt.scale_invariance)(put_sharded(grads), put_sharded(init_params()))
   projectors, multipliers = reference
   assert float(multipliers["conv"]) == pytest.approx(0.1)  # the channel view holds
   assert float(jnp.max(projectors["conv"].channel_weight)) > 0
@@ -164,7 +164,7 @@ def _param_shaped_leaves(params, state):
 @pytest.mark.parametrize("jitted", [False, True], ids=["eager_init", "jitted_init"])
 def test_state_is_sharded_like_the_params(jitted):
   tx = dopt.adamp(1e-3, 1e-5)
-  params = _sharded(init_params())
+  params = put_sharded(init_params())
   state = (jax.jit(tx.init) if jitted else tx.init)(params)
   param_leaves = jax.tree.leaves(params)
   pairs = _param_shaped_leaves(params, state)
@@ -181,7 +181,7 @@ def test_state_is_sharded_like_the_params(jitted):
 
 
 def test_optax_loses_the_sharding_under_jit_and_keep_param_sharding_fixes_it():
-  params = _sharded(init_params())
+  params = put_sharded(init_params())
   plain = jax.jit(optax.adam(1e-3).init)(params)
   assert len(plain[0].mu["dense"].sharding.device_set) == 1  # optax: all on one device
   kept = jax.jit(dopt.keep_param_sharding(optax.adam(1e-3)).init)(params)
@@ -191,7 +191,7 @@ def test_optax_loses_the_sharding_under_jit_and_keep_param_sharding_fixes_it():
 
 
 def test_state_shardings_and_init_sharded_work_for_any_optax_transform():
-  params = _sharded(init_params())
+  params = put_sharded(init_params())
   tx = optax.chain(optax.masked(optax.adam(1e-3), {k: k != "emb" for k in params}), optax.sgd(1))
   shardings = dopt.state_shardings(tx, params)
   state = dopt.init_sharded(tx, params)
@@ -243,7 +243,7 @@ def test_flax_logical_partitioning_recipe():
 
   abstract = jax.eval_shape(init_fn, jax.random.key(0))
   logical_specs = nn.get_partition_spec(abstract)
-  shardings = nn.logical_to_mesh_sharding(logical_specs, _mesh(), rules)
+  shardings = nn.logical_to_mesh_sharding(logical_specs, auto_mesh(), rules)
   params, state = jax.jit(init_fn, out_shardings=shardings)(jax.random.key(0))
   kernel = params["Dense_0"]["kernel"]
   assert kernel.value.sharding.spec == P("y", "x")
@@ -257,8 +257,6 @@ def test_flax_logical_partitioning_recipe():
 
 
 # --- pmap ----------------------------------------------------------------------------------
-
-_grad = jax.jit(jax.grad(loss))
 
 
 def test_pmap_data_parallel_matches_one_device():
@@ -287,7 +285,7 @@ def test_pmap_data_parallel_matches_one_device():
     p_params, p_state = update_pmap(p_grads, p_state, p_params)
     for a, e in zip(jax.tree.leaves((p_params, p_state)), jax.tree.leaves(expected), strict=True):
       np.testing.assert_array_equal(np.asarray(a), np.stack([np.asarray(e)] * n))
-    one_params, one_state = update_one(_grad(one_params, batch), one_state, one_params)
+    one_params, one_state = update_one(jitted_grad(one_params, batch), one_state, one_params)
   # And the whole data-parallel run is the one-device run up to the rounding of the mean.
   _assert_close(first(p_params), one_params)
 
@@ -300,53 +298,23 @@ SHARD_MAP_OPTIMIZERS = {
 }
 
 
-def _shard_map_run(tx, param_specs, steps=STEPS):
-  """Params, grads and state sharded inside shard_map by ``param_specs``; grads from outside."""
-  mesh = _mesh()
-  params = {
-    k: jax.device_put(v, NamedSharding(mesh, param_specs[k])) for k, v in init_params().items()
-  }
-  state_specs = dopt.state_partition_specs(tx, params, param_specs)
-  state = jax.jit(tx.init)(params)
-
-  @jax.jit
-  @functools.partial(
-    jax.shard_map,
-    mesh=mesh,
-    in_specs=(param_specs, state_specs, param_specs),
-    out_specs=(param_specs, state_specs),
-  )
-  def update(params, state, grads):
-    updates, state = tx.update(grads, state, params)
-    return optax.apply_updates(params, updates), state
-
-  for i in range(steps):
-    params, state = update(params, state, _grad(params, make_batch(i)))
-  return params, state
-
-
 @functools.cache
 def _one_device_run(name):
-  tx = SHARD_MAP_OPTIMIZERS[name](1e-2, weight_decay=1e-4)
-  params = _single(init_params())
-  state = jax.jit(tx.init)(params)
-  update = jax.jit(tx.update)
-  for i in range(STEPS):
-    updates, state = update(_grad(params, make_batch(i)), state, params)
-    params = optax.apply_updates(params, updates)
-  return params, state
+  return train_steps(
+    SHARD_MAP_OPTIMIZERS[name](1e-2, weight_decay=1e-4), _single(init_params()), STEPS
+  )
 
 
 @pytest.mark.parametrize("name", list(SHARD_MAP_OPTIMIZERS))
 def test_shard_map_with_param_specs_matches_one_device(name):
   factory = SHARD_MAP_OPTIMIZERS[name]
   tx = factory(1e-2, weight_decay=1e-4, axis_name=("x", "y"), param_specs=SPECS)
-  _assert_close(_shard_map_run(tx, SPECS), _one_device_run(name))
+  _assert_close(shard_map_train(tx, SPECS, STEPS), _one_device_run(name))
 
 
 def test_shard_map_without_axis_names_is_per_shard():
   """Documented: without axis names the cosines and norms are those of each shard."""
-  params, _ = _shard_map_run(dopt.adamp(1e-2, 1e-4), SPECS)
+  params, _ = shard_map_train(dopt.adamp(1e-2, 1e-4), SPECS, STEPS)
   reference, _ = _one_device_run("adamp")
   # dense2 is scale invariant only as a whole: no shard of it is.
   assert not np.allclose(params["dense2"], reference["dense2"], rtol=1e-4)
@@ -364,7 +332,7 @@ def test_shard_map_axis_name_alone_for_non_channel_sharding():
     "bias": P(),
     "scale": P(),
   }
-  result, _ = _shard_map_run(dopt.adamp(1e-2, 1e-4, axis_name="x"), specs)
+  result, _ = shard_map_train(dopt.adamp(1e-2, 1e-4, axis_name="x"), specs, STEPS)
   reference, _ = _one_device_run("adamp")
   for k in ("conv", "dense", "dense2", "bias", "scale"):
     _assert_close(result[k], reference[k])
