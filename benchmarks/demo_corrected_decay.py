@@ -139,9 +139,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   for ax in (ax_ratio, ax_wd):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(out.figure("demo_corrected_decay.png"), dpi=110)
-  plt.close(fig)
+  C.D.save_figure(fig, out.figure("demo_corrected_decay.png"))
   return table
 
 

@@ -510,9 +510,7 @@ def plot(path: Any, results: dict[str, dict[str, Any]]) -> None:
     )
     ax.legend(fontsize=7, loc="lower left", framealpha=0.6)
     fig.colorbar(im, ax=ax)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  C.D.save_figure(fig, path)
 
 
 def plot_equilibrium(path: Any, results: dict[str, dict[str, Any]]) -> None:
@@ -538,9 +536,7 @@ def plot_equilibrium(path: Any, results: dict[str, dict[str, Any]]) -> None:
     )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  C.D.save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -142,9 +142,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   ax_s.legend(fontsize=8)
   for ax in (ax_t, ax_s):
     ax.grid(alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(out.figure("repro_l2_insensitivity.png"), dpi=110)
-  plt.close(fig)
+  C.D.save_figure(fig, out.figure("repro_l2_insensitivity.png"))
   for row in rows:
     print("lambda'", row[0], " ".join(f"{n}={v:.5f}" for n, v in zip(finals, row[1:], strict=True)))
   return {"headline": rows, "sweep": finals}

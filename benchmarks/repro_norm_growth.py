@@ -212,9 +212,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   for ax in (ax_path, ax_norm):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(out.figure("repro_norm_growth_toy.png"), dpi=110)
-  plt.close(fig)
+  C.D.save_figure(fig, out.figure("repro_norm_growth_toy.png"))
 
   fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
   for col, pair in enumerate((("SGD (momentum 0.9)", "SGDP (momentum 0.9)"), ("Adam", "AdamP"))):
@@ -233,9 +231,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
   fig.suptitle("BatchNorm-preceded conv kernels of the digits CNN, no weight decay")
-  fig.tight_layout()
-  fig.savefig(out.figure("repro_norm_growth_cnn.png"), dpi=110)
-  plt.close(fig)
+  C.D.save_figure(fig, out.figure("repro_norm_growth_cnn.png"))
   return {"toy": {n: float(v[-1]) for n, v in toy_norms.items()}, "cnn": runs}
 
 

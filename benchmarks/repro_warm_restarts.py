@@ -328,9 +328,7 @@ def plot(
     )
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  C.D.save_figure(fig, path)
 
 
 if __name__ == "__main__":

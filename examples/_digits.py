@@ -215,6 +215,16 @@ def _kernel_keys(diagnostics: dict[str, np.ndarray], quantity: str) -> list[str]
   return sorted(k for k in diagnostics if k.startswith(f"{quantity}/") and k.endswith("kernel"))
 
 
+def save_figure(fig: Any, path: Path) -> None:
+  """Lays out ``fig``, writes it to ``path`` (folders made as needed) at the docs' 110 dpi, closes it."""
+  import matplotlib.pyplot as plt
+
+  fig.tight_layout()
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
 def plot_training(histories: dict[str, dict[str, Any]], path: Path, title: str) -> None:
   """Six panels from each run's diagnostics, loss and accuracy.
 
@@ -268,10 +278,7 @@ def plot_training(histories: dict[str, dict[str, Any]], path: Path, title: str) 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
   fig.suptitle(f"{title} (from dopt.read_diagnostics)")
-  fig.tight_layout()
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  save_figure(fig, path)
 
 
 def write_tensorboard(histories: dict[str, dict[str, Any]], log_dir: Path) -> None:
