@@ -448,26 +448,14 @@ def test_corrected_adamw_and_adamp_match_timm_corrected_weight_decay(cpu_kernel)
     for group in optimizer.param_groups:
       group["weight_decay"] = timm_wd * group["lr"] / ADAM_LR if group["decay"] else 0.0
 
+  corrected = dict(schedule=table_schedule(ETA), mask=MASK, weight_decay_convention="corrected")
   for ours_tx, make in [
     (
-      dopt.adamw(
-        ADAM_LR,
-        ADAM_LR * timm_wd,
-        schedule=table_schedule(ETA),
-        mask=MASK,
-        weight_decay_convention="corrected",
-      ),
+      dopt.adamw(ADAM_LR, ADAM_LR * timm_wd, **corrected),
       lambda groups: torch.optim.AdamW(groups, lr=ADAM_LR),
     ),
     (
-      dopt.adamp(
-        ADAM_LR,
-        ADAM_LR * timm_wd,
-        schedule=table_schedule(ETA),
-        mask=MASK,
-        weight_decay_convention="corrected",
-        cpu_kernel=cpu_kernel,
-      ),
+      dopt.adamp(ADAM_LR, ADAM_LR * timm_wd, **corrected, cpu_kernel=cpu_kernel),
       lambda groups: AdamP(groups, lr=ADAM_LR),
     ),
   ]:
