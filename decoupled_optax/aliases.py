@@ -50,7 +50,13 @@ from decoupled_optax.conventions import (
 )
 from decoupled_optax.directions import AdamDirection, Direction, MomentumDirection
 from decoupled_optax.fused import fused_scale_invariance
-from decoupled_optax.projection import AxisName, detect_scale_invariance, project_out_radial
+from decoupled_optax.projection import (
+  AxisName,
+  ChannelAxis,
+  ProjectionMask,
+  detect_scale_invariance,
+  project_out_radial,
+)
 from decoupled_optax.sharding import keep_param_sharding
 from decoupled_optax.weight_decay import (
   MaskOrFn,
@@ -292,6 +298,7 @@ _PROJECTION_OPTIONS = (
   "wd_ratio",
   "eps",
   "channel_axis",
+  "projection_mask",
   "axis_name",
   "param_specs",
   "cpu_kernel",
@@ -465,7 +472,8 @@ def adamp(
   delta: float = 0.1,
   wd_ratio: float = 0.1,
   nesterov: bool = False,
-  channel_axis: int = -1,
+  channel_axis: ChannelAxis = None,
+  projection_mask: ProjectionMask = None,
   axis_name: AxisName = None,
   param_specs: Any = None,
   schedule: optax.ScalarOrSchedule | None = None,
@@ -500,7 +508,16 @@ def adamp(
     wd_ratio: decay multiplier r on projected weights (official default 0.1;
       timm's factory uses 0.01).
     nesterov: the official AdamP Nesterov step.
-    channel_axis: output-channel axis; -1 for Flax layouts, 0 for PyTorch's.
+    channel_axis: the output-channel axes; None (default) reads them from
+      the model: axis 0 for Equinox's layers (PyTorch's layout), the last
+      for Flax's kernels, the last where the tree does not say (a bare dict
+      of arrays: pass 0 for PyTorch-layout arrays). An int, a tuple, a tree
+      of them per leaf or a function of the params overrides; see
+      :func:`decoupled_optax.detect_scale_invariance`.
+    projection_mask: which leaves may be projected; None (default): every
+      weight, never a bias or a normalization parameter of any rank (as the
+      official code, whose biases are 1-D). ``True``: every leaf with
+      ``ndim > 1``. A tree of bools or a function of the params, as optax's masks.
     axis_name: for params sharded inside ``shard_map``/``pmap``, the mapped
       axis name(s) that shard them, so that the projection's cosines and
       norms are global; see :func:`decoupled_optax.detect_scale_invariance`.
@@ -541,7 +558,7 @@ def adamp(
     weight_decay_convention=weight_decay_convention,
     scale_weight_decay_by_lr=scale_weight_decay_by_lr,
     radial_projection=_projection_options(
-      delta, wd_ratio, eps, channel_axis, axis_name, param_specs, cpu_kernel
+      delta, wd_ratio, eps, channel_axis, projection_mask, axis_name, param_specs, cpu_kernel
     ),
   )
 
@@ -555,7 +572,8 @@ def sgdp(
   delta: float = 0.1,
   wd_ratio: float = 0.1,
   eps: float = 1e-8,
-  channel_axis: int = -1,
+  channel_axis: ChannelAxis = None,
+  projection_mask: ProjectionMask = None,
   axis_name: AxisName = None,
   param_specs: Any = None,
   accumulator_dtype: Any | None = None,
@@ -586,7 +604,9 @@ def sgdp(
     delta: threshold of the scale-invariance test, as in :func:`adamp`.
     wd_ratio: decay multiplier on projected weights, as in :func:`adamp`.
     eps: guards the projection's norms, as in :func:`adamp`.
-    channel_axis: output-channel axis, as in :func:`adamp`.
+    channel_axis: the output-channel axes (None: read from the model), as in :func:`adamp`.
+    projection_mask: which leaves may be projected (None: weights, not
+      biases or normalization parameters), as in :func:`adamp`.
     axis_name: mapped axes sharding the params, as in :func:`adamp`.
     param_specs: the params' ``PartitionSpec`` tree, as in :func:`adamp`.
     accumulator_dtype: dtype of the momentum buffer.
@@ -621,7 +641,7 @@ def sgdp(
     weight_decay_convention=weight_decay_convention,
     scale_weight_decay_by_lr=scale_weight_decay_by_lr,
     radial_projection=_projection_options(
-      delta, wd_ratio, eps, channel_axis, axis_name, param_specs, cpu_kernel
+      delta, wd_ratio, eps, channel_axis, projection_mask, axis_name, param_specs, cpu_kernel
     ),
   )
 
@@ -631,6 +651,7 @@ def sgdp(
 _STATIC_ARGUMENTS = (
   "mask",
   "channel_axis",
+  "projection_mask",
   "axis_name",
   "cpu_kernel",
   "weight_decay_convention",

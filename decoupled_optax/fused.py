@@ -37,6 +37,7 @@ import numpy as np
 import optax
 from jax.core import ShapedArray
 
+from decoupled_optax._layout import normalized_axes
 from decoupled_optax._recording import (
   is_recording,
   record_scale_invariance,
@@ -49,11 +50,13 @@ from decoupled_optax.directions import AdamDirection, Direction, MomentumDirecti
 from decoupled_optax.projection import (
   RADIAL_PROJECTORS,
   AxisName,
+  ChannelAxis,
   ChannelStatistics,
+  ProjectionMask,
   check_update_inputs,
   detect_scale_invariance,
-  is_projected,
   leaf_axis_names,
+  projected_channel_axes,
   projection_views,
   projectors_of_leaves,
 )
@@ -117,7 +120,7 @@ def _self_test(direction: Direction) -> bool:
       state = transform.init(param)
       expected, new_state = transform.update(grad, state, param)
       moments, _, statistics = _kernel_call(
-        direction, direction.kernel_scalars(new_state), grad, param, direction.moments(state), -1
+        direction, direction.kernel_scalars(new_state), grad, param, direction.moments(state), (1,)
       )
       ok = all(
         np.allclose(np.asarray(a), np.asarray(b), rtol=1e-5)
@@ -190,9 +193,15 @@ class _Layout(NamedTuple):
   inner: int
 
 
-def _layout(shape: tuple[int, ...], channel_axis: int) -> _Layout:
-  axis = channel_axis % len(shape)
-  return _Layout(math.prod(shape[:axis]), shape[axis], math.prod(shape[axis + 1 :]))
+def _layout(shape: tuple[int, ...], channel_axes: int | tuple[int, ...]) -> _Layout:
+  """The kernel's view of a leaf whose channel axes are contiguous."""
+  axes = normalized_axes(channel_axes, len(shape))
+  first, last = axes[0], axes[-1] + 1
+  return _Layout(math.prod(shape[:first]), math.prod(shape[first:last]), math.prod(shape[last:]))
+
+
+def _contiguous(axes: tuple[int, ...]) -> bool:
+  return axes == tuple(range(axes[0], axes[0] + len(axes)))
 
 
 def _kernel_call(
@@ -201,7 +210,7 @@ def _kernel_call(
   grad: jax.typing.ArrayLike,
   param: jax.typing.ArrayLike,
   moments: tuple[jax.typing.ArrayLike, ...],
-  channel_axis: int,
+  channel_axes: int | tuple[int, ...],
 ) -> tuple[tuple[jax.Array, ...], jax.Array, jax.Array]:
   """One leaf through the kernel: ``(new moments, direction, statistics (4, channels))``.
 
@@ -209,7 +218,7 @@ def _kernel_call(
   (:meth:`Direction.from_moments`), so XLA fuses it into the final update.
   """
   grad, param = jnp.asarray(grad), jnp.asarray(param)
-  layout = _layout(param.shape, channel_axis)
+  layout = _layout(param.shape, channel_axes)
   moment_shapes = [jax.ShapeDtypeStruct(param.shape, jnp.float32) for _ in moments]
   operands = (grad, param, *moments, jnp.stack(scalars))
   *new_moments, statistics = jax.ffi.ffi_call(
@@ -255,11 +264,14 @@ def _flat_leaves(
   )
 
 
-def _kernel_takes(grad: Any, param: Any, moments: tuple[Any, ...]) -> bool:
-  """Which leaves the kernel takes: projected, float32 throughout, plain types."""
+def _kernel_takes(
+  grad: Any, param: Any, moments: tuple[Any, ...], channel_axes: tuple[int, ...] | None
+) -> bool:
+  """Which leaves the kernel takes: projected on contiguous axes, float32 throughout, plain types."""
   return (
     grad is not None
-    and is_projected(param)
+    and channel_axes is not None
+    and _contiguous(channel_axes)
     and all(x.dtype == jnp.float32 and _plain_type(x) for x in (grad, param, *moments))
   )
 
@@ -271,7 +283,8 @@ def fused_scale_invariance(
   delta: float = 0.1,
   wd_ratio: float = 0.1,
   eps: float = 1e-8,
-  channel_axis: int = -1,
+  channel_axis: ChannelAxis = None,
+  projection_mask: ProjectionMask = None,
   axis_name: AxisName = None,
   param_specs: Any = None,
   cpu_kernel: bool | None = None,
@@ -296,8 +309,9 @@ def fused_scale_invariance(
       :func:`decoupled_optax.detect_scale_invariance`.
     wd_ratio: multiplies the weight decay of projected leaves, as there.
     eps: guards the norms, as there.
-    channel_axis: the output-channel axis (-1 for Flax layouts, 0 for
-      PyTorch's), as there.
+    channel_axis: the output-channel axes (None: read from the model), as there.
+    projection_mask: which leaves may be projected (None: weights, never
+      biases or normalization parameters), as there.
     axis_name: the mapped axis name(s) that shard the params inside
       ``shard_map``/``pmap``, as there.
     param_specs: which mesh axes shard which dims of each param, as there.
@@ -332,13 +346,13 @@ def fused_scale_invariance(
     )
   check_transform("tail", tail)
   check_bool("cpu_kernel", cpu_kernel, optional=True)
-  detection: dict[str, Any] = dict(
-    delta=delta, wd_ratio=wd_ratio, eps=eps, channel_axis=channel_axis
-  )
+  detection: dict[str, Any] = dict(delta=delta, wd_ratio=wd_ratio, eps=eps)
+  layout_options: dict[str, Any] = dict(channel_axis=channel_axis, projection_mask=projection_mask)
   direction_transform = direction.transform()
   generic = detect_scale_invariance(
     optax.chain(direction_transform, tail),
     **detection,
+    **layout_options,
     axis_name=axis_name,
     param_specs=param_specs,
   )
@@ -352,6 +366,7 @@ def fused_scale_invariance(
     params: optax.Params,
     extra_args: dict[str, Any],
     fused: list[bool],
+    flat_channel_axes: list[tuple[int, ...] | None],
   ) -> tuple[optax.Updates, tuple[Any, Any]]:
     direction_state, tail_state = state
     treedef, flat_grads, flat_params, flat_moments = _flat_leaves(
@@ -378,7 +393,12 @@ def fused_scale_invariance(
     known_statistics = {}
     for i in (i for i, f in enumerate(fused) if f):
       moments, flat_directions[i], statistics = _kernel_call(
-        direction, scalars, flat_grads[i], flat_params[i], flat_moments[i], channel_axis
+        direction,
+        scalars,
+        flat_grads[i],
+        flat_params[i],
+        flat_moments[i],
+        flat_channel_axes[i],  # type: ignore[arg-type]
       )
       known_statistics[i] = ChannelStatistics(*statistics)
       for new, moment in zip(flat_new_moments, moments, strict=True):
@@ -387,7 +407,8 @@ def fused_scale_invariance(
     projectors, multipliers = projectors_of_leaves(
       flat_grads,
       flat_params,
-      leaf_axis_names(treedef, flat_grads, params, axis_name, param_specs, channel_axis),
+      leaf_axis_names(treedef, flat_grads, params, axis_name, param_specs, flat_channel_axes),
+      flat_channel_axes,
       known_statistics=known_statistics,
       batch_leaves=True,
       **detection,
@@ -422,7 +443,13 @@ def fused_scale_invariance(
     return lambda *args: recorded_in_nested_trace(step, *args)
 
   def differentiable_fused_step(
-    u: Any, s: Any, p: Any, extra: dict[str, Any], fused: list[bool], report: bool
+    u: Any,
+    s: Any,
+    p: Any,
+    extra: dict[str, Any],
+    fused: list[bool],
+    flat_channel_axes: list[tuple[int, ...] | None],
+    report: bool,
   ) -> Any:
     """The fused update, whose derivatives (the FFI call has none) are the generic chain's.
 
@@ -433,7 +460,13 @@ def fused_scale_invariance(
     carry the hyperparameters' derivatives (meta-learning, hypergradients).
     """
     closed, constants = jax.closure_convert(
-      reporting(lambda u, s, p, extra: fused_update(u, s, p, extra, fused), report), u, s, p, extra
+      reporting(
+        lambda u, s, p, extra: fused_update(u, s, p, extra, fused, flat_channel_axes), report
+      ),
+      u,
+      s,
+      p,
+      extra,
     )
     position = {id(c): i for i, c in enumerate(constants)}
     step = jax.custom_jvp(lambda constants, *args: closed(*args, *constants))
@@ -463,13 +496,15 @@ def fused_scale_invariance(
     params: optax.Params | None = None,
     **extra_args: Any,
   ) -> tuple[optax.Updates, Any]:
-    check_update_inputs(updates, params, channel_axis)
+    check_update_inputs(updates, params)
     params = require_params(params)
     # Decided here, on the caller's types: the branches of platform_dependent
     # are traced with new arguments.
     leaves = _flat_leaves(direction, updates, state[0], params)
+    flat_channel_axes = projected_channel_axes(params, leaves.treedef, **layout_options)
     fused = [
-      _kernel_takes(*leaf) for leaf in zip(leaves.grads, leaves.params, leaves.moments, strict=True)
+      _kernel_takes(*leaf)
+      for leaf in zip(leaves.grads, leaves.params, leaves.moments, flat_channel_axes, strict=True)
     ]
     if not any(fused):
       return generic.update(updates, state, params, **extra_args)
@@ -480,7 +515,12 @@ def fused_scale_invariance(
       state,
       params,
       extra_args,
-      cpu=functools.partial(differentiable_fused_step, fused=fused, report=report),
+      cpu=functools.partial(
+        differentiable_fused_step,
+        fused=fused,
+        flat_channel_axes=flat_channel_axes,
+        report=report,
+      ),
       default=reporting(generic_step, report),
     )
     if not report:

@@ -37,6 +37,7 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec
 
+from decoupled_optax._layout import LeafRole, leaf_roles, normalized_axes
 from decoupled_optax._recording import (
   CHANNEL_VIEW,
   NOT_PROJECTED,
@@ -153,7 +154,9 @@ def _mapped_size(axis_name: AxisName) -> int:
   return math.prod(jax.lax.axis_size(name) for name in _axis_names(axis_name))
 
 
-def _spec_axis_names(spec: Any, ndim: int, channel_axis: int) -> tuple[AxisName, AxisName]:
+def _spec_axis_names(
+  spec: Any, ndim: int, channel_axes: tuple[int, ...]
+) -> tuple[AxisName, AxisName]:
   """``(reduce-dim axes, channel-dim axes)`` of one leaf from its PartitionSpec."""
   entries = tuple(spec) if spec is not None else ()
   if len(entries) > ndim:
@@ -161,9 +164,10 @@ def _spec_axis_names(spec: Any, ndim: int, channel_axis: int) -> tuple[AxisName,
   entries += (None,) * (ndim - len(entries))
   if any(e is PartitionSpec.UNCONSTRAINED for e in entries):
     raise ValueError(f"param_specs: {spec} is unconstrained; name the sharding axes.")
-  axis = channel_axis % ndim
-  reduce_names = tuple(n for d, e in enumerate(entries) if d != axis for n in _axis_names(e))
-  channel_names = _axis_names(entries[axis])
+  reduce_names = tuple(
+    n for d, e in enumerate(entries) if d not in channel_axes for n in _axis_names(e)
+  )
+  channel_names = tuple(n for d in channel_axes for n in _axis_names(entries[d]))
   return reduce_names or None, channel_names or None
 
 
@@ -180,18 +184,24 @@ def _specs_per_leaf(param_specs: Any, params: Any) -> Any:
   )
 
 
-def _reduce_axes(ndim: int, channel_axis: int) -> tuple[int, ...]:
-  return tuple(a for a in range(ndim) if a != channel_axis % ndim)
+def _reduce_axes(ndim: int, channel_axes: tuple[int, ...]) -> tuple[int, ...]:
+  return tuple(a for a in range(ndim) if a not in channel_axes)
+
+
+def _channel_count(shape: tuple[int, ...], channel_axes: tuple[int, ...]) -> int:
+  return math.prod(shape[a] for a in channel_axes)
 
 
 def is_projected(param: jax.Array) -> bool:
-  """Whether the test runs on a leaf: never on biases, normalization scales (ndim < 2), empty leaves."""
+  """Whether the test can run on a leaf: not on 0-d or 1-D leaves (one row per value), nor empty ones."""
   return param.ndim > 1 and param.size > 0
 
 
-def _channel_statistics(grad: jax.Array, param: jax.Array, channel_axis: int) -> ChannelStatistics:
-  """This shard's per-channel ``g.w, |g|^2, |w|^2`` of a projected leaf."""
-  reduce_axes = _reduce_axes(param.ndim, channel_axis)
+def _channel_statistics(
+  grad: jax.Array, param: jax.Array, channel_axes: tuple[int, ...]
+) -> ChannelStatistics:
+  """This shard's per-channel ``g.w, |g|^2, |w|^2`` of a projected leaf, one entry per channel."""
+  reduce_axes = _reduce_axes(param.ndim, channel_axes)
   dtype = _statistics_dtype(param.dtype)
   g, w = grad.astype(dtype), param.astype(dtype)
   # Each statistic is a reduction over the leading axes with its product
@@ -200,10 +210,12 @@ def _channel_statistics(grad: jax.Array, param: jax.Array, channel_axis: int) ->
   # reduction, and (b) sharing ``g * g`` with Adam's ``g**2``, which would
   # write g**2 to a param-sized temporary.
   g_squared_input = jax.lax.optimization_barrier(g)
-  g_dot_w = jnp.sum(g * w, axis=reduce_axes)
-  g_sq = jnp.sum(g_squared_input * g_squared_input, axis=reduce_axes)
-  w_sq = jnp.sum(w * w, axis=reduce_axes)
-  return ChannelStatistics(*jax.lax.optimization_barrier((g_dot_w, g_sq, w_sq)))
+  sums = (
+    jnp.sum(g * w, axis=reduce_axes),
+    jnp.sum(g_squared_input * g_squared_input, axis=reduce_axes),
+    jnp.sum(w * w, axis=reduce_axes),
+  )
+  return ChannelStatistics(*jax.lax.optimization_barrier(tuple(x.reshape(-1) for x in sums)))
 
 
 def _projectors_from_statistics(
@@ -213,7 +225,7 @@ def _projectors_from_statistics(
   delta: float,
   wd_ratio: Any,
   eps: float,
-  channel_axis: int,
+  channel_axes: Sequence[tuple[int, ...]],
   axis_name: AxisName,
   channel_axis_name: AxisName = None,
 ) -> list[tuple[RadialProjector, jax.Array]]:
@@ -232,7 +244,8 @@ def _projectors_from_statistics(
       shard the channel dim. Per-channel sums are psum'd over the former;
       the max over channels and the whole-tensor sums are reduced over the
       latter.
-    delta, wd_ratio, eps, channel_axis: as in :func:`detect_scale_invariance`.
+    delta, wd_ratio, eps: as in :func:`detect_scale_invariance`.
+    channel_axes: per leaf, its output-channel axes (see :func:`projected_channel_axes`).
 
   Returns:
     ``(projector, decay multiplier)`` per leaf.
@@ -252,10 +265,12 @@ def _projectors_from_statistics(
     return jnp.abs(dot) / (jnp.maximum(jnp.sqrt(a_sq), eps) * jnp.maximum(jnp.sqrt(b_sq), eps))
 
   # Global sizes: a shard's row length times the shards of the reduced dims.
-  row_length = np.array(
-    [math.prod(shape) // shape[channel_axis] * _mapped_size(axis_name) for shape in shapes]
+  channels = np.array(
+    [_channel_count(shape, axes) for shape, axes in zip(shapes, channel_axes, strict=True)]
   )
-  size = row_length * np.array([shape[channel_axis] for shape in shapes])
+  row_length = np.array([math.prod(shape) for shape in shapes]) // channels
+  row_length = row_length * _mapped_size(axis_name)
+  size = row_length * channels
   size = size * _mapped_size(channel_axis_name)
   channel_cosine = cosine(g_dot_w, g_sq, w_sq)
   if min(widths) < widest:  # padding channels must not win the max (0/0 if eps == 0)
@@ -283,14 +298,13 @@ def _projectors_from_statistics(
     coefficients = channel_weight * w_dot_u + (whole_weight * w_dot_u_total)[:, None]
 
   results = []
-  for i, (shape, width) in enumerate(zip(shapes, widths, strict=True)):
-    axis = channel_axis % len(shape)
-    broadcast_shape = [n if a == axis else 1 for a, n in enumerate(shape)]
+  for i, (shape, width, axes) in enumerate(zip(shapes, widths, channel_axes, strict=True)):
+    broadcast_shape = [n if a in axes else 1 for a, n in enumerate(shape)]
     per_channel = lambda x, i=i, width=width, shape=broadcast_shape: x[i, :width].reshape(shape)  # noqa: E731
     projector = RadialProjector(
       per_channel(channel_weight),
       whole_weight[i],
-      _reduce_axes(len(shape), channel_axis),
+      _reduce_axes(len(shape), axes),
       axis_name,
       channel_axis_name,
       None if coefficients is None else per_channel(coefficients),
@@ -304,25 +318,28 @@ def projectors_of_leaves(
   flat_grads: Sequence[Any],
   flat_params: Sequence[Any],
   flat_names: Sequence[tuple[AxisName, AxisName]],
+  flat_channel_axes: Sequence[tuple[int, ...] | None],
   *,
   known_statistics: dict[int, ChannelStatistics],
   batch_leaves: bool,
   delta: Any,
   wd_ratio: Any,
   eps: Any,
-  channel_axis: int,
 ) -> tuple[list[RadialProjector | None], list[jax.Array | None]]:
   """AdamP's test on flattened leaves: per leaf ``(projector, decay multiplier)``.
 
   The one place both paths decide and build the projection. Leaves that are
-  not projected (:func:`is_projected`) get no projector and a multiplier of 1
-  (None for a None gradient). The others' statistics are taken here unless
-  ``known_statistics`` has them by leaf index (the fused CPU pass).
+  not projected (no channel axes, see :func:`projected_channel_axes`) get no
+  projector and a multiplier of 1 (None for a None gradient). The others'
+  statistics are taken here unless ``known_statistics`` has them by leaf
+  index (the fused CPU pass).
 
   Args:
     flat_grads, flat_params: the leaves.
     flat_names: per leaf, ``(reduce-dim axes, channel-dim axes)``, see
       :func:`leaf_axis_names`.
+    flat_channel_axes: per leaf, its output-channel axes, or None if it is
+      not projected.
     known_statistics: statistics already computed, by leaf index.
     batch_leaves: run the small per-channel math of leaves with the same
       axes, dtype and kind of statistics together, in groups of similar
@@ -330,9 +347,8 @@ def projectors_of_leaves(
       propagates the stacked (replicated) statistics back into the updates
       and may return the params replicated, so only the single-device fused
       path batches.
-    delta, wd_ratio, eps, channel_axis: as in :func:`detect_scale_invariance`.
+    delta, wd_ratio, eps: as in :func:`detect_scale_invariance`.
   """
-  detection = dict(delta=delta, wd_ratio=wd_ratio, eps=eps, channel_axis=channel_axis)
   projectors: list[RadialProjector | None] = [None] * len(flat_params)
   multipliers: list[jax.Array | None] = [
     None if g is None else jnp.ones([], _statistics_dtype(p.dtype))
@@ -340,12 +356,13 @@ def projectors_of_leaves(
   ]
   flat_statistics: dict[int, ChannelStatistics] = {}
   groups: dict[tuple[Any, ...], list[int]] = {}
-  for i, (g, w, names) in enumerate(zip(flat_grads, flat_params, flat_names, strict=True)):
-    if g is None or not is_projected(w):
+  leaves = zip(flat_grads, flat_params, flat_names, flat_channel_axes, strict=True)
+  for i, (g, w, names, axes) in enumerate(leaves):
+    if g is None or axes is None:
       continue
     statistics = known_statistics.get(i)
     if statistics is None:
-      statistics = _channel_statistics(g, w, channel_axis)
+      statistics = _channel_statistics(g, w, axes)
     flat_statistics[i] = statistics
     # Leaves of one group are padded to its widest; grouping by the power of
     # two above the width bounds the padding by 2x each leaf's own statistics.
@@ -361,7 +378,10 @@ def projectors_of_leaves(
     results = _projectors_from_statistics(
       [flat_statistics[i] for i in indices],
       [flat_params[i].shape for i in indices],
-      **detection,
+      delta=delta,
+      wd_ratio=wd_ratio,
+      eps=eps,
+      channel_axes=[flat_channel_axes[i] for i in indices],  # type: ignore[misc]
       axis_name=names[0],
       channel_axis_name=names[1],
     )
@@ -376,16 +396,24 @@ def leaf_axis_names(
   params: Any,
   axis_name: AxisName,
   param_specs: Any,
-  channel_axis: int,
+  flat_channel_axes: Sequence[tuple[int, ...] | None] | None = None,
 ) -> list[tuple[AxisName, AxisName]]:
-  """``(reduce-dim axes, channel-dim axes)`` of every leaf, from ``axis_name``/``param_specs``."""
+  """``(reduce-dim axes, channel-dim axes)`` of every leaf, from ``axis_name``/``param_specs``.
+
+  A leaf without channel axes (None, or ``flat_channel_axes`` None) counts its last axis.
+  """
   if param_specs is None:
     return [(axis_name, None)] * len(flat_grads)
+  if flat_channel_axes is None:
+    flat_channel_axes = [None] * len(flat_grads)
   allowed = set(_axis_names(axis_name))
   flat_names = []
   flat_specs = treedef.flatten_up_to(_specs_per_leaf(param_specs, params))
-  for g, spec in zip(flat_grads, flat_specs, strict=True):
-    names = (None, None) if g is None else _spec_axis_names(spec, g.ndim, channel_axis)
+  for g, spec, axes in zip(flat_grads, flat_specs, flat_channel_axes, strict=True):
+    if g is None:
+      names: tuple[AxisName, AxisName] = (None, None)
+    else:
+      names = _spec_axis_names(spec, g.ndim, axes or (max(g.ndim - 1, 0),))
     unknown = set(_axis_names(names[0]) + _axis_names(names[1])) - allowed
     if axis_name is not None and unknown:
       raise ValueError(
@@ -395,38 +423,139 @@ def leaf_axis_names(
   return flat_names
 
 
-def check_channel_axes(params: Any, channel_axis: int) -> None:
-  """Raises ValueError naming the first projected leaf that has no axis ``channel_axis``."""
-  for path, leaf in jax.tree_util.tree_flatten_with_path(params, is_leaf=lambda x: x is None)[0]:
-    if leaf is None or not hasattr(leaf, "ndim") or not is_projected(leaf):
-      continue
-    if not -leaf.ndim <= channel_axis < leaf.ndim:
-      raise ValueError(
-        f"channel_axis must be in [-{leaf.ndim}, {leaf.ndim}) for every param with ndim > 1, "
-        f"got {channel_axis}, but the leaf '{path_name(path)}' has shape {tuple(leaf.shape)}."
+def _is_axes(x: Any) -> bool:
+  """A per-leaf channel-axis value: an int, a tuple of ints, or None (inferred)."""
+  if x is None or (isinstance(x, (int, np.integer)) and not isinstance(x, bool)):
+    return True
+  return isinstance(x, tuple) and all(
+    isinstance(a, (int, np.integer)) and not isinstance(a, bool) for a in x
+  )
+
+
+def _per_leaf(option: Any, params: Any, treedef: Any, is_value: Any, what: str) -> list[Any]:
+  """A per-leaf option, flattened like ``treedef``: one value for every leaf, a tree, or a function.
+
+  A tree may be a prefix of the params (as optax's masks and shard_map's
+  specs are); a function is called on the params and returns such a tree.
+  """
+  if is_value(option):
+    return [option] * treedef.num_leaves
+  tree = option(params) if callable(option) else option
+  try:
+    broadcast = jax.tree.map(
+      lambda value, subtree: jax.tree.map(lambda _: value, subtree, is_leaf=lambda x: x is None),
+      tree,
+      params,
+      is_leaf=is_value,
+    )
+    return treedef.flatten_up_to(broadcast)
+  except (ValueError, TypeError) as error:
+    raise ValueError(
+      f"{what} must be one value for every leaf, a tree with the params' structure (or a "
+      f"prefix of it), or a function of the params that returns one; got {describe(tree)}, "
+      f"which does not match the params: {error}"
+    ) from None
+
+
+def _projected_by_default(role: LeafRole) -> bool:
+  """What the official AdamP projects (weights, with ndim > 1), never biases or norm parameters."""
+  return role.kind not in ("bias", "norm")
+
+
+def projected_channel_axes(
+  params: Any, treedef: Any, *, channel_axis: Any = None, projection_mask: Any = None
+) -> list[tuple[int, ...] | None]:
+  """Per leaf of ``treedef``, the output-channel axes the projection uses, or None if not projected.
+
+  A leaf is projected when it has ``ndim > 1`` and elements, and
+  ``projection_mask`` selects it (by default every leaf but the biases and
+  normalization parameters, see :mod:`decoupled_optax._layout`). Its channel
+  axes are ``channel_axis``'s for that leaf if given, else those read from the
+  model, else the last axis.
+  """
+  flat_params = treedef.flatten_up_to(params)
+  roles = leaf_roles(params)
+  if len(roles) != len(flat_params):  # pragma: no cover - a tree jax flattens differently
+    roles = [LeafRole("unknown", None, None)] * len(flat_params)
+  flat_axes = _per_leaf(channel_axis, params, treedef, _is_axes, "channel_axis")
+  if projection_mask is None:
+    flat_mask = [_projected_by_default(role) for role in roles]
+  else:
+    flat_mask = _per_leaf(projection_mask, params, treedef, _is_mask_value, "projection_mask")
+  paths = [path for path, _ in jax.tree_util.tree_flatten_with_path(params, is_leaf=_is_none)[0]]
+  result: list[tuple[int, ...] | None] = []
+  for path, leaf, role, axes, selected in zip(
+    paths, flat_params, roles, flat_axes, flat_mask, strict=True
+  ):
+    if not _is_mask_value(selected):
+      raise TypeError(
+        f"projection_mask must give one Python bool per leaf, got {describe(selected)} at "
+        f"'{path_name(path)}'."
       )
+    if leaf is None or not bool(selected) or not is_projected(leaf):
+      result.append(None)
+      continue
+    if not _is_axes(axes):
+      raise TypeError(
+        f"channel_axis must give an int or a tuple of ints per leaf, got {describe(axes)} at "
+        f"'{path_name(path)}'."
+      )
+    chosen = axes if axes is not None else role.channel_axes or (leaf.ndim - 1,)
+    try:
+      result.append(normalized_axes(chosen, leaf.ndim))
+    except ValueError as error:
+      raise ValueError(
+        f"channel_axis: {error}, but the leaf '{path_name(path)}' has shape "
+        f"{tuple(leaf.shape)}; give axes in [-{leaf.ndim}, {leaf.ndim})."
+      ) from None
+  return result
 
 
-def check_update_inputs(grads: Any, params: Any, channel_axis: int) -> None:
+def _is_none(x: Any) -> bool:
+  return x is None
+
+
+def check_update_inputs(grads: Any, params: Any) -> None:
   """The checks every update of the radial projection runs on its inputs, at trace time."""
   require_params(params)
   check_same_structure("grads", grads, params)
   check_real_params(params, allow_complex=False, transform="the radial projection")
-  check_channel_axes(params, channel_axis)
+
+
+def _is_mask_value(x: Any) -> bool:
+  return isinstance(x, (bool, np.bool_))
 
 
 def check_projection_arguments(
-  *, delta: Any, wd_ratio: Any, eps: Any, channel_axis: Any, axis_name: Any
+  *,
+  delta: Any,
+  wd_ratio: Any,
+  eps: Any,
+  channel_axis: Any,
+  axis_name: Any,
+  projection_mask: Any = None,
 ) -> None:
   """The projection's hyperparameters, shared by every constructor that takes them."""
   check_positive("delta", delta)
   check_non_negative("wd_ratio", wd_ratio)
   check_non_negative("eps", eps)
-  if isinstance(channel_axis, bool) or not isinstance(channel_axis, (int, np.integer)):
+  if not callable(channel_axis) and not all(
+    _is_axes(x) for x in jax.tree.leaves(channel_axis, is_leaf=_is_axes)
+  ):
     raise TypeError(
-      f"channel_axis must be a Python int, got {describe(channel_axis)}. Under "
+      "channel_axis must be None (read from the model), a Python int or tuple of ints, a tree "
+      f"of them per leaf, or a function of the params, got {describe(channel_axis)}. Under "
       "optax.inject_hyperparams pass static_args=('channel_axis',), or use "
       "decoupled_optax.inject_hyperparams, which does it for you."
+    )
+  if not callable(projection_mask) and not all(
+    _is_mask_value(x) for x in jax.tree.leaves(projection_mask)
+  ):
+    raise TypeError(
+      "projection_mask must be None (weights, never biases or normalization parameters), a "
+      "Python bool, a tree of Python bools per leaf, or a function of the params that returns "
+      f"one, got {describe(projection_mask)}. Under optax.inject_hyperparams pass "
+      "static_args=('projection_mask',), or use decoupled_optax.inject_hyperparams."
     )
   check_axis_name(axis_name)
 
@@ -442,6 +571,13 @@ def check_axis_name(axis_name: Any) -> None:
     )
 
 
+ChannelAxis = Any
+"""None (read from the model), an int or tuple of ints, a tree of them per leaf, or a function."""
+
+ProjectionMask = Any
+"""None (weights, not biases or norm parameters), a bool, a tree of bools, or a function."""
+
+
 def scale_invariance(
   grads: optax.Updates,
   params: optax.Params,
@@ -449,39 +585,56 @@ def scale_invariance(
   delta: float = 0.1,
   wd_ratio: float = 0.1,
   eps: float = 1e-8,
-  channel_axis: int = -1,
+  channel_axis: ChannelAxis = None,
+  projection_mask: ProjectionMask = None,
   axis_name: AxisName = None,
   param_specs: Any = None,
 ) -> tuple[Any, Any]:
   """Runs AdamP's scale-invariance test on every leaf.
 
-  ``axis_name`` and ``param_specs`` are as in :func:`detect_scale_invariance`.
+  The arguments are as in :func:`detect_scale_invariance`.
 
   Returns:
     ``(projectors, multipliers)``: trees with the structure of ``params``.
-    A projector is None for leaves that are never projected (ndim < 2 or
-    empty); a multiplier is ``wd_ratio`` where a view was found scale
-    invariant and 1 elsewhere.
+    A projector is None for leaves that are not projected (see
+    ``projection_mask``; never 0-d, 1-D or empty leaves); a multiplier is
+    ``wd_ratio`` where a view was found scale invariant and 1 elsewhere.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import decoupled_optax as dopt
+    >>> w = {"kernel": jnp.eye(2), "bias": jnp.ones((2, 2))}
+    >>> g = {"kernel": jnp.array([[0.0, 1.0], [-1.0, 0.0]]), "bias": jnp.ones((2, 2))}
+    >>> projectors, multipliers = dopt.scale_invariance(g, w, wd_ratio=0.1)
+    >>> projectors["bias"] is None, round(float(multipliers["kernel"]), 3)  # a bias: never
+    (True, 0.1)
   """
   check_projection_arguments(
-    delta=delta, wd_ratio=wd_ratio, eps=eps, channel_axis=channel_axis, axis_name=axis_name
+    delta=delta,
+    wd_ratio=wd_ratio,
+    eps=eps,
+    channel_axis=channel_axis,
+    axis_name=axis_name,
+    projection_mask=projection_mask,
   )
-  check_update_inputs(grads, params, channel_axis)
-  is_none = lambda x: x is None  # noqa: E731
-  treedef = jax.tree.structure(grads, is_leaf=is_none)
+  check_update_inputs(grads, params)
+  treedef = jax.tree.structure(grads, is_leaf=_is_none)
   flat_grads = treedef.flatten_up_to(grads)
   flat_params = treedef.flatten_up_to(params)
-  flat_names = leaf_axis_names(treedef, flat_grads, params, axis_name, param_specs, channel_axis)
+  flat_axes = projected_channel_axes(
+    params, treedef, channel_axis=channel_axis, projection_mask=projection_mask
+  )
+  flat_names = leaf_axis_names(treedef, flat_grads, params, axis_name, param_specs, flat_axes)
   flat_projectors, flat_multipliers = projectors_of_leaves(
     flat_grads,
     flat_params,
     flat_names,
+    flat_axes,
     known_statistics={},
     batch_leaves=False,
     delta=delta,
     wd_ratio=wd_ratio,
     eps=eps,
-    channel_axis=channel_axis,
   )
   projectors = treedef.unflatten(flat_projectors)
   multipliers = treedef.unflatten(flat_multipliers)
@@ -503,13 +656,15 @@ def detect_scale_invariance(
   delta: float = 0.1,
   wd_ratio: float = 0.1,
   eps: float = 1e-8,
-  channel_axis: int = -1,
+  channel_axis: ChannelAxis = None,
+  projection_mask: ProjectionMask = None,
   axis_name: AxisName = None,
   param_specs: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Wraps ``inner`` and tells its transforms which leaves are scale invariant.
 
-  For every leaf with ``ndim > 1`` the official AdamP test runs on the raw
+  For every weight with ``ndim > 1`` (never a bias or a normalization
+  parameter, whatever its rank: see ``projection_mask``) the official AdamP test runs on the raw
   gradient ``g`` and the parameter ``w``: first the channel view (one row per
   output channel), then the whole-tensor view. A view holds if
 
@@ -527,8 +682,26 @@ def detect_scale_invariance(
     delta: threshold of the cosine test, > 0 (official default 0.1).
     wd_ratio: >= 0, multiplies the weight decay of projected leaves.
     eps: guards the norms, as in the official code.
-    channel_axis: the output-channel axis. The default -1 is Flax's layout
-      (conv kernels HWIO, dense kernels ``(in, out)``); PyTorch's is 0.
+    channel_axis: the output-channel axes. None (default): read from the
+      model. Equinox layers (``eqx.filter``'s module tree) store PyTorch's
+      layout, output channel on axis 0; Flax linen and NNX ``kernel``\ s put
+      it last (all the dims their module's ``bias`` has: a
+      ``MultiHeadDotProductAttention`` query kernel ``(in, heads, head_dim)``
+      has one row per ``(head, dim)``, as PyTorch's ``(heads * head_dim, in)``
+      weight); embeddings have one row per token (axis 0). Where the tree
+      does not say (a bare dict of arrays, a custom module's own field), the
+      last axis. An int or a tuple of ints overrides it for every leaf (0
+      for PyTorch-layout arrays in a bare dict); a tree of them (None: read
+      from the model), or a function of the params returning one, sets it
+      per leaf.
+    projection_mask: which leaves may be projected. None (default): every
+      leaf but biases and normalization parameters (Flax's ``bias`` and
+      ``scale``, Equinox's ``bias`` fields and its norm layers' parameters),
+      which the official code never projects because PyTorch keeps them 1-D.
+      ``True`` is the official rule taken literally: every leaf with ``ndim
+      > 1``, biases included. A tree of bools (a prefix of the params) or a
+      function of the params returning one, as optax's masks. 0-d, 1-D and
+      empty leaves are never projected.
     axis_name: under ``shard_map`` or ``pmap`` with params sharded across
       devices, the mapped axis name(s) that shard them. Without
       ``param_specs``, every leaf with ``ndim > 1`` must be sharded over all
@@ -568,7 +741,12 @@ def detect_scale_invariance(
   """
   check_transform("inner", inner)
   check_projection_arguments(
-    delta=delta, wd_ratio=wd_ratio, eps=eps, channel_axis=channel_axis, axis_name=axis_name
+    delta=delta,
+    wd_ratio=wd_ratio,
+    eps=eps,
+    channel_axis=channel_axis,
+    axis_name=axis_name,
+    projection_mask=projection_mask,
   )
   inner = optax.with_extra_args_support(inner)
 
@@ -590,6 +768,7 @@ def detect_scale_invariance(
       wd_ratio=wd_ratio,
       eps=eps,
       channel_axis=channel_axis,
+      projection_mask=projection_mask,
       axis_name=axis_name,
       param_specs=param_specs,
     )
