@@ -1,4 +1,4 @@
-"""Weight-decay masks: decay the kernels, not the biases and normalization scales.
+"""Weight-decay masks: decay the weights, not the biases and normalization parameters.
 
 The common recipe (BERT, timm's ``filter_bias_and_bn``, the AdamP paper's
 ``wd_ratio`` aside) decays only the weight matrices and convolution kernels.
@@ -12,7 +12,10 @@ The common recipe (BERT, timm's ``filter_bias_and_bn``, the AdamP paper's
   updates with pure arrays), so optax raises a pytree structure error; this
   mask treats each ``nnx.Variable`` as one leaf and puts a single bool there,
   which optax applies as a prefix to both forms;
-* any other pytree of arrays.
+* Equinox models, as ``eqx.filter`` returns them: the layers are
+  recognised by their classes (equinox is not imported here), so a conv bias
+  of shape ``(out, 1, 1)`` or a 3-D ``LayerNorm`` weight is not decayed;
+* any other pytree of arrays, by rank.
 
 Pass the function itself as the mask (it is called on the updates at every
 step), or the tree it returns::
@@ -32,6 +35,7 @@ from typing import Any
 
 import jax
 
+from decoupled_optax._layout import is_nnx_variable, leaf_roles
 from decoupled_optax._validation import check_number, describe
 from decoupled_optax.weight_decay import MASK_AS_SCHEDULE_HINT
 
@@ -40,37 +44,10 @@ from decoupled_optax.weight_decay import MASK_AS_SCHEDULE_HINT
 DEFAULT_EXCLUDED_NAMES: tuple[str, ...] = ("bias", "scale")
 
 
-def _is_nnx_variable(x: Any) -> bool:
-  """True for an ``nnx.Variable`` (``nnx.Param``, ``nnx.BatchStat``, ...).
-
-  Flax is imported only if the caller already did: without it no leaf can be
-  a Variable.
-  """
-  if "flax" not in sys.modules:
-    return False
-  try:
-    from flax import nnx
-  except ImportError:  # pragma: no cover - flax partially installed
-    return False
-  return isinstance(x, nnx.Variable)
-
-
 def _leaf_ndim(x: Any) -> int:
-  if _is_nnx_variable(x):
+  if is_nnx_variable(x):
     x = x.get_value() if hasattr(x, "get_value") else x.value
   return getattr(x, "ndim", 0)
-
-
-def _leaf_name(path: tuple[Any, ...]) -> str | None:
-  """The last dict key or attribute name of a key path, as a string."""
-  for key in reversed(path):
-    name = getattr(key, "key", None)
-    if name is None:
-      name = getattr(key, "name", None)
-    if name is None or name == "value":  # an unwrapped Variable's ``.value``
-      continue
-    return str(name)
-  return None
 
 
 def _check_mask_options(exclude_names: Any, min_ndim: Any) -> tuple[str, ...]:
@@ -97,19 +74,30 @@ def weight_decay_mask(
   exclude_names: Collection[str] = DEFAULT_EXCLUDED_NAMES,
   min_ndim: int = 2,
 ) -> Any:
-  """Mask that decays kernels and skips biases and normalization scales.
+  """Mask that decays weights and embeddings, never biases or normalization parameters.
 
-  A leaf is decayed (``True``) when it has at least ``min_ndim`` dimensions
-  and its name (the last key of its path) is not in ``exclude_names``. With
-  the defaults, ``kernel`` of ``Dense``/``Conv``/``nnx.Linear``/``nnx.Conv``
-  and ``embedding`` are decayed; ``bias`` and every norm's ``scale`` (1-D)
-  are not.
+  A leaf is decayed (``True``) by what it is, read from the model (see
+  :func:`decoupled_optax.detect_scale_invariance`'s ``channel_axis`` for
+  the same reading):
+
+  * Equinox (the module tree of ``eqx.filter``): the ``weight`` of
+    ``Linear``, ``Conv*``, ``ConvTranspose*``, ``Embedding``, ``GRUCell`` and
+    ``LSTMCell``; never a bias, whatever its rank (a conv bias is
+    ``(out, 1, 1)``), nor the weight or bias of ``LayerNorm``, ``GroupNorm``,
+    ``BatchNorm`` or ``RMSNorm``, whatever their rank.
+  * Flax linen and NNX: ``kernel`` and ``embedding``; never ``bias`` nor a
+    norm's ``scale``.
+  * Leaves whose role the tree does not say (a bare dict, a custom module's
+    own field): decayed when they have at least ``min_ndim`` dims.
+
+  In every case a leaf with fewer than ``min_ndim`` dims, or whose name (the
+  last key of its path) is in ``exclude_names``, is not decayed.
 
   Args:
     params: Flax linen params, NNX state (with ``nnx.Param`` nodes or pure
       arrays), an ``nnx.Module`` (its ``nnx.Param`` state is used) or any
       pytree of arrays.
-    exclude_names: leaf names never decayed.
+    exclude_names: leaf names never decayed (e.g. add ``"embedding"``).
     min_ndim: leaves with fewer dimensions are never decayed.
 
   Returns:
@@ -138,13 +126,15 @@ def weight_decay_mask(
       "weight_decay_mask got a scalar instead of a params pytree. " + MASK_AS_SCHEDULE_HINT
     )
   excluded = frozenset(_check_mask_options(exclude_names, min_ndim))
-
-  def decide(path: tuple[Any, ...], leaf: Any) -> bool:
-    if leaf is None:
-      return False
-    return _leaf_ndim(leaf) >= min_ndim and _leaf_name(path) not in excluded
-
-  return jax.tree_util.tree_map_with_path(decide, params, is_leaf=_is_nnx_variable)
+  leaves, treedef = jax.tree.flatten(params, is_leaf=lambda x: x is None or is_nnx_variable(x))
+  decisions = [
+    leaf is not None
+    and role.kind not in ("bias", "norm")
+    and _leaf_ndim(leaf) >= min_ndim
+    and role.name not in excluded
+    for leaf, role in zip(leaves, leaf_roles(params), strict=True)
+  ]
+  return jax.tree.unflatten(treedef, decisions)
 
 
 def make_weight_decay_mask(
