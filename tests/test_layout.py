@@ -1,0 +1,332 @@
+"""Each leaf's role and layout, read from the model: Equinox, Flax linen and NNX, bare trees.
+
+The projection and the decay mask must do what the official AdamP and the
+common recipes do on the same model in PyTorch, without a layout argument:
+an Equinox model is compared with ``adamp.AdamP`` on the same weights, and a
+linen GPT's every projection decision with the official ``_projection`` test
+on the same weights in torch layout.
+"""
+
+from __future__ import annotations
+
+import math
+
+import equinox as eqx
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import torch
+from adamp import AdamP
+from flax import nnx
+from sklearn.datasets import load_digits
+
+import decoupled_optax as dopt
+from decoupled_optax._layout import leaf_roles
+
+KEY = jax.random.key(0)
+
+
+class _CNN(eqx.Module):
+  """Conv -> InstanceNorm (GroupNorm, one group per channel) -> ReLU, twice, then a linear head."""
+
+  conv1: eqx.nn.Conv2d
+  norm1: eqx.nn.GroupNorm
+  conv2: eqx.nn.Conv2d
+  norm2: eqx.nn.GroupNorm
+  head: eqx.nn.Linear
+
+  def __init__(self, key: jax.Array) -> None:
+    k1, k2, k3 = jax.random.split(key, 3)
+    self.conv1 = eqx.nn.Conv2d(1, 8, 3, padding=1, key=k1)
+    self.norm1 = eqx.nn.GroupNorm(8, 8)
+    self.conv2 = eqx.nn.Conv2d(8, 16, 3, padding=1, key=k2)
+    self.norm2 = eqx.nn.GroupNorm(16, 16)
+    self.head = eqx.nn.Linear(16, 10, key=k3)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = jax.nn.relu(self.norm1(self.conv1(x)))
+    x = jax.nn.relu(self.norm2(self.conv2(x)))
+    return self.head(jnp.mean(x, axis=(1, 2)))
+
+
+def _digits_batches(steps: int, batch: int = 32) -> list[tuple[np.ndarray, np.ndarray]]:
+  digits = load_digits()
+  images = (digits.images / 16.0).astype(np.float32)[:, None]  # (n, 1, 8, 8)
+  rng = np.random.default_rng(0)
+  batches = []
+  for _ in range(steps):
+    index = rng.choice(len(images), batch, replace=False)
+    batches.append((images[index], digits.target[index]))
+  return batches
+
+
+def _eqx_loss(params: _CNN, x: jax.Array, y: jax.Array) -> jax.Array:
+  logits = jax.vmap(params)(x)
+  return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+
+def _eqx_torch_layout(path: tuple, leaf: np.ndarray) -> np.ndarray:
+  """Equinox is PyTorch's layout, but for its conv biases, (out, 1, 1) against torch's (out,)."""
+  return leaf.reshape(-1) if jax.tree_util.keystr(path).endswith("bias") else leaf
+
+
+def _equinox_against_official(steps: int = 12, **options) -> float:
+  """Largest relative difference per leaf between our adamp and adamp.AdamP over ``steps``."""
+  lr, weight_decay = 1e-2, 5e-2
+  params = eqx.filter(_CNN(KEY), eqx.is_inexact_array)
+  tx = dopt.adamp(lr, weight_decay, weight_decay_convention="torch", **options)
+  state = tx.init(params)
+  paths_leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+  torch_params = [
+    torch.nn.Parameter(torch.tensor(_eqx_torch_layout(p, np.asarray(x)))) for p, x in paths_leaves
+  ]
+  official = AdamP(torch_params, lr=lr, weight_decay=weight_decay, delta=0.1, wd_ratio=0.1)
+  grad_fn = jax.jit(jax.grad(_eqx_loss))
+  update = jax.jit(tx.update)
+  worst = 0.0
+  for x, y in _digits_batches(steps):
+    grads = grad_fn(params, x, y)
+    for parameter, (path, g) in zip(
+      torch_params, jax.tree_util.tree_flatten_with_path(grads)[0], strict=True
+    ):
+      parameter.grad = torch.tensor(_eqx_torch_layout(path, np.asarray(g)))
+    official.step()
+    updates, state = update(grads, state, params)
+    params = eqx.apply_updates(params, updates)
+    for parameter, (path, ours) in zip(
+      torch_params, jax.tree_util.tree_flatten_with_path(params)[0], strict=True
+    ):
+      reference = parameter.detach().numpy().astype(np.float64)
+      ours = _eqx_torch_layout(path, np.asarray(ours, np.float64))
+      worst = max(worst, float(np.linalg.norm(ours - reference) / np.linalg.norm(reference)))
+  return worst
+
+
+@pytest.mark.parametrize("cpu_kernel", [None, False])
+def test_equinox_adamp_equals_official_without_channel_axis(cpu_kernel):
+  assert _equinox_against_official(cpu_kernel=cpu_kernel) < 1e-5
+
+
+def test_equinox_with_flax_axis_is_not_the_official_adamp():
+  """The comparison can fail: forcing Flax's axis on Equinox's layout departs from the official."""
+  assert _equinox_against_official(channel_axis=-1, cpu_kernel=False) > 1e-4
+
+
+def test_equinox_projects_conv_weights_per_output_channel():
+  params = eqx.filter(_CNN(KEY), eqx.is_inexact_array)
+  x, y = _digits_batches(1)[0]
+  grads = jax.grad(_eqx_loss)(params, x, y)
+  projectors, multipliers = dopt.scale_invariance(grads, params)
+  # Instance-normalised convs: every output channel (axis 0) is scale invariant.
+  for conv in (projectors.conv1, projectors.conv2):
+    assert int(conv.weight.view) == 1 and conv.weight.channel_weight.shape[0] > 1
+    assert conv.bias is None  # (out, 1, 1): a bias, never projected
+  assert projectors.norm1.weight is None and projectors.head.bias is None
+  assert float(multipliers.conv1.bias) == 1.0
+
+
+def test_equinox_roles_and_mask():
+  class Model(eqx.Module):
+    conv: eqx.nn.Conv2d
+    transposed: eqx.nn.ConvTranspose2d
+    linear: eqx.nn.Linear
+    embedding: eqx.nn.Embedding
+    layer_norm: eqx.nn.LayerNorm
+    batch_norm: eqx.nn.BatchNorm
+    rms_norm: eqx.nn.RMSNorm
+
+    def __init__(self):
+      self.conv = eqx.nn.Conv2d(3, 8, 3, key=KEY)
+      self.transposed = eqx.nn.ConvTranspose2d(8, 4, 3, key=KEY)
+      self.linear = eqx.nn.Linear(8, 4, key=KEY)
+      self.embedding = eqx.nn.Embedding(10, 4, key=KEY)
+      self.layer_norm = eqx.nn.LayerNorm((4, 5, 6))  # a 3-D weight: still a norm's
+      self.batch_norm = eqx.nn.BatchNorm(8, "batch", mode="batch")
+      self.rms_norm = eqx.nn.RMSNorm(4)
+
+  model = eqx.filter(Model(), eqx.is_inexact_array)
+  mask = dopt.weight_decay_mask(model)
+  assert mask.conv.weight and mask.transposed.weight and mask.linear.weight
+  assert mask.embedding.weight
+  assert not (mask.conv.bias or mask.transposed.bias or mask.linear.bias)
+  assert not (mask.layer_norm.weight or mask.layer_norm.bias)
+  assert not (mask.batch_norm.weight or mask.batch_norm.bias or mask.rms_norm.weight)
+  # A callable mask through the alias decays exactly those leaves.
+  tx = dopt.adamw(0.0, 0.5, weight_decay_convention="paper", mask=dopt.weight_decay_mask)
+  grads = jax.tree.map(jnp.zeros_like, model)
+  updates, _ = tx.update(grads, tx.init(model), model)
+  assert jnp.allclose(updates.conv.weight, -0.5 * model.conv.weight)
+  assert not jnp.any(updates.conv.bias) and not jnp.any(updates.layer_norm.weight)
+  flat = jax.tree_util.tree_flatten_with_path(model, is_leaf=lambda x: x is None)[0]
+  roles = {jax.tree_util.keystr(p): r for (p, _), r in zip(flat, leaf_roles(model), strict=True)}
+  assert roles[".conv.weight"].channel_axes == (0,)
+  assert roles[".embedding.weight"] == ("embedding", "weight", (0,))
+  assert roles[".conv.bias"].kind == "bias" and roles[".layer_norm.weight"].kind == "norm"
+
+
+class _Block(nn.Module):
+  heads: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    mask = nn.make_causal_mask(jnp.ones(x.shape[:2]))
+    x = x + nn.MultiHeadDotProductAttention(self.heads)(nn.LayerNorm()(x), mask=mask)
+    hidden = nn.gelu(nn.Dense(4 * x.shape[-1])(nn.LayerNorm()(x)))
+    return x + nn.Dense(x.shape[-1])(hidden)
+
+
+class _GPT(nn.Module):
+  vocab: int = 32
+  width: int = 16
+  heads: int = 2
+  length: int = 8
+
+  @nn.compact
+  def __call__(self, tokens: jax.Array) -> jax.Array:
+    x = nn.Embed(self.vocab, self.width)(tokens)
+    x = x + nn.Embed(self.length, self.width, name="position")(jnp.arange(tokens.shape[1]))
+    for _ in range(2):
+      x = _Block(self.heads)(x)
+    return nn.Dense(self.vocab)(nn.LayerNorm()(x))
+
+
+def _gpt_torch_layout(path: tuple, leaf: np.ndarray) -> np.ndarray:
+  """The same weight as torch's nn.MultiheadAttention/Linear/Embedding would hold it."""
+  names = [getattr(k, "key", None) for k in path]
+  if names[-1] == "bias":
+    return leaf.reshape(-1)  # MHA's (heads, head_dim) biases are one (heads * head_dim,) vector
+  if names[-1] != "kernel":
+    return leaf  # embeddings (one row per token) and LayerNorm scales
+  if names[-2] in ("query", "key", "value"):  # (in, heads, head_dim) -> (heads * head_dim, in)
+    return leaf.reshape(leaf.shape[0], -1).T
+  if names[-2] == "out":  # (heads, head_dim, out) -> (out, heads * head_dim)
+    return leaf.reshape(-1, leaf.shape[-1]).T
+  return leaf.T  # Dense (in, out) -> Linear (out, in)
+
+
+def _official_view(p: torch.Tensor, g: torch.Tensor, delta: float = 0.1, eps: float = 1e-8) -> int:
+  """The official AdamP.step's decision: 0 not projected, 1 the channel view, 2 the whole tensor."""
+  official = AdamP([torch.zeros(1, requires_grad=True)])
+  if p.ndim <= 1:
+    return 0
+  for view, view_func in ((1, official._channel_view), (2, official._layer_view)):
+    cosine = official._cosine_similarity(g, p, eps, view_func)
+    if cosine.max() < delta / math.sqrt(view_func(p).size(1)):
+      return view
+  return 0
+
+
+def _gpt_disagreements(steps: int = 12, **options) -> tuple[int, int, int]:
+  """(disagreements, decisions, projected) of our test against the official one along a run."""
+  model = _GPT()
+  rng = np.random.default_rng(0)
+  batches = [rng.integers(0, 32, (4, 8)) for _ in range(steps)]
+  params = model.init(KEY, batches[0])["params"]
+  tx = dopt.adamp(3e-3, 1e-2, weight_decay_convention="torch")
+
+  def loss(params, tokens):
+    logits = model.apply({"params": params}, tokens[:, :-1])
+    return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
+
+  grad_fn, update = jax.jit(jax.grad(loss)), jax.jit(tx.update)
+  decide = jax.jit(lambda g, p: dopt.scale_invariance(g, p, **options)[0])
+  state = tx.init(params)
+  disagreements = decisions = projected = 0
+  for tokens in batches:
+    grads = grad_fn(params, tokens)
+    projectors = decide(grads, params)
+    flat_projectors = jax.tree.leaves(
+      projectors, is_leaf=lambda x: x is None or isinstance(x, dopt.RadialProjector)
+    )
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    for (path, w), g, projector in zip(flat, jax.tree.leaves(grads), flat_projectors, strict=True):
+      ours = 0 if projector is None else int(projector.view)
+      theirs = _official_view(
+        torch.tensor(np.ascontiguousarray(_gpt_torch_layout(path, np.asarray(w)))),
+        torch.tensor(np.ascontiguousarray(_gpt_torch_layout(path, np.asarray(g)))),
+      )
+      disagreements += ours != theirs
+      decisions += 1
+      projected += theirs != 0
+    updates, state = update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+  return disagreements, decisions, projected
+
+
+def test_gpt_every_decision_matches_the_official_adamp():
+  disagreements, decisions, projected = _gpt_disagreements()
+  assert decisions == 12 * 38 and projected > 0
+  assert disagreements == 0
+
+
+def test_gpt_projecting_every_multi_dim_leaf_departs_from_the_official():
+  """The comparison can fail: projection_mask=True also tests (heads, head_dim) biases."""
+  disagreements, _, _ = _gpt_disagreements(projection_mask=True)
+  assert disagreements > 0
+
+
+def test_flax_attention_kernels_have_their_bias_dims_as_output_axes():
+  params = _GPT().init(KEY, jnp.zeros((1, 8), jnp.int32))["params"]
+  roles = {
+    jax.tree_util.keystr(p): r
+    for (p, _), r in zip(
+      jax.tree_util.tree_flatten_with_path(params)[0], leaf_roles(params), strict=True
+    )
+  }
+  attention = "['_Block_0']['MultiHeadDotProductAttention_0']"
+  assert roles[attention + "['query']['kernel']"].channel_axes == (1, 2)
+  assert roles[attention + "['out']['kernel']"].channel_axes == (2,)
+  assert roles[attention + "['key']['bias']"].kind == "bias"
+  assert roles["['Embed_0']['embedding']"].channel_axes == (0,)
+  mask = dopt.weight_decay_mask(params)
+  assert mask["_Block_0"]["MultiHeadDotProductAttention_0"]["key"]["kernel"]
+  assert not mask["_Block_0"]["MultiHeadDotProductAttention_0"]["key"]["bias"]
+
+
+def test_nnx_state_roles_match_linen():
+  class Model(nnx.Module):
+    def __init__(self):
+      self.attention = nnx.MultiHeadAttention(2, 8, 8, rngs=nnx.Rngs(0), decode=False)
+      self.norm = nnx.LayerNorm(8, rngs=nnx.Rngs(0))
+
+  state = nnx.state(Model(), nnx.Param)
+  roles = leaf_roles(state)
+  kinds = [r.kind for r in roles]
+  assert kinds.count("weight") == 4 and kinds.count("bias") == 5 and kinds.count("norm") == 1
+  assert {r.channel_axes for r in roles if r.kind == "weight"} == {(1, 2), (2,)}
+
+
+def test_bare_trees_keep_the_last_axis_and_explicit_axes_override():
+  params = {"w": jnp.arange(12.0).reshape(3, 4) + 1.0}
+  grads = {"w": jnp.ones((3, 4))}
+  assert leaf_roles(params)[0].kind == "unknown"
+  default, _ = dopt.scale_invariance(grads, params)
+  assert default["w"].channel_weight.shape == (1, 4)  # one row per column: the last axis
+  for axis in (0, {"w": 0}, lambda p: {"w": (0,)}):
+    projector = dopt.scale_invariance(grads, params, channel_axis=axis)[0]["w"]
+    assert projector.channel_weight.shape == (3, 1)
+
+
+def test_bad_channel_axes_name_the_leaf():
+  params = {"w": jnp.ones((3, 4))}
+  with pytest.raises(ValueError, match="'w' has shape"):
+    dopt.scale_invariance(params, params, channel_axis=2)
+  with pytest.raises(ValueError, match="channel_axis must be one value"):
+    dopt.scale_invariance(params, params, channel_axis={"v": 0})
+  with pytest.raises(TypeError, match="channel_axis must be None"):
+    dopt.adamp(1e-3, 0.0, channel_axis=1.5)
+  with pytest.raises(TypeError, match="projection_mask must be None"):
+    dopt.adamp(1e-3, 0.0, projection_mask="bias")
+
+
+def test_projection_mask_selects_leaves_and_diagnostics_report_them_unprojected():
+  params = {"a": jnp.eye(3), "b": jnp.eye(3)}
+  grads = {"a": jnp.array([[0.0, 1.0, 0.0], [-1.0, 0.0, 0.0], [0.0, 0.0, 0.0]])}
+  grads["b"] = grads["a"]
+  tx = dopt.with_diagnostics(dopt.adamp(1e-3, 0.0, projection_mask={"a": True, "b": False}))
+  _, state = tx.update(grads, tx.init(params), params)
+  report = dopt.read_diagnostics(state)
+  assert int(report["projection/a"]) == 1 and int(report["projection/b"]) == 0
