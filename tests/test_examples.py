@@ -41,7 +41,10 @@ def _load(relative: str) -> ModuleType:
   return module
 
 
-@pytest.mark.parametrize("script", ["examples/flax_linen_digits.py", "examples/flax_nnx_digits.py"])
+@pytest.mark.parametrize(
+  "script",
+  ["examples/flax_linen_digits.py", "examples/flax_nnx_digits.py", "examples/equinox_digits.py"],
+)
 def test_example_smoke(script: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
   runs = tmp_path / "runs"
   results = _load(script).main(["--smoke", "--out", str(tmp_path), "--tensorboard", str(runs)])

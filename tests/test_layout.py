@@ -330,3 +330,30 @@ def test_projection_mask_selects_leaves_and_diagnostics_report_them_unprojected(
   _, state = tx.update(grads, tx.init(params), params)
   report = dopt.read_diagnostics(state)
   assert int(report["projection/a"]) == 1 and int(report["projection/b"]) == 0
+
+
+def test_equinox_checkpoint_resumes_exactly(tmp_path):
+  """docs/equinox.md's checkpointing: tree_serialise_leaves of (model, opt_state), then resume."""
+  tx = dopt.adamp(1e-2, 1e-2, weight_decay_convention="torch", mask=dopt.weight_decay_mask)
+  model = _CNN(KEY)
+  batches = _digits_batches(4)
+
+  @eqx.filter_jit
+  def step(model, opt_state, x, y):
+    grads = eqx.filter_grad(_eqx_loss)(model, x, y)
+    updates, opt_state = tx.update(grads, opt_state, eqx.filter(model, eqx.is_inexact_array))
+    return eqx.apply_updates(model, updates), opt_state
+
+  opt_state = tx.init(eqx.filter(model, eqx.is_inexact_array))
+  for x, y in batches[:2]:
+    model, opt_state = step(model, opt_state, x, y)
+  path = tmp_path / "checkpoint.eqx"
+  eqx.tree_serialise_leaves(path, (model, opt_state))
+  template = (_CNN(jax.random.key(1)), tx.init(eqx.filter(_CNN(KEY), eqx.is_inexact_array)))
+  restored, restored_state = eqx.tree_deserialise_leaves(path, template)
+  for x, y in batches[2:]:
+    model, opt_state = step(model, opt_state, x, y)
+    restored, restored_state = step(restored, restored_state, x, y)
+  resumed = jax.tree.leaves((restored, restored_state))
+  for a, b in zip(jax.tree.leaves((model, opt_state)), resumed, strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
