@@ -199,7 +199,7 @@ def with_diagnostics(
   def leaf_axes(treedef: Any, flat: list[Any], params: Any) -> list[tuple[str, ...]]:
     if axis_name is None and param_specs is None:
       return [()] * len(flat)
-    names = leaf_axis_names(treedef, flat, params, axis_name, param_specs, -1)
+    names = leaf_axis_names(treedef, flat, params, axis_name, param_specs)
     # Without specs, only the leaves the projection treats (ndim > 1) are
     # taken as sharded over axis_name; the rest as replicated.
     return [

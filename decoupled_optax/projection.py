@@ -503,10 +503,11 @@ def projected_channel_axes(
     chosen = axes if axes is not None else role.channel_axes or (leaf.ndim - 1,)
     try:
       result.append(normalized_axes(chosen, leaf.ndim))
-    except ValueError as error:
+    except ValueError:
       raise ValueError(
-        f"channel_axis: {error}, but the leaf '{path_name(path)}' has shape "
-        f"{tuple(leaf.shape)}; give axes in [-{leaf.ndim}, {leaf.ndim})."
+        f"channel_axis must give axes in [-{leaf.ndim}, {leaf.ndim}), none repeated, for every "
+        f"projected leaf, got {chosen}, but the leaf '{path_name(path)}' has shape "
+        f"{tuple(leaf.shape)}."
       ) from None
   return result
 

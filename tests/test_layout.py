@@ -312,7 +312,7 @@ def test_bare_trees_keep_the_last_axis_and_explicit_axes_override():
 
 def test_bad_channel_axes_name_the_leaf():
   params = {"w": jnp.ones((3, 4))}
-  with pytest.raises(ValueError, match="'w' has shape"):
+  with pytest.raises(ValueError, match="got 2, but the leaf 'w' has shape"):
     dopt.scale_invariance(params, params, channel_axis=2)
   with pytest.raises(ValueError, match="channel_axis must be one value"):
     dopt.scale_invariance(params, params, channel_axis={"v": 0})

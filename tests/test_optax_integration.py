@@ -163,10 +163,23 @@ def test_multi_transform_with_a_projecting_branch():
 
 
 def test_optax_inject_hyperparams_with_a_traced_channel_axis_is_an_explicit_error():
-  tx = optax.inject_hyperparams(dopt.adamp)(learning_rate=1e-2, weight_decay=1e-3)
+  tx = optax.inject_hyperparams(dopt.adamp)(
+    learning_rate=1e-2, weight_decay=1e-3, channel_axis=-1
+  )
   params = _params()
-  with pytest.raises(TypeError, match="channel_axis must be a Python int"):
+  with pytest.raises(TypeError, match="channel_axis must be None .* static_args"):
     tx.update(params, tx.init(params), params)
+
+
+def test_optax_inject_hyperparams_reads_the_layout_without_static_args():
+  """The default channel_axis (None, read from the model) is no number for optax to trace."""
+  tx = optax.inject_hyperparams(dopt.adamp)(
+    learning_rate=1e-2, weight_decay=1e-3, weight_decay_convention="torch"
+  )
+  params = _params()
+  plain = dopt.adamp(1e-2, 1e-3, weight_decay_convention="torch")
+  expected = plain.update(params, plain.init(params), params)
+  _assert_close(tx.update(params, tx.init(params), params)[0], expected[0])
 
 
 BF16_FACTORIES = {

@@ -42,8 +42,9 @@ CONVENTION = [("pytorch", V), ("Paper", V), (1, V), (True, V)]
 DTYPE = [("not-a-dtype", T), (3.5, T)]
 MASK = [(True, V), ("kernel", T), (3, T)]
 SCHEDULE = [(-1.0, V), (NAN, V), (INF, V), ("1", T), ([1.0], T)]
-CHANNEL_AXIS = [(1.5, T), ("0", T), (None, T), (True, T)]
+CHANNEL_AXIS = [(1.5, T), ("0", T), (jnp.int32(0), T), (True, T), ({"dense": 0.5}, T)]
 AXIS_NAME = [(3, T), (("x", 3), T)]
+PROJECTION_MASK = [("bias", T), (0.5, T), ({"dense": 1}, T)]
 TRANSFORM = [(None, T), ("adam", T), (lambda g: g, T)]
 COUNT = [(0, V), (-1, V), (2.5, V), (INF, V), ("8", T), (None, T)]  # integers >= 1
 
@@ -93,6 +94,7 @@ TABLE = {
       wd_ratio=NON_NEGATIVE,
       nesterov=BOOL,
       channel_axis=CHANNEL_AXIS,
+      projection_mask=PROJECTION_MASK,
       axis_name=AXIS_NAME,
       schedule=SCHEDULE,
       mask=MASK,
@@ -112,6 +114,7 @@ TABLE = {
       wd_ratio=NON_NEGATIVE,
       eps=NON_NEGATIVE,
       channel_axis=CHANNEL_AXIS,
+      projection_mask=PROJECTION_MASK,
       axis_name=AXIS_NAME,
       accumulator_dtype=DTYPE,
       schedule=SCHEDULE,
@@ -147,6 +150,7 @@ TABLE = {
       wd_ratio=NON_NEGATIVE,
       eps=NON_NEGATIVE,
       channel_axis=CHANNEL_AXIS,
+      projection_mask=PROJECTION_MASK,
       axis_name=AXIS_NAME,
     ),
   ),
@@ -157,6 +161,7 @@ TABLE = {
       wd_ratio=NON_NEGATIVE,
       eps=NON_NEGATIVE,
       channel_axis=CHANNEL_AXIS,
+      projection_mask=PROJECTION_MASK,
       axis_name=AXIS_NAME,
       grads=[({"dense": {"kernel": jnp.ones((1, 3)), "bias": jnp.zeros(3)}}, V), ([1.0], V)],
     ),
@@ -170,6 +175,7 @@ TABLE = {
       wd_ratio=NON_NEGATIVE,
       eps=NON_NEGATIVE,
       channel_axis=CHANNEL_AXIS,
+      projection_mask=PROJECTION_MASK,
       axis_name=AXIS_NAME,
       cpu_kernel=OPTIONAL_BOOL,
     ),
