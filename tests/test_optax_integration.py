@@ -163,9 +163,7 @@ def test_multi_transform_with_a_projecting_branch():
 
 
 def test_optax_inject_hyperparams_with_a_traced_channel_axis_is_an_explicit_error():
-  tx = optax.inject_hyperparams(dopt.adamp)(
-    learning_rate=1e-2, weight_decay=1e-3, channel_axis=-1
-  )
+  tx = optax.inject_hyperparams(dopt.adamp)(learning_rate=1e-2, weight_decay=1e-3, channel_axis=-1)
   params = _params()
   with pytest.raises(TypeError, match="channel_axis must be None .* static_args"):
     tx.update(params, tx.init(params), params)
