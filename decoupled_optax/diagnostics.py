@@ -25,7 +25,12 @@ from jax.sharding import PartitionSpec
 from decoupled_optax._recording import NOT_PROJECTED, Recording, open_recording
 from decoupled_optax._trees import path_name, require_params
 from decoupled_optax._validation import check_transform, describe
-from decoupled_optax.projection import AxisName, check_axis_name, leaf_axis_names
+from decoupled_optax.projection import (
+  AxisName,
+  check_axis_name,
+  leaf_axis_names,
+  projected_channel_axes,
+)
 
 
 class DiagnosticsState(NamedTuple):
@@ -39,8 +44,9 @@ class DiagnosticsState(NamedTuple):
     weight_norm: per leaf, ||w_t||, of the params the last update was given.
     update_norm: per leaf, ||Delta w_t||.
     relative_update: per leaf, ||Delta w_t|| / ||w_t|| (0 where both are 0).
-    angular_update: per leaf with ``ndim > 1`` (None elsewhere), the angle
-      between w_t and w_t + Delta w_t, in radians.
+    angular_update: per weight (a leaf with ``ndim > 1`` that is not a bias
+      or a normalization parameter, the leaves AdamP projects by default;
+      None elsewhere), the angle between w_t and w_t + Delta w_t, in radians.
     projection: per leaf, AdamP's decision (0 not projected, 1 channel
       view, 2 whole-tensor view); None if the chain runs no projection.
     weight_decay_multiplier: per leaf, ``wd_ratio`` where projected, else 1;
@@ -147,7 +153,9 @@ def with_diagnostics(
       \sqrt{\|w_t\|^2\|\Delta w_t\|^2 - (w_t\cdot\Delta w_t)^2},\;
       \|w_t\|^2 + w_t\cdot\Delta w_t\right)
 
-  the last for leaves with ``ndim > 1``: the effective step size of a
+  the last for the weights (leaves with ``ndim > 1`` that are not biases or
+  normalization parameters, see :func:`decoupled_optax.detect_scale_invariance`):
+  the effective step size of a
   scale-invariant weight (Heo et al. 2021). In chains that run AdamP's
   projection (:func:`decoupled_optax.adamp`, :func:`decoupled_optax.sgdp`,
   :func:`decoupled_optax.detect_scale_invariance`) it also records which view
@@ -219,8 +227,10 @@ def with_diagnostics(
     weight_norm, update_norm, relative = (
       treedef.unflatten([leaf[i] for leaf in per_leaf]) for i in range(3)
     )
+    # The angle is the effective step of the weights AdamP may project (not biases, norms).
+    weights = projected_channel_axes(params, treedef)
     angle = treedef.unflatten(
-      [leaf[3] if p.ndim > 1 else None for leaf, p in zip(per_leaf, flat_params, strict=True)]
+      [leaf[3] if axes is not None else None for leaf, axes in zip(per_leaf, weights, strict=True)]
     )
     gradient_norm = treedef.unflatten(
       [_gradient_norm(g, a) for g, a in zip(flat_grads, axes, strict=True)]
@@ -375,9 +385,10 @@ def read_diagnostics(state: Any) -> dict[str, jax.Array]:
   * the step's scalars: ``"count"`` and what the chain reports
     (``"schedule"``, ``"learning_rate"``, ``"weight_decay"``);
   * ``"summary/mean_angular_update"``: the mean angle over the projected
-    leaves, or over the leaves with ``ndim > 1`` if the chain does not
-    project (0 if there are none); ``"summary/fraction_projected"``: the
-    fraction of leaves with ``ndim > 1`` that were projected.
+    leaves, or over the weights if the chain does not project (0 if there
+    are none); ``"summary/fraction_projected"``: the fraction of the weights
+    (leaves with ``ndim > 1``, not biases or normalization parameters) that
+    were projected.
 
   Args:
     state: any state that holds a :func:`with_diagnostics` state: nested in

@@ -474,15 +474,17 @@ def projected_channel_axes(
   model, else the last axis.
   """
   flat_params = treedef.flatten_up_to(params)
+  with_none = jax.tree_util.tree_flatten_with_path(params, is_leaf=_is_none)[0]
   roles = leaf_roles(params)
-  if len(roles) != len(flat_params):  # pragma: no cover - a tree jax flattens differently
-    roles = [LeafRole("unknown", None, None)] * len(flat_params)
+  if treedef.num_leaves != len(with_none):  # a treedef without the params' None leaves
+    roles = [r for r, (_, leaf) in zip(roles, with_none, strict=True) if leaf is not None]
+    with_none = [(path, leaf) for path, leaf in with_none if leaf is not None]
   flat_axes = _per_leaf(channel_axis, params, treedef, _is_axes, "channel_axis")
   if projection_mask is None:
     flat_mask = [_projected_by_default(role) for role in roles]
   else:
     flat_mask = _per_leaf(projection_mask, params, treedef, _is_mask_value, "projection_mask")
-  paths = [path for path, _ in jax.tree_util.tree_flatten_with_path(params, is_leaf=_is_none)[0]]
+  paths = [path for path, _ in with_none]
   result: list[tuple[int, ...] | None] = []
   for path, leaf, role, axes, selected in zip(
     paths, flat_params, roles, flat_axes, flat_mask, strict=True

@@ -357,3 +357,29 @@ def test_equinox_checkpoint_resumes_exactly(tmp_path):
   resumed = jax.tree.leaves((restored, restored_state))
   for a, b in zip(jax.tree.leaves((model, opt_state)), resumed, strict=True):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_gpt_fraction_projected_counts_weights_as_the_official_does():
+  """summary/fraction_projected: projected weights over the leaves the official code tests."""
+  model = _GPT()
+  tokens = np.random.default_rng(0).integers(0, 32, (4, 8))
+  params = model.init(KEY, tokens)["params"]
+
+  def loss(params):
+    logits = model.apply({"params": params}, tokens[:, :-1])
+    return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
+
+  grads = jax.grad(loss)(params)
+  tx = dopt.with_diagnostics(dopt.adamp(3e-3, 1e-2, weight_decay_convention="torch"))
+  _, state = tx.update(grads, tx.init(params), params)
+  flat = jax.tree_util.tree_flatten_with_path(params)[0]
+  official = [
+    _official_view(
+      torch.tensor(np.ascontiguousarray(_gpt_torch_layout(path, np.asarray(w)))),
+      torch.tensor(np.ascontiguousarray(_gpt_torch_layout(path, np.asarray(g)))),
+    )
+    for (path, w), g in zip(flat, jax.tree.leaves(grads), strict=True)
+  ]
+  tested = sum(_gpt_torch_layout(path, np.asarray(w)).ndim > 1 for path, w in flat)
+  fraction = float(dopt.read_diagnostics(state)["summary/fraction_projected"])
+  assert fraction == pytest.approx(sum(v > 0 for v in official) / tested)
