@@ -14,64 +14,72 @@ import decoupled_optax as dopt
 
 def test_convention_warning_in_paper_mode_only():
   with pytest.warns(dopt.WeightDecayConventionWarning, match=r"weight_decay=1e-05"):
-    dopt.adamw(1e-3, weight_decay=1e-2)
+    dopt.adamw(1e-3, weight_decay=1e-2, weight_decay_convention="paper")
   with warnings.catch_warnings():
     warnings.simplefilter("error")
-    dopt.adamw(1e-3, weight_decay=1e-2, scale_weight_decay_by_lr=True)
-    dopt.adamw(1e-3, weight_decay=2.5e-4)
-    dopt.sgdw(0.1, 0.9, weight_decay=5e-5)
+    dopt.adamw(1e-3, weight_decay=1e-2, weight_decay_convention="torch")
+    dopt.adamw(1e-3, weight_decay=2.5e-4, weight_decay_convention="paper")
+    dopt.sgdw(0.1, 0.9, weight_decay=5e-5, weight_decay_convention="paper")
 
 
 def test_python_filters_decide_how_often_it_is_shown():
   """No private registry: under 'always' every optimizer built with the values warns."""
   with warnings.catch_warnings(record=True) as record:
     warnings.simplefilter("always")
-    dopt.adamw(1e-3, 1e-2)
-    dopt.adamp(1e-3, 1e-2)
-    dopt.adamw(1e-3, 1e-2)
+    dopt.adamw(1e-3, 1e-2, weight_decay_convention="paper")
+    dopt.adamp(1e-3, 1e-2, weight_decay_convention="paper")
+    dopt.adamw(1e-3, 1e-2, weight_decay_convention="paper")
   assert [w.category for w in record] == [dopt.WeightDecayConventionWarning] * 3
 
 
 @pytest.mark.parametrize("alias", [dopt.adamw, dopt.adamp])
 def test_convention_warning_for_each_alias(alias):
   with pytest.warns(dopt.WeightDecayConventionWarning):
-    alias(1e-4, weight_decay=0.05)
+    alias(1e-4, weight_decay=0.05, weight_decay_convention="paper")
 
 
 def test_a_weight_decay_schedule_is_judged_at_step_zero():
   torch_like = optax.cosine_decay_schedule(1e-2, 1000)
   with pytest.warns(dopt.WeightDecayConventionWarning, match=r"weight_decay\(0\)=0.01"):
-    dopt.adamw(1e-3, weight_decay=torch_like)
+    dopt.adamw(1e-3, weight_decay=torch_like, weight_decay_convention="paper")
   with warnings.catch_warnings():
     warnings.simplefilter("error")
-    dopt.adamw(1e-3, weight_decay=optax.cosine_decay_schedule(1e-5, 1000))
-    dopt.adamw(1e-3, weight_decay=torch_like, scale_weight_decay_by_lr=True)
+    dopt.adamw(
+      1e-3, weight_decay=optax.cosine_decay_schedule(1e-5, 1000), weight_decay_convention="paper"
+    )
+    dopt.adamw(1e-3, weight_decay=torch_like, weight_decay_convention="torch")
 
 
 def test_warning_is_silent_for_traced_values():
   with warnings.catch_warnings():
     warnings.simplefilter("error")
-    jax.jit(lambda lr, wd: dopt.adamw(lr, wd).init({"w": jnp.ones(2)}))(1e-3, 1e-1)
+    jax.jit(
+      lambda lr, wd: dopt.adamw(lr, wd, weight_decay_convention="paper").init({"w": jnp.ones(2)})
+    )(1e-3, 1e-1)
 
 
 @pytest.mark.parametrize("alias", [dopt.adamw, dopt.sgdw, dopt.adamp, dopt.sgdp])
 def test_convention_warning_points_at_the_callers_line(alias):
   with pytest.warns(dopt.WeightDecayConventionWarning) as record:
-    alias(1e-3, weight_decay=0.02)
+    alias(1e-3, weight_decay=0.02, weight_decay_convention="paper")
   assert record[0].filename == __file__
 
 
 def test_under_inject_hyperparams_it_points_at_the_users_line():
   params = {"w": jnp.ones((2, 3))}
   with pytest.warns(dopt.WeightDecayConventionWarning) as record:
-    tx = dopt.inject_hyperparams(dopt.adamw)(learning_rate=1e-3, weight_decay=1e-2)
+    tx = dopt.inject_hyperparams(dopt.adamw)(
+      learning_rate=1e-3, weight_decay=1e-2, weight_decay_convention="paper"
+    )
   assert [w.filename for w in record] == [__file__]
   with warnings.catch_warnings():
     warnings.simplefilter("error")  # judged once, at construction: not again at init or update
     state = tx.init(params)
     tx.update(params, state, params)
   with pytest.warns(dopt.WeightDecayConventionWarning) as record:
-    optax.inject_hyperparams(dopt.adamw)(learning_rate=1e-3, weight_decay=1e-2).init(params)
+    optax.inject_hyperparams(dopt.adamw)(
+      learning_rate=1e-3, weight_decay=1e-2, weight_decay_convention="paper"
+    ).init(params)
   assert record[0].filename == __file__  # not optax's _inject.py
 
 
@@ -93,14 +101,20 @@ WARMUP_MULTIPLIER = optax.join_schedules(
 @pytest.mark.parametrize("alias", [dopt.adamw, dopt.adamp])
 def test_a_learning_rate_passed_as_the_multiplier_warns(alias, schedule, reason):
   with pytest.warns(dopt.ScheduleConventionWarning, match=reason) as record:
-    alias(3e-4, 1e-6, schedule=schedule)
+    alias(3e-4, 1e-6, schedule=schedule, weight_decay_convention="paper")
   assert record[0].filename == __file__
   assert "peak of 1" in str(record[0].message)
 
 
 def test_a_multiplier_equal_to_the_learning_rate_warns():
   with pytest.warns(dopt.ScheduleConventionWarning, match="equals learning_rate=0.1"):
-    dopt.sgdw(0.1, 0.9, 1e-5, schedule=optax.cosine_decay_schedule(0.1, 1000))
+    dopt.sgdw(
+      0.1,
+      0.9,
+      1e-5,
+      schedule=optax.cosine_decay_schedule(0.1, 1000),
+      weight_decay_convention="paper",
+    )
 
 
 @pytest.mark.parametrize(
@@ -118,8 +132,8 @@ def test_a_multiplier_equal_to_the_learning_rate_warns():
 def test_a_multiplier_does_not_warn(schedule):
   with warnings.catch_warnings():
     warnings.simplefilter("error")
-    dopt.adamw(1e-3, 1e-5, schedule=schedule)
-    dopt.sgdp(0.1, 0.9, 1e-5, schedule=schedule, scale_weight_decay_by_lr=True)
+    dopt.adamw(1e-3, 1e-5, schedule=schedule, weight_decay_convention="paper")
+    dopt.sgdp(0.1, 0.9, 1e-5, schedule=schedule, weight_decay_convention="torch")
 
 
 def test_injected_multipliers_are_judged_as_schedules():
@@ -127,10 +141,14 @@ def test_injected_multipliers_are_judged_as_schedules():
   params = {"w": jnp.ones((2, 3))}
   with warnings.catch_warnings():
     warnings.simplefilter("error")
-    tx = dopt.inject_hyperparams(dopt.adamw)(1e-3, 1e-5, schedule=WARMUP_MULTIPLIER)
+    tx = dopt.inject_hyperparams(dopt.adamw)(
+      1e-3, 1e-5, schedule=WARMUP_MULTIPLIER, weight_decay_convention="paper"
+    )
     tx.update(params, tx.init(params), params)
   with pytest.warns(dopt.ScheduleConventionWarning):
-    dopt.inject_hyperparams(dopt.adamw)(1e-3, 1e-5, schedule=optax.cosine_decay_schedule(1e-3, 100))
+    dopt.inject_hyperparams(dopt.adamw)(
+      1e-3, 1e-5, schedule=optax.cosine_decay_schedule(1e-3, 100), weight_decay_convention="paper"
+    )
 
 
 def test_the_papers_normalized_decay_schedule_is_not_judged():
@@ -139,4 +157,4 @@ def test_the_papers_normalized_decay_schedule_is_not_judged():
   assert float(decay(0)) > 1e-2
   with warnings.catch_warnings():
     warnings.simplefilter("error")
-    dopt.sgdw(1e-2, 0.9, decay)
+    dopt.sgdw(1e-2, 0.9, decay, weight_decay_convention="paper")

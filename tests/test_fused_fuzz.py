@@ -148,10 +148,14 @@ FUZZ_SHAPES = [
 KINDS = ["random", "orthogonal", "zero", "tiny", "huge", "subnormal", "nonfinite"]
 CHANNEL_AXES = [0, 1, -2, -1]
 OPTIMIZERS = {
-  "adamp": lambda **kw: dopt.adamp(1e-2, 1e-2, scale_weight_decay_by_lr=True, **kw),
-  "adamp_nesterov": lambda **kw: dopt.adamp(1e-2, 1e-3, nesterov=True, **kw),
-  "sgdp": lambda **kw: dopt.sgdp(1e-2, 0.9, 1e-2, scale_weight_decay_by_lr=True, **kw),
-  "sgdp_nesterov": lambda **kw: dopt.sgdp(1e-2, 0.9, 1e-3, nesterov=True, **kw),
+  "adamp": lambda **kw: dopt.adamp(1e-2, 1e-2, weight_decay_convention="torch", **kw),
+  "adamp_nesterov": lambda **kw: dopt.adamp(
+    1e-2, 1e-3, nesterov=True, weight_decay_convention="paper", **kw
+  ),
+  "sgdp": lambda **kw: dopt.sgdp(1e-2, 0.9, 1e-2, weight_decay_convention="torch", **kw),
+  "sgdp_nesterov": lambda **kw: dopt.sgdp(
+    1e-2, 0.9, 1e-3, nesterov=True, weight_decay_convention="paper", **kw
+  ),
 }
 
 
