@@ -96,7 +96,7 @@ _RSS_SCRIPT = textwrap.dedent(
   rng = np.random.default_rng(0)
   params = {"w": jnp.asarray(rng.standard_normal(shape, np.float32))}
   grads = {"w": jnp.asarray(rng.standard_normal(shape, np.float32))}
-  tx = dopt.adamp(1e-3, 1e-2, cpu_kernel=True)
+  tx = dopt.adamp(1e-3, 1e-2, cpu_kernel=True, weight_decay_convention="paper")
   state = tx.init(params)
   step = jax.jit(lambda p, s, g: tx.update(g, s, p)).lower(params, state, grads).compile()
   assert "decoupled_optax_first_pass_adam" in step.as_text()
