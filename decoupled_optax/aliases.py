@@ -874,8 +874,9 @@ def inject_hyperparams(
   given and ``weight_decay`` was 0 (or omitted). A decay set later through
   ``state.hyperparams`` is then applied in the paper's convention: to change
   it later, pass ``weight_decay_convention`` at construction. (Under
-  ``optax.inject_hyperparams`` itself, the aliases see a traced
-  ``weight_decay`` in every update and raise without a convention.)
+  ``optax.inject_hyperparams`` itself the aliases only see arrays: without a
+  convention they raise on a nonzero decay, and under ``jit``, where the value
+  is traced, on any decay, even an omitted one.)
 
   Two differences from optax, for low-precision params:
 
@@ -936,12 +937,9 @@ def inject_hyperparams(
     # Built once here, so that bad arguments raise at construction, not at init.
     with conventions_already_judged():
       inner_factory(*args, **kwargs)
-    if (
-      "weight_decay" in bound.arguments
-      and bound.arguments.get("weight_decay_convention", "given") is None
-    ):
-      # weight_decay was 0, or the line above raised: the injected (mutable) decay
-      # needs a convention, and without one 0 means the paper's.
+    convention_left_out = bound.arguments.get("weight_decay_convention", "") is None
+    if convention_left_out and _has_no_decay(bound.arguments.get("weight_decay")):
+      # Injected, the decay is a (mutable) array, which needs a convention: the paper's.
       kwargs = {**kwargs, "weight_decay_convention": "paper"}
 
     def init_fn(params: optax.Params) -> Any:
