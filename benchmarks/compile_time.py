@@ -34,10 +34,10 @@ import decoupled_optax as dopt  # noqa: E402
 
 CANDIDATES: dict[str, Callable[[], optax.GradientTransformation]] = {
   "optax.adamw": lambda: optax.adamw(1e-3, weight_decay=1e-2),
-  "ours adamw": lambda: dopt.adamw(1e-3, 1e-2, scale_weight_decay_by_lr=True),
-  "ours adamp": lambda: dopt.adamp(1e-3, 1e-2, scale_weight_decay_by_lr=True),
+  "ours adamw": lambda: dopt.adamw(1e-3, 1e-2, weight_decay_convention="torch"),
+  "ours adamp": lambda: dopt.adamp(1e-3, 1e-2, weight_decay_convention="torch"),
   "ours adamp generic": lambda: dopt.adamp(
-    1e-3, 1e-2, scale_weight_decay_by_lr=True, cpu_kernel=False
+    1e-3, 1e-2, weight_decay_convention="torch", cpu_kernel=False
   ),
 }
 

@@ -91,9 +91,23 @@ def family_optimizer(family: str, schedule: optax.Schedule) -> Any:
 
   def make(learning_rate: Any, l2: Any, weight_decay: Any) -> optax.GradientTransformation:
     if family == "Adam":
-      decoupled = dopt.adamw(learning_rate, weight_decay, b1=B1, schedule=schedule, mask=mask)
+      decoupled = dopt.adamw(
+        learning_rate,
+        weight_decay,
+        b1=B1,
+        schedule=schedule,
+        mask=mask,
+        weight_decay_convention="paper",
+      )
     else:
-      decoupled = dopt.sgdw(learning_rate, MOMENTUM, weight_decay, schedule=schedule, mask=mask)
+      decoupled = dopt.sgdw(
+        learning_rate,
+        MOMENTUM,
+        weight_decay,
+        schedule=schedule,
+        mask=mask,
+        weight_decay_convention="paper",
+      )
     return optax.chain(optax.add_decayed_weights(l2, mask), decoupled)
 
   return dopt.inject_hyperparams(make)

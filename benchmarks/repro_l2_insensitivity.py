@@ -51,11 +51,11 @@ def optimizers(l2: float) -> dict[str, optax.GradientTransformation]:
   with warnings.catch_warnings():
     # SGDW's paper lambda = alpha * lambda' reaches alpha on purpose in the sweep.
     warnings.simplefilter("ignore", dopt.WeightDecayConventionWarning)
-    sgdw = dopt.sgdw(ALPHA, 0.0, ALPHA * l2)
+    sgdw = dopt.sgdw(ALPHA, 0.0, ALPHA * l2, weight_decay_convention="paper")
   return {
     "Adam+L2": optax.chain(optax.add_decayed_weights(l2), optax.adam(ALPHA)),
     # The paper's lambda = alpha * lambda'; written in PyTorch's convention to say so.
-    "AdamW": dopt.adamw(ALPHA, l2, scale_weight_decay_by_lr=True),
+    "AdamW": dopt.adamw(ALPHA, l2, weight_decay_convention="torch"),
     "SGD+L2": optax.chain(optax.add_decayed_weights(l2), optax.sgd(ALPHA)),
     "SGDW": sgdw,
   }

@@ -75,8 +75,12 @@ def optimizer(family: str, eta: optax.Schedule, unit_lambda: optax.Schedule) -> 
       return lambda_norm * unit_lambda(count)
 
     if family == "Adam":
-      return dopt.adamw(learning_rate, lam, schedule=eta, mask=mask)
-    return dopt.sgdw(learning_rate, MOMENTUM, lam, schedule=eta, mask=mask)
+      return dopt.adamw(
+        learning_rate, lam, schedule=eta, mask=mask, weight_decay_convention="paper"
+      )
+    return dopt.sgdw(
+      learning_rate, MOMENTUM, lam, schedule=eta, mask=mask, weight_decay_convention="paper"
+    )
 
   return dopt.inject_hyperparams(make)
 

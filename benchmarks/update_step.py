@@ -9,7 +9,7 @@ them alike; the report gives medians over the rounds.
 Candidates:
 
 * ours: ``decoupled_optax.adamw``, ``sgdw``, ``adamp``, ``sgdp`` (PyTorch's
-  convention, ``scale_weight_decay_by_lr=True``, so that every candidate
+  convention, ``weight_decay_convention="torch"``, so that every candidate
   computes the same update);
 * optax: ``optax.adamw``, ``optax.sgd(momentum=0.9)`` and
   ``optax.sgd(momentum=0.9)`` with decoupled decay (``add_decayed_weights``
@@ -249,7 +249,7 @@ class Candidate:
 
 def jax_optimizers() -> dict[str, tuple[str, Callable[[], optax.GradientTransformation]]]:
   """name -> (kind, factory)."""
-  torch_conv = {"scale_weight_decay_by_lr": True}
+  torch_conv = {"weight_decay_convention": "torch"}
   return {
     "ours adamw": ("adamw", lambda: dopt.adamw(LEARNING_RATE, WEIGHT_DECAY, **torch_conv)),
     "optax.adamw": ("adamw", lambda: optax.adamw(LEARNING_RATE, weight_decay=WEIGHT_DECAY)),

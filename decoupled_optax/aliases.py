@@ -4,21 +4,31 @@ All four share one construction, :func:`decoupled_chain`, and three
 conventions for the weight decay lambda (``weight_decay_convention``), with
 alpha = ``learning_rate`` and eta_t = ``schedule(t)`` (1 without a schedule):
 
-* ``"paper"`` (default): ``update = -eta_t * (alpha * direction + lambda * theta)``.
+* ``"paper"``: ``update = -eta_t * (alpha * direction + lambda * theta)``.
   lambda is NOT multiplied by alpha (Loshchilov & Hutter 2019, Algorithms 1
   and 2; the authors' code; MosaicML Composer).
 * ``"torch"``: ``update = -alpha_t * eta_t * (direction + lambda * theta)``:
   PyTorch, optax, timm, Keras, the official AdamP. ``learning_rate`` may
-  also be an optax schedule. ``scale_weight_decay_by_lr=True`` is the same.
+  also be an optax schedule.
 * ``"corrected"``: ``update = -eta_t * (alpha * direction + lambda * eta_t * theta)``,
   lambda in the paper's units (Defazio 2025, AdamC/SGDC; timm's
   ``corrected_weight_decay``, a per-step decay of ``lr**2 / max_lr * wd``).
   The decay follows the schedule once more, so that the steady-state
   ``||g|| / ||w||`` of normalized layers does not drift as eta_t decays.
 
+There is no default: the same numbers mean decays ``1 / alpha`` apart in the
+paper's and PyTorch's conventions, and no heuristic tells them apart. So a
+nonzero ``weight_decay`` (a number or a schedule) without
+``weight_decay_convention`` raises a ``ValueError`` that shows what the
+numbers mean in each convention. Without decay (``weight_decay=0`` or
+omitted where the alias has a default) no convention is needed.
+
 Conversions: ``lambda_paper = alpha * lambda_torch``; ``"corrected"`` takes
 the paper's lambda, and equals ``"paper"`` while eta_t = 1 (the schedule's
 peak); timm's corrected ``wd`` is ``lambda / alpha``.
+
+PyTorch's keywords (``lr``, ``betas``, ``params``, ...) raise a ``TypeError``
+that names this library's spelling.
 """
 
 from __future__ import annotations
@@ -26,7 +36,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from typing import Any, Literal, ParamSpec, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -41,9 +51,11 @@ from decoupled_optax._validation import (
   check_number,
   check_transform,
   check_unit_interval,
+  concrete_float,
   describe,
 )
 from decoupled_optax.conventions import (
+  _value_at_step_zero,
   conventions_already_judged,
   warn_if_schedule_looks_like_learning_rate,
   warn_if_torch_convention,
@@ -108,26 +120,176 @@ WeightDecayConvention = Literal["paper", "torch", "corrected"]
 _CONVENTIONS = ("paper", "torch", "corrected")
 
 
-def resolve_convention(
-  weight_decay_convention: str | None, scale_weight_decay_by_lr: bool | None
+def _format(value: float) -> str:
+  return f"{value:g}"
+
+
+def _decay_meanings(
+  caller: str,
+  weight_decay: Any,
+  learning_rate: Any,
+  decay_factor: Any,
+  decay_note: str,
 ) -> str:
-  """The convention asked for; ``scale_weight_decay_by_lr=True`` spells ``"torch"``."""
-  check_bool("scale_weight_decay_by_lr", scale_weight_decay_by_lr, optional=True)
+  """What ``weight_decay`` removes per step (at eta_t = 1) in each convention, for the error."""
+  decay, rate = _value_at_step_zero(weight_decay), _value_at_step_zero(learning_rate)
+  factor = concrete_float(decay_factor)
+  symbol = "lambda"
+  if callable(weight_decay):
+    given = "weight_decay is a schedule" + (
+      "" if decay is None else f" (weight_decay(0) = {_format(decay)})"
+    )
+    symbol = "lambda_t"
+  elif decay is None:
+    given = "weight_decay is traced (inside jit or optax.inject_hyperparams): it may be nonzero"
+  else:
+    given = f"weight_decay={_format(decay)}"
+  rate_text = "learning_rate" + ("(t)" if callable(learning_rate) else "")
+  if rate is not None:
+    given += f" with learning_rate{'(0)' if callable(learning_rate) else ''}={_format(rate)}"
+  if factor is not None and factor != 1:
+    symbol = f"{_format(factor)} * {symbol}"
+  paper = symbol
+  torch = f"{rate_text} * {symbol}"
+  if decay is not None and factor is not None:
+    paper += f" = {_format(factor * decay)}"
+    if rate is not None:
+      torch += f" = {_format(rate * factor * decay)}"
+  lines = [
+    f"{caller}(): {given}, and no weight_decay_convention. The same numbers mean decays "
+    "1 / learning_rate apart in the paper's and PyTorch's conventions, so the convention "
+    "must be stated. The fraction of each decayed weight removed per step, at schedule "
+    "eta_t = 1:",
+    f'  weight_decay_convention="paper":     {paper}  '
+    "(Loshchilov & Hutter's AdamW/SGDW, MosaicML Composer)",
+    f'  weight_decay_convention="torch":     {torch}  '
+    "(torch.optim.AdamW/SGD, optax.adamw, timm, Keras, the official adamp package)",
+    f'  weight_decay_convention="corrected": {paper} at eta_t = 1, times eta_t^2 as the '
+    "schedule decays  (AdamC/SGDC, Defazio 2025)",
+  ]
+  if decay_note:
+    lines.append(decay_note)
+  lines.append(
+    f"Pass the one the value was written for, e.g. {caller}(..., "
+    'weight_decay_convention="torch") for a value taken from PyTorch, optax or timm.'
+  )
+  return "\n".join(lines)
+
+
+def _has_no_decay(weight_decay: Any) -> bool:
+  """Whether ``weight_decay`` is a concrete 0: a number, not a schedule nor a traced value."""
+  return not callable(weight_decay) and concrete_float(weight_decay) == 0
+
+
+def _require_convention(
+  caller: str,
+  weight_decay_convention: str | None,
+  weight_decay: Any,
+  learning_rate: Any,
+  *,
+  decay_factor: Any = 1.0,
+  decay_note: str = "",
+) -> str:
+  """The convention to build with; raises if a nonzero decay comes without one.
+
+  Without decay every convention gives the same update: ``"torch"`` is used
+  when ``learning_rate`` is a schedule (the one convention that takes one),
+  ``"paper"`` otherwise.
+  """
   if weight_decay_convention is not None and weight_decay_convention not in _CONVENTIONS:
     raise ValueError(
       f"weight_decay_convention must be one of {_CONVENTIONS}, got {describe(weight_decay_convention)}."
     )
-  from_flag = (
-    None if scale_weight_decay_by_lr is None else ("torch" if scale_weight_decay_by_lr else "paper")
-  )
-  if weight_decay_convention is None:
-    return from_flag or "paper"
-  if from_flag is not None and from_flag != weight_decay_convention:
-    raise ValueError(
-      f"scale_weight_decay_by_lr={scale_weight_decay_by_lr} contradicts "
-      f"weight_decay_convention={weight_decay_convention!r}; pass only weight_decay_convention."
-    )
-  return weight_decay_convention
+  check_non_negative("weight_decay", weight_decay, schedule=True)
+  if weight_decay_convention is not None:
+    return weight_decay_convention
+  if _has_no_decay(weight_decay):
+    return "torch" if callable(learning_rate) else "paper"
+  raise ValueError(_decay_meanings(caller, weight_decay, learning_rate, decay_factor, decay_note))
+
+
+# PyTorch's optimizer keywords that this library spells differently or does not have.
+_TORCH_KEYWORDS: dict[str, str] = {
+  "lr": "takes learning_rate, not PyTorch's lr: pass learning_rate=... (or it first, by position).",
+  "params": (
+    "takes no params: the parameters are given to the optimizer's init and update, not to its "
+    "construction: tx = {name}(...); state = tx.init(params); "
+    "updates, state = tx.update(grads, state, params)."
+  ),
+  "amsgrad": (
+    "has no amsgrad: drop amsgrad=False; for AMSGrad use "
+    "decoupled_chain(optax.scale_by_amsgrad(), ...)."
+  ),
+  "scale_weight_decay_by_lr": (
+    'no longer takes scale_weight_decay_by_lr: pass weight_decay_convention="torch" for True, '
+    'weight_decay_convention="paper" for False.'
+  ),
+  "maximize": "has no maximize: negate the loss (or the gradients) instead.",
+  "foreach": "has no foreach, a PyTorch implementation switch: drop it (XLA compiles the update).",
+  "fused": (
+    "has no fused, a PyTorch implementation switch: drop it (XLA compiles the update; AdamP and "
+    "SGDP take cpu_kernel for their fused CPU kernel)."
+  ),
+  "capturable": "has no capturable, a PyTorch CUDA-graph switch: drop it (jit the update instead).",
+  "differentiable": (
+    "has no differentiable, a PyTorch autograd switch: drop it (JAX differentiates through "
+    "any update)."
+  ),
+}
+
+# Messages that depend on the factory: (a parameter, the message where the factory
+# takes it, the message where it does not).
+_FACTORY_DEPENDENT: dict[str, tuple[str, str, str]] = {
+  "betas": (
+    "b1",
+    "takes b1 and b2, not PyTorch's betas: betas=(0.9, 0.999) is b1=0.9, b2=0.999.",
+    "has no betas: they are Adam's moment decays, b1 and b2 of adamw and adamp, or of "
+    "optax.scale_by_adam(b1=..., b2=...) as decoupled_chain's direction.",
+  ),
+  "dampening": (
+    "momentum",
+    "has no dampening: its momentum buffer is PyTorch's with dampening=0 (PyTorch's default); "
+    "drop the keyword.",
+    "has no dampening, a keyword of PyTorch's SGD: drop it.",
+  ),
+  "momentum": (
+    "b1",
+    "has no momentum: Adam's momentum is the first-moment decay b1 (PyTorch's betas[0]).",
+    "has no momentum: give it to the direction, e.g. optax.trace(decay=0.9) or "
+    "decoupled_optax.MomentumDirection(0.9).",
+  ),
+}
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _rejects_torch_keywords(factory: Callable[_P, _R]) -> Callable[_P, _R]:
+  """``factory``, with a PyTorch keyword it does not take raising a TypeError naming ours.
+
+  Other unknown keywords keep Python's own TypeError. ``functools.wraps`` keeps
+  the signature visible to ``inspect.signature`` (and so to
+  :func:`inject_hyperparams`).
+  """
+  name = factory.__name__
+  parameters = inspect.signature(factory).parameters
+  messages = dict(_TORCH_KEYWORDS)
+  for keyword, (parameter, taken, not_taken) in _FACTORY_DEPENDENT.items():
+    messages[keyword] = taken if parameter in parameters else not_taken
+  foreign = {
+    keyword: f"{name}() {message.format(name=name)}"
+    for keyword, message in messages.items()
+    if keyword not in parameters
+  }
+
+  @functools.wraps(factory)
+  def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+    for keyword in kwargs:
+      if keyword in foreign:
+        raise TypeError(foreign[keyword])
+    return factory(*args, **kwargs)
+
+  return wrapper
 
 
 def _value_at(value: Any, count: jax.Array) -> Any:
@@ -152,6 +314,7 @@ def _reporting_step_scalars(
   return optax.GradientTransformationExtraArgs(inner.init, update_fn)
 
 
+@_rejects_torch_keywords
 def decoupled_chain(
   direction: optax.GradientTransformation | Direction,
   *,
@@ -160,7 +323,6 @@ def decoupled_chain(
   schedule: optax.ScalarOrSchedule | None = None,
   mask: MaskOrFn = None,
   weight_decay_convention: WeightDecayConvention | None = None,
-  scale_weight_decay_by_lr: bool | None = None,
   weight_decay_factor: Any = 1.0,
   radial_projection: Mapping[str, Any] | None = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -185,16 +347,16 @@ def decoupled_chain(
       ``radial_projection`` may run fused on the CPU
       (:func:`decoupled_optax.fused_scale_invariance`).
     learning_rate: alpha, the base rate; an optax schedule only in the
-      ``"torch"`` convention.
-    weight_decay: lambda, a scalar or a schedule.
+      ``"torch"`` convention (or without decay).
+    weight_decay: lambda, a scalar or a schedule, in the convention chosen by
+      ``weight_decay_convention``; 0 decays nothing.
     schedule: eta_t, the paper's multiplier, evaluated at the update count
       (the first update uses ``schedule(0)``); None means 1.
     mask: which leaves are decayed, as in optax.
-    weight_decay_convention: ``"paper"`` (the default), ``"torch"`` or
-      ``"corrected"``, see :mod:`decoupled_optax.aliases`.
-    scale_weight_decay_by_lr: True is the same as
-      ``weight_decay_convention="torch"``, False as ``"paper"``; it may not
-      contradict ``weight_decay_convention``.
+    weight_decay_convention: ``"paper"``, ``"torch"`` or ``"corrected"``, see
+      :mod:`decoupled_optax.aliases`. Required unless ``weight_decay`` is 0:
+      without it a nonzero decay (or any schedule) raises a ``ValueError``
+      that shows what the value means in each convention.
     weight_decay_factor: a constant that multiplies ``weight_decay`` (SGDP's
       official ``1 / (1 - momentum)``). The convention warning judges the
       ``weight_decay`` the user gave, before this factor.
@@ -216,19 +378,25 @@ def decoupled_chain(
   Example:
     >>> import optax, decoupled_optax as dopt
     >>> lion_w = dopt.decoupled_chain(
-    ...     optax.scale_by_lion(), learning_rate=1e-4, weight_decay=1e-5)
+    ...     optax.scale_by_lion(), learning_rate=1e-4, weight_decay=1e-5,
+    ...     weight_decay_convention="paper")
   """
   fusable = isinstance(direction, Direction)
   if not fusable:
     check_transform("direction", direction)
-  convention = resolve_convention(weight_decay_convention, scale_weight_decay_by_lr)
+  convention = _require_convention(
+    "decoupled_chain",
+    weight_decay_convention,
+    weight_decay,
+    learning_rate,
+    decay_factor=weight_decay_factor,
+  )
   if callable(learning_rate) and convention != "torch":
     raise ValueError(
       f"learning_rate must be a scalar in the {convention!r} convention; pass the schedule as "
       "schedule=... (the multiplier eta_t), or use weight_decay_convention='torch'."
     )
   check_non_negative("learning_rate", learning_rate, schedule=convention == "torch")
-  check_non_negative("weight_decay", weight_decay, schedule=True)
   check_number("schedule", schedule, low=0.0, schedule=True, optional=True)
   check_mask_argument(mask)
   check_non_negative("weight_decay_factor", weight_decay_factor)
@@ -292,6 +460,14 @@ def decoupled_chain(
   return keep_param_sharding(_reporting_step_scalars(chain, step_scalars))
 
 
+def _projected_decay(wd_ratio: Any) -> str:
+  """For the missing-convention error: AdamP's and SGDP's factor on projected weights."""
+  ratio = concrete_float(wd_ratio)
+  return (
+    f"by {'wd_ratio' if ratio is None else f'wd_ratio={_format(ratio)}'} on the weights it projects"
+  )
+
+
 # AdamP's and SGDP's projection keywords, in the order _projection_options takes them.
 _PROJECTION_OPTIONS = (
   "delta",
@@ -310,6 +486,7 @@ def _projection_options(*values: Any) -> dict[str, Any]:
   return dict(zip(_PROJECTION_OPTIONS, values, strict=True))
 
 
+@_rejects_torch_keywords
 def adamw(
   learning_rate: optax.ScalarOrSchedule,
   weight_decay: optax.ScalarOrSchedule,
@@ -323,7 +500,6 @@ def adamw(
   mask: MaskOrFn = None,
   nesterov: bool = False,
   weight_decay_convention: WeightDecayConvention | None = None,
-  scale_weight_decay_by_lr: bool | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""AdamW with the paper's decoupled weight decay (Algorithm 2).
 
@@ -352,9 +528,9 @@ def adamw(
       :func:`decoupled_optax.cosine_warm_restart_schedule` for AdamWR).
     mask: leaves to decay, as in optax (pytree of bools or callable).
     nesterov: optax's NAdam direction.
-    weight_decay_convention: ``"paper"`` (default), ``"torch"`` or
-      ``"corrected"``; see :func:`decoupled_chain` for the math.
-    scale_weight_decay_by_lr: True is ``weight_decay_convention="torch"``.
+    weight_decay_convention: ``"paper"``, ``"torch"`` or ``"corrected"``; see
+      :func:`decoupled_chain` for the math. Required unless ``weight_decay``
+      is 0: without it a nonzero decay raises a ``ValueError``.
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs`.
@@ -363,13 +539,15 @@ def adamw(
     >>> import jax.numpy as jnp, optax
     >>> import decoupled_optax as dopt
     >>> sched = dopt.cosine_warm_restart_schedule(1.0, first_period=100, period_mult=2)
-    >>> tx = dopt.adamw(1e-3, weight_decay=2.5e-4, schedule=sched)   # AdamWR
+    >>> tx = dopt.adamw(1e-3, weight_decay=2.5e-4, schedule=sched,   # AdamWR
+    ...                 weight_decay_convention="paper")
     >>> params = {"w": jnp.ones(3)}
     >>> updates, state = tx.update({"w": jnp.ones(3)}, tx.init(params), params)
     >>> params = optax.apply_updates(params, updates)
 
   Reference: Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019.
   """
+  _require_convention("adamw", weight_decay_convention, weight_decay, learning_rate)
   check_unit_interval("b1", b1)
   check_unit_interval("b2", b2)
   check_non_negative("eps", eps)
@@ -383,7 +561,6 @@ def adamw(
     schedule=schedule,
     mask=mask,
     weight_decay_convention=weight_decay_convention,
-    scale_weight_decay_by_lr=scale_weight_decay_by_lr,
   )
 
 
@@ -396,6 +573,7 @@ def _momentum_direction(
   return MomentumDirection(momentum, nesterov, accumulator_dtype)
 
 
+@_rejects_torch_keywords
 def sgdw(
   learning_rate: optax.ScalarOrSchedule,
   momentum: float = 0.0,
@@ -406,7 +584,6 @@ def sgdw(
   schedule: optax.ScalarOrSchedule | None = None,
   mask: MaskOrFn = None,
   weight_decay_convention: WeightDecayConvention | None = None,
-  scale_weight_decay_by_lr: bool | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""SGD with momentum and decoupled weight decay (SGDW, Algorithm 1).
 
@@ -430,9 +607,9 @@ def sgdw(
     accumulator_dtype: dtype of the momentum buffer.
     schedule: eta_t, the schedule multiplier (SGDWR with warm restarts).
     mask: leaves to decay, as in optax.
-    weight_decay_convention: ``"paper"`` (default), ``"torch"`` or
-      ``"corrected"``; see :func:`decoupled_chain` for the math.
-    scale_weight_decay_by_lr: True is ``weight_decay_convention="torch"``.
+    weight_decay_convention: ``"paper"``, ``"torch"`` or ``"corrected"``; see
+      :func:`decoupled_chain` for the math. Required unless ``weight_decay``
+      is 0: without it a nonzero decay raises a ``ValueError``.
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs`.
@@ -440,7 +617,7 @@ def sgdw(
   Example:
     >>> import jax.numpy as jnp
     >>> import decoupled_optax as dopt
-    >>> tx = dopt.sgdw(0.1, momentum=0.9, weight_decay=5e-5)
+    >>> tx = dopt.sgdw(0.1, momentum=0.9, weight_decay=5e-5, weight_decay_convention="paper")
     >>> params = {"w": jnp.ones(2)}
     >>> updates, _ = tx.update({"w": jnp.zeros(2)}, tx.init(params), params)
     >>> [round(float(x), 8) for x in updates["w"]]   # -lambda * theta, not -alpha*lambda*theta
@@ -448,6 +625,7 @@ def sgdw(
 
   Reference: Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019.
   """
+  _require_convention("sgdw", weight_decay_convention, weight_decay, learning_rate)
   check_unit_interval("momentum", momentum)
   check_bool("nesterov", nesterov)
   check_dtype("accumulator_dtype", accumulator_dtype)
@@ -458,10 +636,10 @@ def sgdw(
     schedule=schedule,
     mask=mask,
     weight_decay_convention=weight_decay_convention,
-    scale_weight_decay_by_lr=scale_weight_decay_by_lr,
   )
 
 
+@_rejects_torch_keywords
 def adamp(
   learning_rate: optax.ScalarOrSchedule,
   weight_decay: optax.ScalarOrSchedule,
@@ -479,7 +657,6 @@ def adamp(
   schedule: optax.ScalarOrSchedule | None = None,
   mask: MaskOrFn = None,
   weight_decay_convention: WeightDecayConvention | None = None,
-  scale_weight_decay_by_lr: bool | None = None,
   cpu_kernel: bool | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""AdamP: Adam without the radial update component on scale-invariant weights.
@@ -527,9 +704,9 @@ def adamp(
       ``PartitionSpec``, e.g. shard_map's ``in_specs`` of the params.
     schedule: eta_t, the schedule multiplier.
     mask: leaves to decay, as in optax.
-    weight_decay_convention: ``"paper"`` (default), ``"torch"`` or
-      ``"corrected"``; see :func:`decoupled_chain` for the math.
-    scale_weight_decay_by_lr: True is ``weight_decay_convention="torch"``.
+    weight_decay_convention: ``"paper"``, ``"torch"`` or ``"corrected"``; see
+      :func:`decoupled_chain` for the math. Required unless ``weight_decay``
+      is 0: without it a nonzero decay raises a ``ValueError``.
     cpu_kernel: on the CPU, run Adam's moments and the projection's
       statistics in one fused pass where the kernel was built; None (default)
       when the process has a single CPU device, True always, False never. See
@@ -541,7 +718,7 @@ def adamp(
   Example:
     >>> import jax, jax.numpy as jnp
     >>> import decoupled_optax as dopt
-    >>> tx = dopt.adamp(1e-3, weight_decay=1e-5)
+    >>> tx = dopt.adamp(1e-3, weight_decay=1e-5, weight_decay_convention="paper")
     >>> params = {"kernel": jnp.ones((3, 3, 4, 8)), "bias": jnp.zeros(8)}
     >>> grads = jax.tree.map(jnp.ones_like, params)
     >>> updates, state = tx.update(grads, tx.init(params), params)
@@ -549,6 +726,13 @@ def adamp(
   Reference: Heo et al., "AdamP: Slowing Down the Slowdown for Momentum
   Optimizers on Scale-invariant Weights", ICLR 2021.
   """
+  _require_convention(
+    "adamp",
+    weight_decay_convention,
+    weight_decay,
+    learning_rate,
+    decay_note=f"adamp multiplies the decay {_projected_decay(wd_ratio)}.",
+  )
   return decoupled_chain(
     AdamDirection(b1, b2, eps, nesterov),
     learning_rate=learning_rate,
@@ -556,13 +740,13 @@ def adamp(
     schedule=schedule,
     mask=mask,
     weight_decay_convention=weight_decay_convention,
-    scale_weight_decay_by_lr=scale_weight_decay_by_lr,
     radial_projection=_projection_options(
       delta, wd_ratio, eps, channel_axis, projection_mask, axis_name, param_specs, cpu_kernel
     ),
   )
 
 
+@_rejects_torch_keywords
 def sgdp(
   learning_rate: optax.ScalarOrSchedule,
   momentum: float = 0.0,
@@ -580,7 +764,6 @@ def sgdp(
   schedule: optax.ScalarOrSchedule | None = None,
   mask: MaskOrFn = None,
   weight_decay_convention: WeightDecayConvention | None = None,
-  scale_weight_decay_by_lr: bool | None = None,
   cpu_kernel: bool | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""SGDP: momentum SGD without the radial update component on scale-invariant weights.
@@ -612,9 +795,9 @@ def sgdp(
     accumulator_dtype: dtype of the momentum buffer.
     schedule: eta_t, the schedule multiplier.
     mask: leaves to decay, as in optax.
-    weight_decay_convention: ``"paper"`` (default), ``"torch"`` or
-      ``"corrected"``; see :func:`decoupled_chain` for the math.
-    scale_weight_decay_by_lr: True is ``weight_decay_convention="torch"``.
+    weight_decay_convention: ``"paper"``, ``"torch"`` or ``"corrected"``; see
+      :func:`decoupled_chain` for the math. Required unless ``weight_decay``
+      is 0: without it a nonzero decay raises a ``ValueError``.
     cpu_kernel: as in :func:`adamp`, for the momentum buffer.
 
   Returns:
@@ -623,13 +806,23 @@ def sgdp(
   Example:
     >>> import jax, jax.numpy as jnp
     >>> import decoupled_optax as dopt
-    >>> tx = dopt.sgdp(0.1, momentum=0.9, weight_decay=1e-6, nesterov=True)
+    >>> tx = dopt.sgdp(0.1, momentum=0.9, weight_decay=1e-6, nesterov=True,
+    ...                weight_decay_convention="paper")
     >>> params = {"kernel": jnp.ones((4, 8))}
     >>> updates, state = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
 
   Reference: Heo et al., ICLR 2021; official ``adamp`` package 0.3.0, ``SGDP``.
   """
   check_unit_interval("momentum", momentum)
+  _require_convention(
+    "sgdp",
+    weight_decay_convention,
+    weight_decay,
+    learning_rate,
+    decay_factor=1.0 / (1.0 - momentum),
+    decay_note="sgdp multiplies the decay by the official 1 / (1 - momentum) (included "
+    f"above), and {_projected_decay(wd_ratio)}.",
+  )
   check_bool("nesterov", nesterov)
   return decoupled_chain(
     _momentum_direction(momentum, nesterov, accumulator_dtype),
@@ -639,15 +832,14 @@ def sgdp(
     schedule=schedule,
     mask=mask,
     weight_decay_convention=weight_decay_convention,
-    scale_weight_decay_by_lr=scale_weight_decay_by_lr,
     radial_projection=_projection_options(
       delta, wd_ratio, eps, channel_axis, projection_mask, axis_name, param_specs, cpu_kernel
     ),
   )
 
 
-# Arguments that must stay Python values: optax would trace an int channel axis
-# and a bool convention flag, and evaluate a callable mask as if it were a schedule.
+# Arguments that must stay Python values: optax would trace an int channel axis,
+# and evaluate a callable mask as if it were a schedule.
 _STATIC_ARGUMENTS = (
   "mask",
   "channel_axis",
@@ -655,7 +847,6 @@ _STATIC_ARGUMENTS = (
   "axis_name",
   "cpu_kernel",
   "weight_decay_convention",
-  "scale_weight_decay_by_lr",
 )
 
 
@@ -675,17 +866,7 @@ def _judge_conventions(bound: Mapping[str, Any]) -> None:
     return
   if "schedule" in bound:
     warn_if_schedule_looks_like_learning_rate(bound["schedule"], bound["learning_rate"])
-  if "weight_decay" not in bound or not (
-    {"weight_decay_convention", "scale_weight_decay_by_lr"} & set(bound)
-  ):
-    return
-  try:
-    convention = resolve_convention(
-      bound.get("weight_decay_convention"), bound.get("scale_weight_decay_by_lr")
-    )
-  except (TypeError, ValueError):
-    return  # the factory itself raises, with the same message
-  if convention != "torch":
+  if "weight_decay" in bound and bound.get("weight_decay_convention") in ("paper", "corrected"):
     warn_if_torch_convention(bound["weight_decay"], bound["learning_rate"])
 
 
@@ -700,10 +881,23 @@ def inject_hyperparams(
   ``static_args``: a callable mask would be evaluated on the step count and
   weight decay silently turned off. It also turns integer arguments into
   traced arrays, which the projection's ``channel_axis`` cannot be. This adds
-  ``mask``, ``channel_axis``, ``axis_name``, ``cpu_kernel`` and the convention arguments
-  to ``static_args`` when the
-  factory takes them; learning rate, weight decay, schedule and the other
-  numeric hyperparameters are injected as usual.
+  ``mask``, ``channel_axis``, ``axis_name``, ``cpu_kernel`` and
+  ``weight_decay_convention`` to ``static_args`` when the factory takes them;
+  learning rate, weight decay, schedule and the other numeric hyperparameters
+  are injected as usual.
+
+  The weight decay's convention is required as in the aliases: a nonzero
+  ``weight_decay`` (a number or a schedule) without
+  ``weight_decay_convention`` raises the alias's ``ValueError`` here, at
+  construction. Inside, the injected ``weight_decay`` is an array whose value
+  may change (``state.hyperparams["weight_decay"]``), so the factory is
+  called with the convention: the one given, or ``"paper"`` when none was
+  given and ``weight_decay`` was 0 (or omitted). A decay set later through
+  ``state.hyperparams`` is then applied in the paper's convention: to change
+  it later, pass ``weight_decay_convention`` at construction. (Under
+  ``optax.inject_hyperparams`` itself the aliases only see arrays: without a
+  convention they raise on a nonzero decay, and under ``jit``, where the value
+  is traced, on any decay, even an omitted one.)
 
   Two differences from optax, for low-precision params:
 
@@ -732,7 +926,8 @@ def inject_hyperparams(
   Example:
     >>> import decoupled_optax as dopt
     >>> tx = dopt.inject_hyperparams(dopt.adamp)(
-    ...     learning_rate=1e-3, weight_decay=1e-4, mask=lambda p: {"w": True})
+    ...     learning_rate=1e-3, weight_decay=1e-4, mask=lambda p: {"w": True},
+    ...     weight_decay_convention="paper")
   """
   if not callable(inner_factory):
     raise TypeError(f"inner_factory must be an optimizer factory, got {describe(inner_factory)}.")
@@ -763,6 +958,10 @@ def inject_hyperparams(
     # Built once here, so that bad arguments raise at construction, not at init.
     with conventions_already_judged():
       inner_factory(*args, **kwargs)
+    convention_left_out = bound.arguments.get("weight_decay_convention", "") is None
+    if convention_left_out and _has_no_decay(bound.arguments.get("weight_decay")):
+      # Injected, the decay is a (mutable) array, which needs a convention: the paper's.
+      kwargs = {**kwargs, "weight_decay_convention": "paper"}
 
     def init_fn(params: optax.Params) -> Any:
       with conventions_already_judged():

@@ -188,7 +188,8 @@ def with_diagnostics(
   Example:
     >>> import jax.numpy as jnp
     >>> import decoupled_optax as dopt
-    >>> tx = dopt.with_diagnostics(dopt.adamp(1e-3, weight_decay=1e-4))
+    >>> tx = dopt.with_diagnostics(
+    ...     dopt.adamp(1e-3, weight_decay=1e-4, weight_decay_convention="paper"))
     >>> params = {"kernel": jnp.ones((3, 4))}
     >>> # orthogonal to every output channel (column) of the kernel, as behind BatchNorm
     >>> grads = {"kernel": jnp.array([[1.0, -1, 0, 0], [0, 1, -1, 0], [-1, 0, 1, 0]])}

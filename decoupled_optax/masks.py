@@ -20,8 +20,8 @@ The common recipe (BERT, timm's ``filter_bias_and_bn``, the AdamP paper's
 Pass the function itself as the mask (it is called on the updates at every
 step), or the tree it returns::
 
-  tx = dopt.adamw(1e-3, 1e-5, mask=dopt.weight_decay_mask)
-  tx = dopt.adamw(1e-3, 1e-5, mask=dopt.weight_decay_mask(params))
+  tx = dopt.adamw(1e-3, 1e-5, mask=dopt.weight_decay_mask, weight_decay_convention="paper")
+  tx = dopt.adamw(1e-3, 1e-5, mask=dopt.weight_decay_mask(params), weight_decay_convention="paper")
 
 With ``optax.inject_hyperparams`` a callable mask needs
 ``static_args=("mask",)``; :func:`decoupled_optax.inject_hyperparams` adds it.
@@ -147,7 +147,7 @@ def make_weight_decay_mask(
   Example:
     >>> import decoupled_optax as dopt
     >>> mask = dopt.make_weight_decay_mask(exclude_names=("bias", "scale", "embedding"))
-    >>> tx = dopt.adamw(1e-3, 1e-5, mask=mask)
+    >>> tx = dopt.adamw(1e-3, 1e-5, mask=mask, weight_decay_convention="paper")
   """
   names = _check_mask_options(exclude_names, min_ndim)
 

@@ -216,7 +216,7 @@ def state_shardings(
     >>> import decoupled_optax as dopt
     >>> mesh = jax.make_mesh((1,), ("model",))
     >>> params = {"w": jax.device_put(jnp.ones((4, 8)), NamedSharding(mesh, P(None, "model")))}
-    >>> tx = dopt.adamp(1e-3, weight_decay=1e-5)
+    >>> tx = dopt.adamp(1e-3, weight_decay=1e-5, weight_decay_convention="paper")
     >>> shardings = dopt.state_shardings(tx, params)
     >>> state = jax.jit(tx.init, out_shardings=shardings)(params)
     >>> state[0].mu["w"].sharding.spec
@@ -254,7 +254,8 @@ def state_partition_specs(tx: optax.GradientTransformation, params: Any, param_s
     >>> from jax.sharding import PartitionSpec as P
     >>> import decoupled_optax as dopt
     >>> specs = dopt.state_partition_specs(
-    ...     dopt.adamw(1e-3, 1e-5), {"w": jnp.ones((4, 8))}, {"w": P(None, "model")})
+    ...     dopt.adamw(1e-3, 1e-5, weight_decay_convention="paper"), {"w": jnp.ones((4, 8))},
+    ...     {"w": P(None, "model")})
     >>> specs[0].mu["w"], specs[0].count
     (P(None, 'model'), P())
   """

@@ -162,7 +162,7 @@ def normalized_weight_decay(
   the number of epochs (with warm restarts, the length of the current
   period: see :func:`normalized_weight_decay_schedule`). The authors found
   ``lambda_norm`` of 0.025 to 0.05 good for both SGDW and AdamW. The result is
-  the paper's lambda: pass it with the default ``scale_weight_decay_by_lr=False``.
+  the paper's lambda: pass it with ``weight_decay_convention="paper"``.
 
   Example:
     >>> import decoupled_optax as dopt
@@ -209,7 +209,7 @@ def normalized_weight_decay_schedule(
     warmup_steps: steps before the first period starts.
 
   Returns:
-    An optax schedule of the paper's lambda (``scale_weight_decay_by_lr=False``).
+    An optax schedule of the paper's lambda (``weight_decay_convention="paper"``).
 
   Example:
     >>> import decoupled_optax as dopt

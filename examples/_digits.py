@@ -158,8 +158,8 @@ def example_optimizers(
   lam_p = dopt.normalized_weight_decay(0.025, batch_size, num_train, epochs)
   mask = dopt.weight_decay_mask
   return {
-    "AdamWR": dopt.adamw(1e-2, lam_wr, schedule=eta_wr, mask=mask),
-    "AdamP": dopt.adamp(1e-2, lam_p, schedule=eta_cos, mask=mask),
+    "AdamWR": dopt.adamw(1e-2, lam_wr, schedule=eta_wr, mask=mask, weight_decay_convention="paper"),
+    "AdamP": dopt.adamp(1e-2, lam_p, schedule=eta_cos, mask=mask, weight_decay_convention="paper"),
   }
 
 

@@ -71,7 +71,7 @@ def train(mesh, steps: int = 5) -> tuple[dict[str, np.ndarray], list[float]]:
     prediction = jnp.tanh(x @ w1) @ params["w2"] + params["b2"]
     return jnp.mean((prediction - y) ** 2)
 
-  tx = dopt.adamp(1e-2, weight_decay=1e-4)
+  tx = dopt.adamp(1e-2, weight_decay=1e-4, weight_decay_convention="paper")
   params = {k: global_array(v, shardings[k]) for k, v in init_params().items()}
   # The state is sharded like the params, even though init is jitted.
   opt_state = jax.jit(tx.init, out_shardings=dopt.state_shardings(tx, params))(params)

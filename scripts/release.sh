@@ -56,7 +56,7 @@ import decoupled_optax as dopt
 
 assert "site-packages" in dopt.__file__, dopt.__file__
 assert dopt.cpu_kernel_available(), "the wheel's kernel did not load"
-tx = dopt.adamp(1e-3, 1e-5, cpu_kernel=True)
+tx = dopt.adamp(1e-3, 1e-5, cpu_kernel=True, weight_decay_convention="paper")
 params = {"w": jnp.ones((3, 3, 4, 8)), "b": jnp.zeros(8)}
 grads = jax.tree.map(jnp.ones_like, params)
 updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)

@@ -101,7 +101,7 @@ def test_problem_exercises_every_projection_path():
 
 def test_problem_stays_in_its_regime_along_the_trajectory():
   """The detection holds with a wide margin at every step, so float noise cannot flip it."""
-  trajectory = run_ours(dopt.adamp(ADAM_LR, TORCH_WD, scale_weight_decay_by_lr=True), STEPS)
+  trajectory = run_ours(dopt.adamp(ADAM_LR, TORCH_WD, weight_decay_convention="torch"), STEPS)
   targets = make_targets(STEPS)
 
   def cosine(g, w, per_channel):
@@ -162,7 +162,7 @@ def test_adamw_matches_torch_adamw(torch_convention, mask_name):
     weight_decay,
     schedule=table_schedule(ETA),
     mask=MASKS[mask_name],
-    scale_weight_decay_by_lr=torch_convention,
+    weight_decay_convention="torch" if torch_convention else "paper",
   )
   reference, _, _ = run_torch(
     lambda groups: _groups(TORCH_WD, lr=ADAM_LR)(groups, torch.optim.AdamW),
@@ -175,7 +175,9 @@ def test_adamw_matches_torch_adamw(torch_convention, mask_name):
 
 def test_adamw_differs_from_torch_when_the_conversion_is_forgotten():
   """The comparison is sensitive to the convention: the raw torch value in paper mode fails."""
-  tx = dopt.adamw(ADAM_LR, ADAM_LR * TORCH_WD * 1.5, schedule=table_schedule(ETA))
+  tx = dopt.adamw(
+    ADAM_LR, ADAM_LR * TORCH_WD * 1.5, schedule=table_schedule(ETA), weight_decay_convention="paper"
+  )
   reference, _, _ = run_torch(
     lambda groups: _groups(TORCH_WD, lr=ADAM_LR)(groups, torch.optim.AdamW), STEPS, eta=ETA
   )
@@ -211,7 +213,7 @@ def test_sgdw_torch_convention_matches_torch_sgd(momentum, nesterov, mask_name):
     nesterov=nesterov,
     schedule=table_schedule(ETA),
     mask=MASKS[mask_name],
-    scale_weight_decay_by_lr=True,
+    weight_decay_convention="torch",
   )
   reference, _, _ = run_torch(
     lambda groups: torch.optim.SGD(groups, lr=SGD_LR, momentum=momentum, nesterov=nesterov),
@@ -234,6 +236,7 @@ def test_sgdw_paper_mode_matches_authors_sgd_lua(nesterov, mask_name):
     nesterov=nesterov,
     schedule=table_schedule(ETA),
     mask=MASKS[mask_name],
+    weight_decay_convention="paper",
   )
   reference = sgd_lua(
     STEPS, SGD_LR, momentum, weight_decay, ETA, nesterov=nesterov, decayed=_decayed(mask_name)
@@ -260,7 +263,7 @@ def test_adamp_matches_official_adamp(nesterov, mask_name, cpu_kernel):
     nesterov=nesterov,
     schedule=table_schedule(ETA),
     mask=MASKS[mask_name],
-    scale_weight_decay_by_lr=True,
+    weight_decay_convention="torch",
     cpu_kernel=cpu_kernel,
   )
   reference, _, _ = run_torch(
@@ -275,7 +278,13 @@ def test_adamp_matches_official_adamp(nesterov, mask_name, cpu_kernel):
 @PATHS
 @pytest.mark.parametrize("nesterov", [False, True])
 def test_adamp_paper_mode_matches_official_with_converted_decay(nesterov, cpu_kernel):
-  tx = dopt.adamp(ADAM_LR, ADAM_LR * TORCH_WD, nesterov=nesterov, cpu_kernel=cpu_kernel)
+  tx = dopt.adamp(
+    ADAM_LR,
+    ADAM_LR * TORCH_WD,
+    nesterov=nesterov,
+    cpu_kernel=cpu_kernel,
+    weight_decay_convention="paper",
+  )
   reference, _, _ = run_torch(
     lambda groups: _groups(TORCH_WD, lr=ADAM_LR, nesterov=nesterov)(groups, AdamP), STEPS
   )
@@ -284,8 +293,8 @@ def test_adamp_paper_mode_matches_official_with_converted_decay(nesterov, cpu_ke
 
 def test_adamp_differs_from_adamw():
   """The projection and wd_ratio change the trajectory; otherwise the match above is vacuous."""
-  ours = run_ours(dopt.adamp(ADAM_LR, TORCH_WD, scale_weight_decay_by_lr=True), STEPS)
-  adamw = run_ours(dopt.adamw(ADAM_LR, TORCH_WD, scale_weight_decay_by_lr=True), STEPS)
+  ours = run_ours(dopt.adamp(ADAM_LR, TORCH_WD, weight_decay_convention="torch"), STEPS)
+  adamw = run_ours(dopt.adamw(ADAM_LR, TORCH_WD, weight_decay_convention="torch"), STEPS)
   for name in ("conv", "dense"):
     diff = np.linalg.norm(ours[-1][name] - adamw[-1][name]) / np.linalg.norm(adamw[-1][name])
     assert diff > 1e-2, name
@@ -321,7 +330,7 @@ def test_sgdp_matches_official_sgdp(nesterov, optimizer_cls, mask_name, cpu_kern
     nesterov=nesterov,
     schedule=table_schedule(ETA),
     mask=MASKS[mask_name],
-    scale_weight_decay_by_lr=True,
+    weight_decay_convention="torch",
     cpu_kernel=cpu_kernel,
   )
   reference, _, _ = _sgdp_reference(nesterov, optimizer_cls, mask_name)
@@ -330,7 +339,7 @@ def test_sgdp_matches_official_sgdp(nesterov, optimizer_cls, mask_name, cpu_kern
 
 def test_sgdp_does_not_copy_the_official_momentum_bug():
   tx = dopt.sgdp(
-    SGD_LR, SGDP_MOMENTUM, TORCH_WD, schedule=table_schedule(ETA), scale_weight_decay_by_lr=True
+    SGD_LR, SGDP_MOMENTUM, TORCH_WD, schedule=table_schedule(ETA), weight_decay_convention="torch"
   )
   ours, states = run_ours(tx, STEPS, with_states=True)
   buggy, buggy_optimizer, buggy_tensors = _sgdp_reference(False, SGDP)
@@ -392,11 +401,11 @@ def test_the_three_conventions_agree_when_decay_is_converted(alias, schedule):
   make, lr = ALIASES[alias], ALIAS_LR[alias]
   paper_wd = lr * TORCH_WD
   eta = 1.0 if schedule is None else schedule
-  paper = run_ours(make(paper_wd, schedule=schedule, mask=MASK), STEPS)
+  paper = run_ours(
+    make(paper_wd, schedule=schedule, mask=MASK, weight_decay_convention="paper"), STEPS
+  )
   torch_style = make(TORCH_WD, schedule=schedule, mask=MASK, weight_decay_convention="torch")
   assert_trajectories_match(paper, run_ours(torch_style, STEPS))
-  flag_style = make(TORCH_WD, schedule=schedule, mask=MASK, scale_weight_decay_by_lr=True)
-  assert_trajectories_match(paper, run_ours(flag_style, STEPS))
   corrected = make(
     paper_wd / eta, schedule=schedule, mask=MASK, weight_decay_convention="corrected"
   )
@@ -406,7 +415,7 @@ def test_the_three_conventions_agree_when_decay_is_converted(alias, schedule):
 @pytest.mark.parametrize("alias", list(ALIASES))
 def test_corrected_equals_paper_under_a_constant_unit_schedule(alias):
   make, lr = ALIASES[alias], ALIAS_LR[alias]
-  paper = run_ours(make(lr * TORCH_WD, mask=MASK), STEPS)
+  paper = run_ours(make(lr * TORCH_WD, mask=MASK, weight_decay_convention="paper"), STEPS)
   for schedule in (None, 1.0, optax.constant_schedule(1.0)):
     corrected = make(
       lr * TORCH_WD, schedule=schedule, mask=MASK, weight_decay_convention="corrected"
@@ -463,12 +472,7 @@ def test_corrected_adamw_and_adamp_match_timm_corrected_weight_decay(cpu_kernel)
     assert_trajectories_match(run_ours(ours_tx, STEPS), reference)
 
 
-def test_the_convention_arguments_may_not_contradict_each_other():
-  with pytest.raises(ValueError, match="contradicts"):
-    dopt.adamw(1e-3, 1e-5, weight_decay_convention="corrected", scale_weight_decay_by_lr=True)
-  with pytest.raises(ValueError, match="contradicts"):
-    dopt.sgdp(0.1, 0.9, 1e-5, weight_decay_convention="torch", scale_weight_decay_by_lr=False)
-  dopt.adamw(1e-3, 1e-2, weight_decay_convention="torch", scale_weight_decay_by_lr=True)
+def test_a_learning_rate_schedule_needs_the_torch_convention():
   with pytest.raises(ValueError, match="learning_rate must be a scalar in the 'corrected'"):
     dopt.adamw(optax.constant_schedule(1e-3), 1e-5, weight_decay_convention="corrected")
 
@@ -483,6 +487,6 @@ def test_sgdp_judges_the_convention_on_the_decay_it_was_given():
   # decay below 1) must not warn just because the rescaled value is above alpha.
   with warnings.catch_warnings():
     warnings.simplefilter("error", dopt.WeightDecayConventionWarning)
-    dopt.sgdp(0.05, 0.9, 0.0375)
+    dopt.sgdp(0.05, 0.9, 0.0375, weight_decay_convention="paper")
   with pytest.warns(dopt.WeightDecayConventionWarning, match=r"weight_decay=0\.0625 "):
-    dopt.sgdp(0.05, 0.9, 0.0625)
+    dopt.sgdp(0.05, 0.9, 0.0625, weight_decay_convention="paper")

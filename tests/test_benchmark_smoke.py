@@ -67,7 +67,7 @@ def test_device_time_mode_runs_k_updates_per_call(update_step, tmp_path):
   """K updates in one jitted fori_loop give the same params as K single updates."""
   params, grads = update_step.make_arrays(update_step.tiny_tree())
   grads = jax.tree.map(jnp.asarray, grads)
-  factory = lambda: update_step.dopt.adamp(1e-3, 1e-5)  # noqa: E731
+  factory = lambda: update_step.dopt.adamp(1e-3, 1e-5, weight_decay_convention="paper")  # noqa: E731
   looped, state, _, _ = update_step.compile_jax(
     factory, jax.tree.map(jnp.array, params), grads, 1, steps_per_call=3
   )

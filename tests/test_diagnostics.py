@@ -53,7 +53,9 @@ def _angle(w, u):
 
 @PATHS
 def test_every_per_leaf_quantity_matches_numpy(cpu_kernel):
-  tx = dopt.with_diagnostics(dopt.adamp(1e-2, 5e-3, cpu_kernel=cpu_kernel))
+  tx = dopt.with_diagnostics(
+    dopt.adamp(1e-2, 5e-3, cpu_kernel=cpu_kernel, weight_decay_convention="paper")
+  )
   for t, (params, updates, d) in enumerate(_run(tx, 6)):
     assert int(d["count"]) == t + 1
     for name in SHAPES:
@@ -118,7 +120,14 @@ def test_projection_codes_are_the_official_adamps_decisions(cpu_kernel):
   expected["bias"] = 0
   assert sorted(set(expected.values())) == [0, 1, 2]  # the tree exercises every decision
   tx = dopt.with_diagnostics(
-    dopt.adamp(1e-3, 1e-4, wd_ratio=0.25, channel_axis=0, cpu_kernel=cpu_kernel)
+    dopt.adamp(
+      1e-3,
+      1e-4,
+      wd_ratio=0.25,
+      channel_axis=0,
+      cpu_kernel=cpu_kernel,
+      weight_decay_convention="paper",
+    )
   )
   p, g = (jax.tree.map(jnp.asarray, x) for x in (params, grads))
   _, state = jax.jit(tx.update)(g, tx.init(p), p)
@@ -198,7 +207,7 @@ def test_any_optax_transform_gets_norms_and_count_but_no_invented_scalars():
 def test_the_wrapped_updates_and_state_are_unchanged():
   params = _params()
   grads = _grads(params, make_targets(1)[0])
-  plain = dopt.adamp(1e-3, 1e-4)
+  plain = dopt.adamp(1e-3, 1e-4, weight_decay_convention="paper")
   wrapped = dopt.with_diagnostics(plain)
   u1, s1 = plain.update(grads, plain.init(params), params)
   u2, s2 = wrapped.update(grads, wrapped.init(params), params)
@@ -208,14 +217,16 @@ def test_the_wrapped_updates_and_state_are_unchanged():
 
 def _lookup_cases():
   params = {"dense": {"kernel": jnp.ones((3, 4)), "bias": jnp.zeros(4)}}
-  inner = dopt.with_diagnostics(dopt.adamp(1e-3, 1e-5))
+  inner = dopt.with_diagnostics(dopt.adamp(1e-3, 1e-5, weight_decay_convention="paper"))
   return params, {
     "bare": inner,
     "nested_chain": optax.chain(optax.clip_by_global_norm(1.0), optax.chain(inner)),
     "multi_steps": optax.MultiSteps(inner, every_k_schedule=2),
     "apply_if_finite": optax.apply_if_finite(inner, 3),
     "inject_hyperparams": dopt.with_diagnostics(
-      dopt.inject_hyperparams(dopt.adamp)(learning_rate=1e-3, weight_decay=1e-5)
+      dopt.inject_hyperparams(dopt.adamp)(
+        learning_rate=1e-3, weight_decay=1e-5, weight_decay_convention="paper"
+      )
     ),
   }
 
@@ -239,7 +250,7 @@ def test_read_diagnostics_through_a_flax_train_state_and_an_nnx_optimizer():
   from flax import nnx
   from flax.training import train_state
 
-  tx = dopt.with_diagnostics(dopt.adamw(1e-3, 1e-5))
+  tx = dopt.with_diagnostics(dopt.adamw(1e-3, 1e-5, weight_decay_convention="paper"))
   params = {"w": jnp.ones((2, 3))}
   state = train_state.TrainState.create(apply_fn=None, params=params, tx=tx)
   state = state.apply_gradients(grads={"w": jnp.ones((2, 3))})
@@ -262,7 +273,9 @@ def test_read_diagnostics_through_a_flax_train_state_and_an_nnx_optimizer():
 
 def test_outside_multisteps_the_chain_reports_nothing_but_nothing_leaks():
   # Around MultiSteps the chain runs in a lax.cond: only the norms are recorded.
-  tx = dopt.with_diagnostics(optax.MultiSteps(dopt.adamp(1e-3, 1e-5), every_k_schedule=2))
+  tx = dopt.with_diagnostics(
+    optax.MultiSteps(dopt.adamp(1e-3, 1e-5, weight_decay_convention="paper"), every_k_schedule=2)
+  )
   params = {"w": jnp.ones((2, 3))}
   state = tx.init(params)
   _, state = jax.jit(tx.update)({"w": jnp.ones((2, 3))}, state, params)
@@ -273,7 +286,7 @@ def test_outside_multisteps_the_chain_reports_nothing_but_nothing_leaks():
 
 def test_works_under_vmap_and_grad():
   params = {"w": jnp.arange(1.0, 7.0).reshape(2, 3)}
-  tx = dopt.with_diagnostics(dopt.adamp(1e-2, 1e-4))
+  tx = dopt.with_diagnostics(dopt.adamp(1e-2, 1e-4, weight_decay_convention="paper"))
   batch = jnp.stack([jnp.ones((2, 3)), -jnp.ones((2, 3)), jnp.eye(2, 3)])
 
   def one(g):
@@ -290,7 +303,7 @@ def test_works_under_vmap_and_grad():
     updates, _ = tx.update({"w": batch[0] * lr_scale}, tx.init(params), params)
     return jnp.sum(updates["w"])
 
-  plain = dopt.adamp(1e-2, 1e-4)
+  plain = dopt.adamp(1e-2, 1e-4, weight_decay_convention="paper")
 
   def plain_loss(lr_scale):
     updates, _ = plain.update({"w": batch[0] * lr_scale}, plain.init(params), params)
@@ -302,7 +315,7 @@ def test_works_under_vmap_and_grad():
 def test_zero_empty_and_scalar_leaves_give_no_nan():
   params = {"zero": jnp.zeros((3, 2)), "empty": jnp.zeros((0, 4)), "scalar": jnp.ones(())}
   grads = jax.tree.map(jnp.zeros_like, params)
-  tx = dopt.with_diagnostics(dopt.adamp(1e-3, 1e-4))
+  tx = dopt.with_diagnostics(dopt.adamp(1e-3, 1e-4, weight_decay_convention="paper"))
   with warnings.catch_warnings():
     warnings.simplefilter("error")
     _, state = tx.update(grads, tx.init(params), params)
@@ -313,7 +326,7 @@ def test_zero_empty_and_scalar_leaves_give_no_nan():
 
 def test_bfloat16_params_keep_their_dtype_and_the_diagnostics_are_float32():
   params = {"w": jnp.ones((4, 4), jnp.bfloat16)}
-  tx = dopt.with_diagnostics(dopt.adamw(1e-3, 1e-5))
+  tx = dopt.with_diagnostics(dopt.adamw(1e-3, 1e-5, weight_decay_convention="paper"))
   updates, state = tx.update({"w": jnp.ones((4, 4), jnp.bfloat16)}, tx.init(params), params)
   assert updates["w"].dtype == jnp.bfloat16
   assert dopt.read_diagnostics(state)["weight_norm/w"].dtype == jnp.float32
@@ -321,7 +334,7 @@ def test_bfloat16_params_keep_their_dtype_and_the_diagnostics_are_float32():
 
 def test_the_state_structure_is_stable_under_scan():
   params = {"w": jnp.ones((2, 3))}
-  tx = dopt.with_diagnostics(dopt.sgdp(0.1, 0.9, 1e-4))
+  tx = dopt.with_diagnostics(dopt.sgdp(0.1, 0.9, 1e-4, weight_decay_convention="paper"))
 
   def body(carry, g):
     params, state = carry
@@ -336,8 +349,12 @@ def test_the_state_structure_is_stable_under_scan():
 def test_mapped_axes_of_the_chain_must_be_given_to_the_wrapper_too():
   params = {"w": jnp.ones((2, 3))}
   with pytest.raises(ValueError, match="pass the same axis_name"):
-    dopt.with_diagnostics(dopt.adamp(1e-3, 1e-5, axis_name="x")).init(params)
-  tx = dopt.with_diagnostics(dopt.adamp(1e-3, 1e-5, axis_name="x"), axis_name="x")
+    dopt.with_diagnostics(
+      dopt.adamp(1e-3, 1e-5, axis_name="x", weight_decay_convention="paper")
+    ).init(params)
+  tx = dopt.with_diagnostics(
+    dopt.adamp(1e-3, 1e-5, axis_name="x", weight_decay_convention="paper"), axis_name="x"
+  )
   assert "projection/w" in dopt.read_diagnostics(tx.init(params))
 
 
@@ -345,7 +362,9 @@ def test_mapped_axes_of_the_chain_must_be_given_to_the_wrapper_too():
 def test_the_gradient_norm_is_that_of_the_raw_gradient(cpu_kernel):
   params = _params()
   grads = _grads(params, make_targets(1)[0])
-  tx = dopt.with_diagnostics(dopt.adamp(1e-2, 5e-3, cpu_kernel=cpu_kernel))
+  tx = dopt.with_diagnostics(
+    dopt.adamp(1e-2, 5e-3, cpu_kernel=cpu_kernel, weight_decay_convention="paper")
+  )
   _, state = jax.jit(tx.update)(grads, tx.init(params), params)
   d = dopt.read_diagnostics(state)
   for name in SHAPES:

@@ -82,11 +82,13 @@ def _trajectory(tx, params, grads, steps=6):
 # cpu_kernel=True and False are passed explicitly, so each test names the path
 # it pins (the default is pinned in tests/test_single_device_default.py).
 FACTORIES = {
-  "adamp": lambda **kw: dopt.adamp(1e-3, 1e-2, scale_weight_decay_by_lr=True, **kw),
-  "adamp_nesterov": lambda **kw: dopt.adamp(1e-3, 1e-4, nesterov=True, **kw),
-  "sgdp": lambda **kw: dopt.sgdp(0.1, 0.9, 1e-4, **kw),
+  "adamp": lambda **kw: dopt.adamp(1e-3, 1e-2, weight_decay_convention="torch", **kw),
+  "adamp_nesterov": lambda **kw: dopt.adamp(
+    1e-3, 1e-4, nesterov=True, weight_decay_convention="paper", **kw
+  ),
+  "sgdp": lambda **kw: dopt.sgdp(0.1, 0.9, 1e-4, weight_decay_convention="paper", **kw),
   "sgdp_nesterov": lambda **kw: dopt.sgdp(
-    0.1, 0.9, 1e-2, nesterov=True, scale_weight_decay_by_lr=True, **kw
+    0.1, 0.9, 1e-2, nesterov=True, weight_decay_convention="torch", **kw
   ),
 }
 
@@ -125,7 +127,11 @@ def test_middle_channel_axis():
   params = {"k": jnp.asarray(rng.standard_normal((3, 3, 16, 8)), jnp.float32)}
   grads = {"k": jnp.asarray(rng.standard_normal((3, 3, 16, 8)), jnp.float32)}
   runs = [
-    _trajectory(dopt.adamp(1e-3, 1e-4, channel_axis=2, cpu_kernel=k), params, grads)
+    _trajectory(
+      dopt.adamp(1e-3, 1e-4, channel_axis=2, cpu_kernel=k, weight_decay_convention="paper"),
+      params,
+      grads,
+    )
     for k in (True, False)
   ]
   _assert_trees_close(*runs)
@@ -137,11 +143,13 @@ def _compiled_text(tx, params, grads) -> str:
 
 def test_kernel_runs_exactly_where_it_should():
   params, grads = _tree()
-  text = _compiled_text(dopt.adamp(1e-3, 1e-4, cpu_kernel=True), params, grads)
+  text = _compiled_text(
+    dopt.adamp(1e-3, 1e-4, cpu_kernel=True, weight_decay_convention="paper"), params, grads
+  )
   # conv_hwio, wide and dense; not bias, empty, or the bfloat16 leaf.
   assert text.count("decoupled_optax_first_pass_adam") == 3
   assert "decoupled_optax_first_pass" not in _compiled_text(
-    dopt.adamp(1e-3, 1e-4, cpu_kernel=False), params, grads
+    dopt.adamp(1e-3, 1e-4, cpu_kernel=False, weight_decay_convention="paper"), params, grads
   )
   assert (
     _compiled_text(dopt.sgdp(0.1, 0.9, cpu_kernel=True), params, grads).count(
@@ -192,7 +200,7 @@ def test_kernel_statistics_against_float64(nesterov):
 
 def test_moments_are_updated_in_place_when_donated():
   params, grads = _tree()
-  tx = dopt.adamp(1e-3, 1e-4, cpu_kernel=True)
+  tx = dopt.adamp(1e-3, 1e-4, cpu_kernel=True, weight_decay_convention="paper")
 
   def step(params, state, grads):
     updates, state = tx.update(grads, state, params)
@@ -206,18 +214,22 @@ def test_moments_are_updated_in_place_when_donated():
 def test_vmap_over_models():
   params, grads = _torch_layout_tree()
   stack = lambda tree: jax.tree.map(lambda x: jnp.stack([x, 2 * x]), tree)  # noqa: E731
-  tx = dopt.adamp(1e-3, 1e-4, channel_axis=0, cpu_kernel=True)
+  tx = dopt.adamp(1e-3, 1e-4, channel_axis=0, cpu_kernel=True, weight_decay_convention="paper")
   updates, _ = jax.vmap(lambda p, g: tx.update(g, tx.init(p), p))(stack(params), stack(grads))
   for index, scale in enumerate([1, 2]):
     p = jax.tree.map(lambda x, scale=scale: scale * x, params)
     g = jax.tree.map(lambda x, scale=scale: scale * x, grads)
-    expected, _ = dopt.adamp(1e-3, 1e-4, channel_axis=0, cpu_kernel=False).update(g, tx.init(p), p)
+    expected, _ = dopt.adamp(
+      1e-3, 1e-4, channel_axis=0, cpu_kernel=False, weight_decay_convention="paper"
+    ).update(g, tx.init(p), p)
     _assert_trees_close(jax.tree.map(lambda x, index=index: x[index], updates), expected)
 
 
 def test_injected_hyperparameters_reach_the_kernel():
   params, grads = _tree()
-  kwargs = dict(learning_rate=1e-3, weight_decay=1e-4, b1=0.8, b2=0.99)
+  kwargs = dict(
+    learning_rate=1e-3, weight_decay=1e-4, b1=0.8, b2=0.99, weight_decay_convention="paper"
+  )
   runs = [
     _trajectory(dopt.inject_hyperparams(dopt.adamp)(**kwargs, cpu_kernel=k), params, grads)
     for k in (True, False)
@@ -227,8 +239,10 @@ def test_injected_hyperparameters_reach_the_kernel():
 
 def test_checkpoints_move_between_the_paths():
   params, grads = _tree()
-  fused_state = _trajectory(dopt.adamp(1e-3, 1e-4, cpu_kernel=True), params, grads)[1]
-  generic = dopt.adamp(1e-3, 1e-4, cpu_kernel=False)
+  fused_state = _trajectory(
+    dopt.adamp(1e-3, 1e-4, cpu_kernel=True, weight_decay_convention="paper"), params, grads
+  )[1]
+  generic = dopt.adamp(1e-3, 1e-4, cpu_kernel=False, weight_decay_convention="paper")
   assert jax.tree.structure(fused_state) == jax.tree.structure(generic.init(params))
   generic.update(grads, fused_state, params)  # a fused state resumes on the generic path
 
@@ -237,7 +251,7 @@ def test_checkpoints_move_between_the_paths():
 def test_accelerators_get_the_generic_chain(platform):
   """The kernel is registered for the CPU only; lowering elsewhere must not reference it."""
   params, grads = _tree()
-  tx = dopt.adamp(1e-3, 1e-4, cpu_kernel=True)
+  tx = dopt.adamp(1e-3, 1e-4, cpu_kernel=True, weight_decay_convention="paper")
   traced = jax.jit(lambda p, s, g: tx.update(g, s, p)).trace(params, tx.init(params), grads)
   text = traced.lower(lowering_platforms=(platform,)).as_text()
   assert "decoupled_optax_first_pass" not in text
@@ -258,10 +272,10 @@ def test_a_kernel_that_cannot_run_falls_back_with_a_warning(monkeypatch):
     params, grads = _tree()
     monkeypatch.setattr(fused, "_single_cpu_device", lambda: True)
     with pytest.warns(dopt.CPUKernelWarning, match="does not run with this jaxlib"):
-      tx = dopt.adamp(1e-3, 1e-4)
+      tx = dopt.adamp(1e-3, 1e-4, weight_decay_convention="paper")
     assert "decoupled_optax_first_pass" not in _compiled_text(tx, params, grads)
     with pytest.raises(RuntimeError, match="cpu_kernel=True, but the fused CPU kernel"):
-      dopt.adamp(1e-3, 1e-4, cpu_kernel=True)
+      dopt.adamp(1e-3, 1e-4, cpu_kernel=True, weight_decay_convention="paper")
   finally:
     fused._kernel_status.cache_clear()
     fused._warn_missing_kernel.cache_clear()
@@ -276,14 +290,14 @@ def test_a_missing_kernel_is_reported_once_and_forcing_it_raises(monkeypatch):
   fused._warn_missing_kernel.cache_clear()
   try:
     with pytest.warns(dopt.CPUKernelWarning, match="2.5x slower.*simulated: not built"):
-      dopt.adamp(1e-3, 1e-4)
+      dopt.adamp(1e-3, 1e-4, weight_decay_convention="paper")
     with warnings.catch_warnings():
       warnings.simplefilter("error")
       dopt.sgdp(0.1, 0.9)  # once per process, not per optimizer
-      dopt.adamp(1e-3, 1e-4, cpu_kernel=False)
+      dopt.adamp(1e-3, 1e-4, cpu_kernel=False, weight_decay_convention="paper")
     for make in (dopt.adamp, lambda lr, wd, **k: dopt.sgdp(lr, 0.9, wd, **k)):
       with pytest.raises(RuntimeError, match="not available: simulated: not built"):
-        make(1e-3, 1e-4, cpu_kernel=True)
+        make(1e-3, 1e-4, cpu_kernel=True, weight_decay_convention="paper")
   finally:
     fused._warn_missing_kernel.cache_clear()
 
@@ -306,10 +320,26 @@ def _unrolled_loss(params, tx, steps=2):
 
 
 DIFFERENTIATED = [
-  ("adamp", lambda kernel: dopt.adamp(1e-2, 1e-3, cpu_kernel=kernel)),
-  ("adamp-nesterov", lambda kernel: dopt.adamp(1e-2, 1e-3, nesterov=True, cpu_kernel=kernel)),
-  ("sgdp", lambda kernel: dopt.sgdp(0.1, 0.9, 1e-3, cpu_kernel=kernel)),
-  ("sgdp-nesterov", lambda kernel: dopt.sgdp(0.1, 0.9, 1e-3, nesterov=True, cpu_kernel=kernel)),
+  (
+    "adamp",
+    lambda kernel: dopt.adamp(1e-2, 1e-3, cpu_kernel=kernel, weight_decay_convention="paper"),
+  ),
+  (
+    "adamp-nesterov",
+    lambda kernel: dopt.adamp(
+      1e-2, 1e-3, nesterov=True, cpu_kernel=kernel, weight_decay_convention="paper"
+    ),
+  ),
+  (
+    "sgdp",
+    lambda kernel: dopt.sgdp(0.1, 0.9, 1e-3, cpu_kernel=kernel, weight_decay_convention="paper"),
+  ),
+  (
+    "sgdp-nesterov",
+    lambda kernel: dopt.sgdp(
+      0.1, 0.9, 1e-3, nesterov=True, cpu_kernel=kernel, weight_decay_convention="paper"
+    ),
+  ),
 ]
 
 
@@ -337,7 +367,9 @@ def test_hypergradients_of_injected_hyperparameters_through_the_fused_update():
   grads = jax.tree.map(jnp.cos, params)
 
   def loss_after_one_step(learning_rate, weight_decay, kernel):
-    tx = dopt.inject_hyperparams(dopt.adamp)(learning_rate, weight_decay, cpu_kernel=kernel)
+    tx = dopt.inject_hyperparams(dopt.adamp)(
+      learning_rate, weight_decay, cpu_kernel=kernel, weight_decay_convention="paper"
+    )
     updates, _ = tx.update(grads, tx.init(params), params)
     return sum(jnp.sum(x**2) for x in jax.tree.leaves(optax.apply_updates(params, updates)))
 
@@ -356,7 +388,7 @@ def test_the_kernel_registers_when_the_first_optimizer_is_built_inside_jit():
 
   @jax.jit
   def step(learning_rate):
-    tx = dopt.adamp(learning_rate, 1e-4, cpu_kernel=True)
+    tx = dopt.adamp(learning_rate, 1e-4, cpu_kernel=True, weight_decay_convention="paper")
     return tx.update(grads, tx.init(params), params)
 
   fused._kernel_status.cache_clear()
@@ -375,7 +407,7 @@ def test_one_wide_leaf_does_not_pad_the_statistics_of_all_others():
   grads = jax.tree.map(lambda x: x * 0.5, params)
 
   def temporaries(cpu_kernel):
-    tx = dopt.adamp(1e-3, 1e-4, cpu_kernel=cpu_kernel)
+    tx = dopt.adamp(1e-3, 1e-4, cpu_kernel=cpu_kernel, weight_decay_convention="paper")
     step = jax.jit(lambda p, s, g: tx.update(g, s, p))
     compiled = step.lower(params, tx.init(params), grads).compile()
     return compiled.memory_analysis().temp_size_in_bytes

@@ -96,7 +96,7 @@ _RSS_SCRIPT = textwrap.dedent(
   rng = np.random.default_rng(0)
   params = {"w": jnp.asarray(rng.standard_normal(shape, np.float32))}
   grads = {"w": jnp.asarray(rng.standard_normal(shape, np.float32))}
-  tx = dopt.adamp(1e-3, 1e-2, cpu_kernel=True)
+  tx = dopt.adamp(1e-3, 1e-2, cpu_kernel=True, weight_decay_convention="paper")
   state = tx.init(params)
   step = jax.jit(lambda p, s, g: tx.update(g, s, p)).lower(params, state, grads).compile()
   assert "decoupled_optax_first_pass_adam" in step.as_text()
@@ -148,10 +148,14 @@ FUZZ_SHAPES = [
 KINDS = ["random", "orthogonal", "zero", "tiny", "huge", "subnormal", "nonfinite"]
 CHANNEL_AXES = [0, 1, -2, -1]
 OPTIMIZERS = {
-  "adamp": lambda **kw: dopt.adamp(1e-2, 1e-2, scale_weight_decay_by_lr=True, **kw),
-  "adamp_nesterov": lambda **kw: dopt.adamp(1e-2, 1e-3, nesterov=True, **kw),
-  "sgdp": lambda **kw: dopt.sgdp(1e-2, 0.9, 1e-2, scale_weight_decay_by_lr=True, **kw),
-  "sgdp_nesterov": lambda **kw: dopt.sgdp(1e-2, 0.9, 1e-3, nesterov=True, **kw),
+  "adamp": lambda **kw: dopt.adamp(1e-2, 1e-2, weight_decay_convention="torch", **kw),
+  "adamp_nesterov": lambda **kw: dopt.adamp(
+    1e-2, 1e-3, nesterov=True, weight_decay_convention="paper", **kw
+  ),
+  "sgdp": lambda **kw: dopt.sgdp(1e-2, 0.9, 1e-2, weight_decay_convention="torch", **kw),
+  "sgdp_nesterov": lambda **kw: dopt.sgdp(
+    1e-2, 0.9, 1e-3, nesterov=True, weight_decay_convention="paper", **kw
+  ),
 }
 
 

@@ -100,11 +100,13 @@ def test_mask_values_on_nnx_state_both_forms() -> None:
 @pytest.mark.parametrize(
   "factory",
   [
-    lambda mask: dopt.adamw(LR, WD, mask=mask),
-    lambda mask: dopt.sgdw(LR, 0.9, WD, mask=mask),
-    lambda mask: dopt.inject_hyperparams(dopt.adamw)(learning_rate=LR, weight_decay=WD, mask=mask),
+    lambda mask: dopt.adamw(LR, WD, mask=mask, weight_decay_convention="paper"),
+    lambda mask: dopt.sgdw(LR, 0.9, WD, mask=mask, weight_decay_convention="paper"),
+    lambda mask: dopt.inject_hyperparams(dopt.adamw)(
+      learning_rate=LR, weight_decay=WD, mask=mask, weight_decay_convention="paper"
+    ),
     lambda mask: optax.inject_hyperparams(dopt.adamw, static_args=("mask",))(
-      learning_rate=LR, weight_decay=WD, mask=mask
+      learning_rate=LR, weight_decay=WD, mask=mask, weight_decay_convention="paper"
     ),
   ],
   ids=["adamw", "sgdw", "dopt.inject_hyperparams", "optax.inject_hyperparams"],
@@ -131,7 +133,7 @@ def test_linen_train_state_step() -> None:
   model = LinenNet()
   variables = model.init(jax.random.key(0), X)
   params = jax.tree.map(lambda p: p + 0.5, variables["params"])
-  tx = dopt.adamw(LR, WD, mask=dopt.weight_decay_mask)
+  tx = dopt.adamw(LR, WD, mask=dopt.weight_decay_mask, weight_decay_convention="paper")
   state = train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
   plain = train_state.TrainState.create(apply_fn=model.apply, params=params, tx=dopt.adamw(LR, 0.0))
 
@@ -157,10 +159,12 @@ def test_linen_train_state_step() -> None:
 @pytest.mark.parametrize(
   "factory",
   [
-    lambda mask: dopt.adamw(LR, WD, mask=mask),
-    lambda mask: dopt.inject_hyperparams(dopt.adamw)(learning_rate=LR, weight_decay=WD, mask=mask),
+    lambda mask: dopt.adamw(LR, WD, mask=mask, weight_decay_convention="paper"),
+    lambda mask: dopt.inject_hyperparams(dopt.adamw)(
+      learning_rate=LR, weight_decay=WD, mask=mask, weight_decay_convention="paper"
+    ),
     lambda mask: optax.inject_hyperparams(dopt.sgdw, static_args=("mask",))(
-      learning_rate=LR, momentum=0.9, weight_decay=WD, mask=mask
+      learning_rate=LR, momentum=0.9, weight_decay=WD, mask=mask, weight_decay_convention="paper"
     ),
   ],
   ids=["adamw", "dopt.inject_hyperparams", "optax.inject_hyperparams"],
@@ -192,7 +196,7 @@ def test_callable_mask_with_plain_optax_inject_hyperparams_raises() -> None:
   """Without static_args optax would call the mask on the step count; the library refuses."""
   params = _linen_params()
   tx = optax.inject_hyperparams(dopt.adamw)(
-    learning_rate=LR, weight_decay=WD, mask=dopt.weight_decay_mask
+    learning_rate=LR, weight_decay=WD, mask=dopt.weight_decay_mask, weight_decay_convention="paper"
   )
   with pytest.raises((ValueError, TypeError)):
     tx.init(params)

@@ -11,10 +11,28 @@ import pytest
 import decoupled_optax as dopt
 
 ALIASES = {
-  "adamw": (dopt.adamw, dict(learning_rate=1e-2, weight_decay=1e-3)),
-  "sgdw": (dopt.sgdw, dict(learning_rate=0.05, momentum=0.9, weight_decay=1e-3)),
-  "adamp": (dopt.adamp, dict(learning_rate=1e-2, weight_decay=1e-3)),
-  "sgdp": (dopt.sgdp, dict(learning_rate=0.05, momentum=0.9, weight_decay=1e-3, nesterov=True)),
+  "adamw": (
+    dopt.adamw,
+    dict(learning_rate=1e-2, weight_decay=1e-3, weight_decay_convention="paper"),
+  ),
+  "sgdw": (
+    dopt.sgdw,
+    dict(learning_rate=0.05, momentum=0.9, weight_decay=1e-3, weight_decay_convention="paper"),
+  ),
+  "adamp": (
+    dopt.adamp,
+    dict(learning_rate=1e-2, weight_decay=1e-3, weight_decay_convention="paper"),
+  ),
+  "sgdp": (
+    dopt.sgdp,
+    dict(
+      learning_rate=0.05,
+      momentum=0.9,
+      weight_decay=1e-3,
+      nesterov=True,
+      weight_decay_convention="paper",
+    ),
+  ),
 }
 
 
@@ -83,7 +101,13 @@ def _trajectory_from(tx, params, state, steps=5):
 def test_schedules_are_injected_and_callable_masks_stay_static():
   sched = dopt.cosine_warm_restart_schedule(1.0, first_period=4, period_mult=2, min_value=0.1)
   mask = lambda p: jax.tree.map(lambda x: x.ndim > 1, p)
-  kwargs = dict(learning_rate=1e-2, weight_decay=1e-3, schedule=sched, mask=mask)
+  kwargs = dict(
+    learning_rate=1e-2,
+    weight_decay=1e-3,
+    schedule=sched,
+    mask=mask,
+    weight_decay_convention="paper",
+  )
   plain, _ = _trajectory(dopt.adamp(**kwargs))
   ours, _ = _trajectory(dopt.inject_hyperparams(dopt.adamp)(**kwargs))
   optax_static, _ = _trajectory(
@@ -95,7 +119,9 @@ def test_schedules_are_injected_and_callable_masks_stay_static():
 
 def test_mask_mistaken_for_a_schedule_is_an_error_not_silent():
   mask = lambda p: jax.tree.map(lambda x: x.ndim > 1, p)
-  tx = optax.inject_hyperparams(dopt.adamw)(learning_rate=1e-2, weight_decay=1e-3, mask=mask)
+  tx = optax.inject_hyperparams(dopt.adamw)(
+    learning_rate=1e-2, weight_decay=1e-3, mask=mask, weight_decay_convention="paper"
+  )
   with pytest.raises(ValueError, match="static_args"):
     tx.init(_params())
 
@@ -106,11 +132,15 @@ def test_vmap_over_hyperparameters_equals_separate_runs():
   factory = dopt.inject_hyperparams(dopt.adamp)
 
   def run(lr, wd):
-    return _trajectory(factory(learning_rate=lr, weight_decay=wd), steps=10)[0]
+    return _trajectory(
+      factory(learning_rate=lr, weight_decay=wd, weight_decay_convention="paper"), steps=10
+    )[0]
 
   batched = jax.jit(jax.vmap(run))(rates, decays)
   for i in range(3):
-    single, _ = _trajectory(dopt.adamp(float(rates[i]), float(decays[i])), steps=10)
+    single, _ = _trajectory(
+      dopt.adamp(float(rates[i]), float(decays[i]), weight_decay_convention="paper"), steps=10
+    )
     _assert_close(jax.tree.map(lambda x, i=i: x[i], batched), single, rtol=2e-5)
 
 
@@ -150,11 +180,14 @@ def test_apply_if_finite_skips_non_finite_steps(name):
 def test_multi_transform_with_a_projecting_branch():
   """A user setup: AdamP on kernels only, plain Adam on the bias, via optax.multi_transform."""
   labels = {"conv": "adamp", "dense": "adamp", "bias": "adam"}
-  tx = optax.multi_transform({"adamp": dopt.adamp(1e-2, 1e-3), "adam": optax.adam(1e-2)}, labels)
+  tx = optax.multi_transform(
+    {"adamp": dopt.adamp(1e-2, 1e-3, weight_decay_convention="paper"), "adam": optax.adam(1e-2)},
+    labels,
+  )
   params = _params()
   grads = jax.grad(_loss)(params)
   updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
-  adamp = dopt.adamp(1e-2, 1e-3)
+  adamp = dopt.adamp(1e-2, 1e-3, weight_decay_convention="paper")
   expected, _ = adamp.update(grads, adamp.init(params), params)
   _assert_close(updates["conv"], expected["conv"])
   _assert_close(updates["dense"], expected["dense"])
@@ -163,7 +196,9 @@ def test_multi_transform_with_a_projecting_branch():
 
 
 def test_optax_inject_hyperparams_with_a_traced_channel_axis_is_an_explicit_error():
-  tx = optax.inject_hyperparams(dopt.adamp)(learning_rate=1e-2, weight_decay=1e-3, channel_axis=-1)
+  tx = optax.inject_hyperparams(dopt.adamp)(
+    learning_rate=1e-2, weight_decay=1e-3, weight_decay_convention="paper", channel_axis=-1
+  )
   params = _params()
   with pytest.raises(TypeError, match="channel_axis must be None .* static_args"):
     tx.update(params, tx.init(params), params)
@@ -181,9 +216,18 @@ def test_optax_inject_hyperparams_reads_the_layout_without_static_args():
 
 
 BF16_FACTORIES = {
-  "adamw": (dopt.adamw, dict(learning_rate=1e-2, weight_decay=1e-4)),
-  "adamp": (dopt.adamp, dict(learning_rate=1e-2, weight_decay=1e-4)),
-  "sgdp": (dopt.sgdp, dict(learning_rate=1e-1, momentum=0.9, weight_decay=1e-4)),
+  "adamw": (
+    dopt.adamw,
+    dict(learning_rate=1e-2, weight_decay=1e-4, weight_decay_convention="paper"),
+  ),
+  "adamp": (
+    dopt.adamp,
+    dict(learning_rate=1e-2, weight_decay=1e-4, weight_decay_convention="paper"),
+  ),
+  "sgdp": (
+    dopt.sgdp,
+    dict(learning_rate=1e-1, momentum=0.9, weight_decay=1e-4, weight_decay_convention="paper"),
+  ),
 }
 
 

@@ -108,7 +108,7 @@ def test_the_wheel_is_abi3_with_a_stripped_kernel_that_loads(built, tmp_path):
     "import sys, decoupled_optax as d, jax, jax.numpy as jnp;"
     "assert d.__file__.startswith(sys.argv[1]), d.__file__;"
     "assert d.cpu_kernel_available();"
-    "tx = d.adamp(1e-3, 1e-5, cpu_kernel=True);"
+    "tx = d.adamp(1e-3, 1e-5, cpu_kernel=True, weight_decay_convention='paper');"
     "p = {'w': jnp.ones((3, 4)), 'b': jnp.zeros(4)};"
     "u, _ = jax.jit(tx.update)(jax.tree.map(jnp.ones_like, p), tx.init(p), p);"
     "print(d.__version__)"

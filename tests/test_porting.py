@@ -263,9 +263,11 @@ def run_ours_torch_layout(tx, steps: int):
 def test_torch_adamw(form):
   """``torch.optim.AdamW(p, lr, betas, eps, weight_decay=wd)``."""
   if form == "torch_convention":
-    tx = dopt.adamw(LR, WD, b1=0.8, b2=0.99, eps=1e-7, mask=MASK, scale_weight_decay_by_lr=True)
+    tx = dopt.adamw(LR, WD, b1=0.8, b2=0.99, eps=1e-7, mask=MASK, weight_decay_convention="torch")
   else:
-    tx = dopt.adamw(LR, LR * WD, b1=0.8, b2=0.99, eps=1e-7, mask=MASK)
+    tx = dopt.adamw(
+      LR, LR * WD, b1=0.8, b2=0.99, eps=1e-7, mask=MASK, weight_decay_convention="paper"
+    )
   reference, _, _ = run_torch(
     _groups(torch.optim.AdamW, WD, lr=LR, betas=(0.8, 0.99), eps=1e-7), STEPS, decayed=DECAYED
   )
@@ -275,7 +277,7 @@ def test_torch_adamw(form):
 @pytest.mark.parametrize("nesterov", [False, True])
 def test_torch_sgd_with_decoupled_decay(nesterov):
   """``torch.optim.SGD(p, lr, momentum=mu, nesterov=n)`` + decoupled ``wd`` (p *= 1 - lr * wd)."""
-  tx = dopt.sgdw(SGD_LR, 0.9, WD, nesterov=nesterov, mask=MASK, scale_weight_decay_by_lr=True)
+  tx = dopt.sgdw(SGD_LR, 0.9, WD, nesterov=nesterov, mask=MASK, weight_decay_convention="torch")
   reference, _, _ = run_torch(
     lambda groups: torch.optim.SGD(groups, lr=SGD_LR, momentum=0.9, nesterov=nesterov),
     STEPS,
@@ -306,7 +308,7 @@ def test_cosine_annealing_warm_restarts_stepped_per_batch():
   sched = dopt.cosine_warm_restart_schedule(
     1.0, first_period=T_0, period_mult=T_MULT, min_value=ETA_MIN / LR
   )
-  tx = dopt.adamw(LR, LR * WD, schedule=sched, mask=MASK)
+  tx = dopt.adamw(LR, LR * WD, schedule=sched, mask=MASK, weight_decay_convention="paper")
   reference = run_torch_scheduled(_torch_adamw_groups(), _torch_warm_restarts, STEPS)
   assert_trajectories_match(run_ours(tx, STEPS), reference)
 
@@ -324,20 +326,26 @@ def test_cosine_annealing_warm_restarts_stepped_per_epoch():
   sched = dopt.cosine_warm_restart_schedule(
     1.0, first_period=T_0, period_mult=T_MULT, min_value=ETA_MIN / LR
   )
-  tx = dopt.adamw(LR, LR * WD, schedule=per_epoch(sched, STEPS_PER_EPOCH), mask=MASK)
+  tx = dopt.adamw(
+    LR,
+    LR * WD,
+    schedule=per_epoch(sched, STEPS_PER_EPOCH),
+    mask=MASK,
+    weight_decay_convention="paper",
+  )
   reference = run_torch_scheduled(
     _torch_adamw_groups(), _torch_warm_restarts, STEPS, steps_per_scheduler_step=STEPS_PER_EPOCH
   )
   assert_trajectories_match(run_ours(tx, STEPS), reference)
 
   # first_period=T_0 taken literally counts updates, not epochs: the restarts come 4x too early.
-  literal = dopt.adamw(LR, LR * WD, schedule=sched, mask=MASK)
+  literal = dopt.adamw(LR, LR * WD, schedule=sched, mask=MASK, weight_decay_convention="paper")
   assert max_relative_error(run_ours(literal, STEPS), reference)[0] > 1e-3
   # T_0 * steps_per_epoch gives SGDR with T_cur updated every batch: also not torch's per-epoch.
   per_batch = dopt.cosine_warm_restart_schedule(
     1.0, first_period=T_0 * STEPS_PER_EPOCH, period_mult=T_MULT, min_value=ETA_MIN / LR
   )
-  smooth = dopt.adamw(LR, LR * WD, schedule=per_batch, mask=MASK)
+  smooth = dopt.adamw(LR, LR * WD, schedule=per_batch, mask=MASK, weight_decay_convention="paper")
   assert max_relative_error(run_ours(smooth, STEPS), reference)[0] > 1e-4
 
 
@@ -349,6 +357,7 @@ def test_learning_rate_as_schedule_warns_and_multiplies_by_lr_twice():
       LR * WD,
       schedule=dopt.cosine_warm_restart_schedule(LR, first_period=T_0, period_mult=T_MULT),
       mask=MASK,
+      weight_decay_convention="paper",
     )
   reference = run_torch_scheduled(
     _torch_adamw_groups(),
@@ -368,7 +377,7 @@ def test_learning_rate_schedule_in_the_torch_convention():
   lr_sched = dopt.cosine_warm_restart_schedule(
     LR, first_period=T_0, period_mult=T_MULT, min_value=ETA_MIN
   )
-  tx = dopt.adamw(lr_sched, WD, mask=MASK, scale_weight_decay_by_lr=True)
+  tx = dopt.adamw(lr_sched, WD, mask=MASK, weight_decay_convention="torch")
   reference = run_torch_scheduled(_torch_adamw_groups(), _torch_warm_restarts, STEPS)
   assert_trajectories_match(run_ours(tx, STEPS), reference)
 
@@ -382,7 +391,7 @@ def test_official_adamp(nesterov):
   kwargs = dict(betas=(0.85, 0.995), eps=1e-7, delta=0.12, wd_ratio=0.2, nesterov=nesterov)
   tx = dopt.adamp(
     LR, WD, b1=0.85, b2=0.995, eps=1e-7, delta=0.12, wd_ratio=0.2, nesterov=nesterov,
-    mask=MASK, scale_weight_decay_by_lr=True,
+    mask=MASK, weight_decay_convention="torch",
   )  # fmt: skip
   reference, _, _ = run_torch(_groups(AdamP, WD, lr=LR, **kwargs), STEPS, decayed=DECAYED)
   assert_trajectories_match(run_ours(tx, STEPS), reference)
@@ -390,7 +399,7 @@ def test_official_adamp(nesterov):
 
 def test_official_sgdp_nesterov():
   """``adamp.SGDP(p, lr, momentum=mu, weight_decay=wd, nesterov=True, ...)``, 1/(1-mu) kept."""
-  tx = dopt.sgdp(SGD_LR, 0.9, WD, nesterov=True, mask=MASK, scale_weight_decay_by_lr=True)
+  tx = dopt.sgdp(SGD_LR, 0.9, WD, nesterov=True, mask=MASK, weight_decay_convention="torch")
   reference, _, _ = run_torch(
     _groups(SGDP, WD, lr=SGD_LR, momentum=0.9, nesterov=True), STEPS, decayed=DECAYED
   )
@@ -399,7 +408,7 @@ def test_official_sgdp_nesterov():
 
 def test_official_sgdp_without_nesterov_is_timms_fixed_sgdp():
   """Without Nesterov the official SGDP projects its buffer in place; ``sgdp`` does not (timm's fix)."""
-  tx = dopt.sgdp(SGD_LR, 0.9, WD, mask=MASK, scale_weight_decay_by_lr=True)
+  tx = dopt.sgdp(SGD_LR, 0.9, WD, mask=MASK, weight_decay_convention="torch")
   fixed, _, _ = run_torch(_groups(TimmSGDP, WD, lr=SGD_LR, momentum=0.9), STEPS, decayed=DECAYED)
   assert_trajectories_match(run_ours(tx, STEPS), fixed)
 
@@ -428,17 +437,17 @@ def test_timm_adamp_factory_defaults_and_param_groups():
   """``timm.optim.create_optimizer_v2(model, 'adamp', lr, weight_decay)``."""
   reference = _timm_run("adamp", LR)
   tx = dopt.adamp(
-    LR, WD, wd_ratio=0.01, nesterov=True, mask=timm_mask, scale_weight_decay_by_lr=True
+    LR, WD, wd_ratio=0.01, nesterov=True, mask=timm_mask, weight_decay_convention="torch"
   )
   assert_trajectories_match(run_ours(tx, STEPS), reference)
   # Without the mask (timm's parameter groups) the port drifts away from timm.
-  literal = dopt.adamp(LR, WD, wd_ratio=0.01, nesterov=True, scale_weight_decay_by_lr=True)
+  literal = dopt.adamp(LR, WD, wd_ratio=0.01, nesterov=True, weight_decay_convention="torch")
   assert max_relative_error(run_ours(literal, STEPS), reference)[0] > 1e-4
 
 
 def test_timm_adamp_on_pytorch_layout_needs_channel_axis_0():
   reference = _timm_run("adamp", LR)
-  kwargs = dict(wd_ratio=0.01, nesterov=True, mask=timm_mask, scale_weight_decay_by_lr=True)
+  kwargs = dict(wd_ratio=0.01, nesterov=True, mask=timm_mask, weight_decay_convention="torch")
   ours = run_ours_torch_layout(dopt.adamp(LR, WD, channel_axis=0, **kwargs), STEPS)
   assert_trajectories_match(ours, reference)
   flax_axis = run_ours_torch_layout(dopt.adamp(LR, WD, **kwargs), STEPS)
@@ -448,7 +457,7 @@ def test_timm_adamp_on_pytorch_layout_needs_channel_axis_0():
 def test_timm_sgdp_factory_defaults_and_param_groups():
   """``timm.optim.create_optimizer_v2(model, 'sgdp', lr, weight_decay)``: momentum 0.9, Nesterov."""
   reference = _timm_run("sgdp", SGD_LR)
-  tx = dopt.sgdp(SGD_LR, 0.9, WD, nesterov=True, mask=timm_mask, scale_weight_decay_by_lr=True)
+  tx = dopt.sgdp(SGD_LR, 0.9, WD, nesterov=True, mask=timm_mask, weight_decay_convention="torch")
   assert_trajectories_match(run_ours(tx, STEPS), reference)
 
 
@@ -511,7 +520,7 @@ def test_keras_m_mul_is_restart_decay_only_without_alpha():
 def test_optax_adamw():
   """``optax.adamw(lr, b1, b2, eps, weight_decay=wd, mask=m)``."""
   theirs = optax.adamw(LR, b1=0.8, b2=0.99, eps=1e-7, weight_decay=WD, mask=MASK)
-  ours = dopt.adamw(LR, WD, b1=0.8, b2=0.99, eps=1e-7, mask=MASK, scale_weight_decay_by_lr=True)
+  ours = dopt.adamw(LR, WD, b1=0.8, b2=0.99, eps=1e-7, mask=MASK, weight_decay_convention="torch")
   assert_trajectories_match(run_ours(ours, STEPS), run_ours(theirs, STEPS))
 
 
@@ -519,7 +528,7 @@ def test_optax_sgdr_as_learning_rate():
   """An optax learning-rate schedule, in PyTorch's convention: ``learning_rate=`` may be one."""
   lr = optax.cosine_decay_schedule(LR, decay_steps=STEPS, alpha=0.1)
   theirs = optax.adamw(lr, weight_decay=WD, mask=MASK)
-  ours = dopt.adamw(lr, WD, mask=MASK, scale_weight_decay_by_lr=True)
+  ours = dopt.adamw(lr, WD, mask=MASK, weight_decay_convention="torch")
   assert_trajectories_match(run_ours(ours, STEPS), run_ours(theirs, STEPS))
 
 
@@ -532,7 +541,7 @@ def test_composer_decoupled_adamw():
   reference, _, _ = run_torch(
     _groups(ComposerDecoupledAdamW, lam, lr=LR), STEPS, eta=ETA, decayed=DECAYED
   )
-  tx = dopt.adamw(LR, lam, schedule=table_schedule(ETA), mask=MASK)
+  tx = dopt.adamw(LR, lam, schedule=table_schedule(ETA), mask=MASK, weight_decay_convention="paper")
   assert_trajectories_match(run_ours(tx, STEPS), reference)
 
 
@@ -574,5 +583,5 @@ def test_big_vision_and_axlearn_use_the_papers_convention(peer):
     theirs = big_vision_adam(LR, lam, sched, MASK)
   else:
     theirs = axlearn_adamw_decoupled(LR, lam, sched, lambda p: {n: float(MASK[n]) for n in p})
-  ours = dopt.adamw(LR, lam, schedule=sched, mask=MASK)
+  ours = dopt.adamw(LR, lam, schedule=sched, mask=MASK, weight_decay_convention="paper")
   assert_trajectories_match(run_ours(ours, STEPS), run_ours(theirs, STEPS))

@@ -13,8 +13,10 @@ import decoupled_optax as dopt
 
 def test_paper_mode_rejects_a_learning_rate_schedule():
   with pytest.raises(ValueError, match="schedule="):
-    dopt.adamw(lambda count: 1e-3, weight_decay=1e-5)
-  dopt.adamw(lambda count: 1e-3, weight_decay=1e-2, scale_weight_decay_by_lr=True)  # allowed there
+    dopt.adamw(lambda count: 1e-3, weight_decay=1e-5, weight_decay_convention="paper")
+  dopt.adamw(
+    lambda count: 1e-3, weight_decay=1e-2, weight_decay_convention="torch"
+  )  # allowed there
 
 
 def test_traced_hyperparameters_are_accepted():
@@ -22,21 +24,21 @@ def test_traced_hyperparameters_are_accepted():
 
   @jax.jit
   def step(lr, wd, b1, momentum):
-    a = dopt.adamp(lr, wd, b1=b1)
-    s = dopt.sgdp(lr, momentum, wd)
+    a = dopt.adamp(lr, wd, b1=b1, weight_decay_convention="paper")
+    s = dopt.sgdp(lr, momentum, wd, weight_decay_convention="paper")
     return a.update(params, a.init(params), params)[0], s.update(params, s.init(params), params)[0]
 
   step(1e-3, 1e-5, 0.9, 0.9)
 
 
 ALIASES = [
-  lambda: dopt.adamw(1e-3, 1e-5),
-  lambda: dopt.adamw(1e-3, 1e-2, nesterov=True, scale_weight_decay_by_lr=True),
-  lambda: dopt.sgdw(0.1, 0.9, 1e-5, nesterov=True),
-  lambda: dopt.adamp(1e-3, 1e-5),
-  lambda: dopt.adamp(1e-3, 1e-5, nesterov=True),
-  lambda: dopt.sgdp(0.1, 0.9, 1e-5),
-  lambda: dopt.sgdp(0.1, 0.9, 1e-5, nesterov=True),
+  lambda: dopt.adamw(1e-3, 1e-5, weight_decay_convention="paper"),
+  lambda: dopt.adamw(1e-3, 1e-2, nesterov=True, weight_decay_convention="torch"),
+  lambda: dopt.sgdw(0.1, 0.9, 1e-5, nesterov=True, weight_decay_convention="paper"),
+  lambda: dopt.adamp(1e-3, 1e-5, weight_decay_convention="paper"),
+  lambda: dopt.adamp(1e-3, 1e-5, nesterov=True, weight_decay_convention="paper"),
+  lambda: dopt.sgdp(0.1, 0.9, 1e-5, weight_decay_convention="paper"),
+  lambda: dopt.sgdp(0.1, 0.9, 1e-5, nesterov=True, weight_decay_convention="paper"),
 ]
 ALIAS_IDS = [
   "adamw",
@@ -108,8 +110,8 @@ def test_float32_statistics_for_bfloat16_projection():
 # --- Crash paths: every bad tree gets an error that names the argument and the leaf.
 
 PROJECTING = [
-  ("adamp", lambda **k: dopt.adamp(1e-3, 1e-4, **k)),
-  ("sgdp", lambda **k: dopt.sgdp(0.1, 0.9, 1e-4, **k)),
+  ("adamp", lambda **k: dopt.adamp(1e-3, 1e-4, weight_decay_convention="paper", **k)),
+  ("sgdp", lambda **k: dopt.sgdp(0.1, 0.9, 1e-4, weight_decay_convention="paper", **k)),
   (
     "detect_scale_invariance",
     lambda **k: dopt.detect_scale_invariance(
@@ -118,8 +120,8 @@ PROJECTING = [
   ),
 ]
 ALL_TRANSFORMS = PROJECTING + [
-  ("adamw", lambda **k: dopt.adamw(1e-3, 1e-5, **k)),
-  ("sgdw", lambda **k: dopt.sgdw(0.1, 0.9, 1e-5, **k)),
+  ("adamw", lambda **k: dopt.adamw(1e-3, 1e-5, weight_decay_convention="paper", **k)),
+  ("sgdw", lambda **k: dopt.sgdw(0.1, 0.9, 1e-5, weight_decay_convention="paper", **k)),
   ("add_decoupled_weight_decay", lambda **k: dopt.add_decoupled_weight_decay(1e-4, **k)),
 ]
 
@@ -222,7 +224,7 @@ def test_complex_params_are_rejected_by_the_projection(name, make):
 def test_complex_params_work_with_adamw_as_in_optax():
   params = {"w": jnp.array([[1 + 2j, -0.5j], [3.0, 1 - 1j]], jnp.complex64)}
   grads = {"w": jnp.array([[0.5 - 1j, 2j], [-1.0, 0.25 + 0.5j]], jnp.complex64)}
-  ours = dopt.adamw(1e-2, 1e-1, scale_weight_decay_by_lr=True)
+  ours = dopt.adamw(1e-2, 1e-1, weight_decay_convention="torch")
   theirs = optax.adamw(1e-2, weight_decay=1e-1)
   ours_state, theirs_state = ours.init(params), theirs.init(params)
   p_ours = p_theirs = params

@@ -41,13 +41,21 @@ def test_the_default_runs_the_kernel_on_one_cpu_device():
   params = _tree()
   if dopt.cpu_kernel_available():
     # conv and dense; not the bias.
-    assert _cpu_text(dopt.adamp(1e-3, 1e-4), params).count("decoupled_optax_first_pass_adam") == 2
+    assert (
+      _cpu_text(dopt.adamp(1e-3, 1e-4, weight_decay_convention="paper"), params).count(
+        "decoupled_optax_first_pass_adam"
+      )
+      == 2
+    )
     assert _cpu_text(dopt.sgdp(0.1, 0.9), params).count("decoupled_optax_first_pass_momentum") == 2
   else:
     with warnings.catch_warnings():
       warnings.simplefilter("ignore", dopt.CPUKernelWarning)  # the missing kernel's, once
-      txs = [dopt.adamp(1e-3, 1e-4), dopt.sgdp(0.1, 0.9)]
-    generic = [dopt.adamp(1e-3, 1e-4, cpu_kernel=False), dopt.sgdp(0.1, 0.9, cpu_kernel=False)]
+      txs = [dopt.adamp(1e-3, 1e-4, weight_decay_convention="paper"), dopt.sgdp(0.1, 0.9)]
+    generic = [
+      dopt.adamp(1e-3, 1e-4, cpu_kernel=False, weight_decay_convention="paper"),
+      dopt.sgdp(0.1, 0.9, cpu_kernel=False),
+    ]
     grads = jax.tree.map(jnp.cos, params)
     for tx, reference in zip(txs, generic, strict=True):
       assert "decoupled_optax_first_pass" not in _cpu_text(tx, params)

@@ -52,7 +52,7 @@ PARAMS = {"dense": {"kernel": jnp.ones((2, 3)), "bias": jnp.zeros(3)}}
 
 TABLE = {
   "adamw": (
-    dict(learning_rate=1e-3, weight_decay=1e-5),
+    dict(learning_rate=1e-3, weight_decay=1e-5, weight_decay_convention="paper"),
     dict(
       learning_rate=NON_NEGATIVE,
       weight_decay=NON_NEGATIVE_OR_SCHEDULE,
@@ -65,7 +65,6 @@ TABLE = {
       mask=MASK,
       nesterov=BOOL,
       weight_decay_convention=CONVENTION,
-      scale_weight_decay_by_lr=OPTIONAL_BOOL,
     ),
   ),
   "sgdw": (
@@ -79,11 +78,10 @@ TABLE = {
       schedule=SCHEDULE,
       mask=MASK,
       weight_decay_convention=CONVENTION,
-      scale_weight_decay_by_lr=OPTIONAL_BOOL,
     ),
   ),
   "adamp": (
-    dict(learning_rate=1e-3, weight_decay=1e-5),
+    dict(learning_rate=1e-3, weight_decay=1e-5, weight_decay_convention="paper"),
     dict(
       learning_rate=NON_NEGATIVE,
       weight_decay=NON_NEGATIVE_OR_SCHEDULE,
@@ -99,7 +97,6 @@ TABLE = {
       schedule=SCHEDULE,
       mask=MASK,
       weight_decay_convention=CONVENTION,
-      scale_weight_decay_by_lr=OPTIONAL_BOOL,
       cpu_kernel=OPTIONAL_BOOL,
     ),
   ),
@@ -120,12 +117,16 @@ TABLE = {
       schedule=SCHEDULE,
       mask=MASK,
       weight_decay_convention=CONVENTION,
-      scale_weight_decay_by_lr=OPTIONAL_BOOL,
       cpu_kernel=OPTIONAL_BOOL,
     ),
   ),
   "decoupled_chain": (
-    dict(direction=optax.scale_by_adam(), learning_rate=1e-3, weight_decay=1e-5),
+    dict(
+      direction=optax.scale_by_adam(),
+      learning_rate=1e-3,
+      weight_decay=1e-5,
+      weight_decay_convention="paper",
+    ),
     dict(
       direction=TRANSFORM,
       learning_rate=NON_NEGATIVE,
@@ -133,7 +134,6 @@ TABLE = {
       schedule=SCHEDULE,
       mask=MASK,
       weight_decay_convention=CONVENTION,
-      scale_weight_decay_by_lr=OPTIONAL_BOOL,
       weight_decay_factor=NON_NEGATIVE,
       radial_projection=[("delta=0.1", T), (3, T)],
     ),
@@ -336,14 +336,18 @@ def test_traced_hyperparameters_and_schedules_are_still_accepted():
   @jax.jit
   def step(lr, wd, b1, momentum, delta, eps_root):
     transforms = [
-      dopt.adamw(lr, wd, b1=b1, eps_root=eps_root, schedule=lr),
-      dopt.adamp(lr, wd, b1=b1, delta=delta),
-      dopt.sgdp(lr, momentum, wd),
-      dopt.sgdw(lr, momentum, wd, schedule=optax.constant_schedule(1.0)),
+      dopt.adamw(lr, wd, b1=b1, eps_root=eps_root, schedule=lr, weight_decay_convention="paper"),
+      dopt.adamp(lr, wd, b1=b1, delta=delta, weight_decay_convention="paper"),
+      dopt.sgdp(lr, momentum, wd, weight_decay_convention="paper"),
+      dopt.sgdw(
+        lr, momentum, wd, schedule=optax.constant_schedule(1.0), weight_decay_convention="paper"
+      ),
     ]
     return [tx.update(params, tx.init(params), params)[0] for tx in transforms]
 
   step(1e-3, 1e-5, 0.9, 0.9, 0.1, 0.0)
   schedule = optax.cosine_decay_schedule(1.0, 100)
-  dopt.adamw(1e-3, optax.constant_schedule(1e-5), schedule=schedule)
-  dopt.adamp(optax.constant_schedule(1e-3), 1e-2, scale_weight_decay_by_lr=True)
+  dopt.adamw(
+    1e-3, optax.constant_schedule(1e-5), schedule=schedule, weight_decay_convention="paper"
+  )
+  dopt.adamp(optax.constant_schedule(1e-3), 1e-2, weight_decay_convention="torch")

@@ -84,7 +84,7 @@ def test_mask_prefix_and_multipliers_from_extra_args():
 def test_proposition_1_sgd_decoupled_decay_equals_l2_over_alpha():
   """Loshchilov & Hutter, Prop. 1: for SGD, decoupled lambda == L2 with lambda' = lambda / alpha."""
   alpha, lam = 0.05, 2e-3
-  decoupled = dopt.sgdw(alpha, weight_decay=lam)
+  decoupled = dopt.sgdw(alpha, weight_decay=lam, weight_decay_convention="paper")
   l2 = optax.chain(optax.add_decayed_weights(lam / alpha), optax.sgd(alpha))
   _assert_trees_close(_run(decoupled), _run(l2), rtol=2e-6, atol=1e-7)
 
@@ -109,7 +109,10 @@ def test_proposition_2_adam_l2_is_insensitive_to_lambda_on_a_zero_gradient_weigh
   ]
   # Adam's normalisation makes each step ~alpha whatever lambda': about the same end point.
   assert max(adam_l2) - min(adam_l2) < 0.02 * max(adam_l2)
-  adamw = {lam: final(dopt.adamw(alpha, lam)) for lam in (1e-5, 1e-4, 9e-4)}
+  adamw = {
+    lam: final(dopt.adamw(alpha, lam, weight_decay_convention="paper"))
+    for lam in (1e-5, 1e-4, 9e-4)
+  }
   for lam, theta in adamw.items():
     # AdamW's decoupled decay: theta_T = (1 - lambda)^T exactly, strongly dependent on lambda.
     assert theta == pytest.approx((1 - lam) ** steps, rel=1e-4)

@@ -27,7 +27,10 @@ def _setup():
   mesh = Mesh(np.array(jax.devices()[:8]).reshape(4, 2), ("x", "y"))
   # A schedule, so that a wrong step count after the restore would show.
   tx = dopt.adamp(
-    1e-2, 1e-4, schedule=dopt.cosine_warm_restart_schedule(1.0, first_period=3, period_mult=2)
+    1e-2,
+    1e-4,
+    schedule=dopt.cosine_warm_restart_schedule(1.0, first_period=3, period_mult=2),
+    weight_decay_convention="paper",
   )
   params = {k: jax.device_put(v, NamedSharding(mesh, SPECS[k])) for k, v in init_params().items()}
 

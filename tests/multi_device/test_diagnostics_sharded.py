@@ -38,7 +38,7 @@ def _assert_same(actual, expected):
 
 def _adamp(**kwargs):
   return dopt.with_diagnostics(
-    dopt.adamp(1e-2, 1e-4, **kwargs),
+    dopt.adamp(1e-2, 1e-4, weight_decay_convention="paper", **kwargs),
     **{k: v for k, v in kwargs.items() if k in ("axis_name", "param_specs")},
   )
 

@@ -19,11 +19,15 @@ from decoupled_optax import fused
 def test_several_cpu_devices_default_to_the_generic_chain():
   params, grads = _tree()
   assert jax.device_count("cpu") > 1
-  assert "decoupled_optax_first_pass" not in _compiled_text(dopt.adamp(1e-3, 1e-4), params, grads)
+  assert "decoupled_optax_first_pass" not in _compiled_text(
+    dopt.adamp(1e-3, 1e-4, weight_decay_convention="paper"), params, grads
+  )
   assert "decoupled_optax_first_pass" not in _compiled_text(dopt.sgdp(0.1, 0.9), params, grads)
   if fused.cpu_kernel_available():
     # Forced, it still runs on unsharded params.
-    forced = _compiled_text(dopt.adamp(1e-3, 1e-4, cpu_kernel=True), params, grads)
+    forced = _compiled_text(
+      dopt.adamp(1e-3, 1e-4, cpu_kernel=True, weight_decay_convention="paper"), params, grads
+    )
     assert "decoupled_optax_first_pass_adam" in forced
 
 
@@ -35,7 +39,7 @@ def test_sharded_leaves_take_the_generic_chain_even_when_forced():
   shard = lambda tree: {  # noqa: E731
     k: jax.device_put(v, NamedSharding(mesh, specs.get(k, P()))) for k, v in tree.items()
   }
-  tx = dopt.adamp(1e-3, 1e-4, cpu_kernel=True)
+  tx = dopt.adamp(1e-3, 1e-4, cpu_kernel=True, weight_decay_convention="paper")
   step = jax.jit(lambda p, s, g: tx.update(g, s, p))
   args = (shard(params), tx.init(shard(params)), shard(grads))
   assert "decoupled_optax_first_pass" not in step.lower(*args).as_text()

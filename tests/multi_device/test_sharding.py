@@ -44,19 +44,27 @@ def _single(tree):
 
 OPTIMIZERS = {
   "adamwr": lambda: dopt.adamw(
-    1e-2, 1e-4, schedule=dopt.cosine_warm_restart_schedule(1.0, first_period=1, period_mult=2)
+    1e-2,
+    1e-4,
+    schedule=dopt.cosine_warm_restart_schedule(1.0, first_period=1, period_mult=2),
+    weight_decay_convention="paper",
   ),
   "adamw_torch_schedule": lambda: dopt.adamw(
-    optax.cosine_decay_schedule(1e-2, 10), 1e-2, scale_weight_decay_by_lr=True
+    optax.cosine_decay_schedule(1e-2, 10), 1e-2, weight_decay_convention="torch"
   ),
   "sgdw": lambda: dopt.sgdw(
-    0.1, 0.9, 1e-4, nesterov=True, schedule=dopt.cosine_warm_restart_schedule(1.0, 2)
+    0.1,
+    0.9,
+    1e-4,
+    nesterov=True,
+    schedule=dopt.cosine_warm_restart_schedule(1.0, 2),
+    weight_decay_convention="paper",
   ),
-  "adamp": lambda: dopt.adamp(1e-2, 1e-4),
+  "adamp": lambda: dopt.adamp(1e-2, 1e-4, weight_decay_convention="paper"),
   "adamp_nesterov_torch": lambda: dopt.adamp(
-    1e-2, 1e-2, nesterov=True, scale_weight_decay_by_lr=True, wd_ratio=0.01
+    1e-2, 1e-2, nesterov=True, weight_decay_convention="torch", wd_ratio=0.01
   ),
-  "sgdp": lambda: dopt.sgdp(0.1, 0.9, 1e-4),
+  "sgdp": lambda: dopt.sgdp(0.1, 0.9, 1e-4, weight_decay_convention="paper"),
   # The blocks, around another direction, with a mask and normalized decay.
   "blocks": lambda: dopt.detect_scale_invariance(
     optax.chain(
@@ -163,7 +171,7 @@ def _param_shaped_leaves(params, state):
 
 @pytest.mark.parametrize("jitted", [False, True], ids=["eager_init", "jitted_init"])
 def test_state_is_sharded_like_the_params(jitted):
-  tx = dopt.adamp(1e-3, 1e-5)
+  tx = dopt.adamp(1e-3, 1e-5, weight_decay_convention="paper")
   params = put_sharded(init_params())
   state = (jax.jit(tx.init) if jitted else tx.init)(params)
   param_leaves = jax.tree.leaves(params)
@@ -211,7 +219,9 @@ def test_state_shardings_and_init_sharded_work_for_any_optax_transform():
 
 def test_state_partition_specs():
   params = init_params()
-  specs = dopt.state_partition_specs(dopt.adamp(1e-3, 1e-5), params, SPECS)
+  specs = dopt.state_partition_specs(
+    dopt.adamp(1e-3, 1e-5, weight_decay_convention="paper"), params, SPECS
+  )
   assert specs[0].mu == SPECS and specs[0].nu == SPECS
   assert specs[0].count == P()
 
@@ -234,7 +244,7 @@ def test_flax_logical_partitioning_recipe():
       )(x)
 
   rules = (("embed", "y"), ("mlp", "x"))
-  model, tx = Model(), dopt.adamp(1e-3, 1e-5)
+  model, tx = Model(), dopt.adamp(1e-3, 1e-5, weight_decay_convention="paper")
   x = jnp.ones((2, 8))
 
   def init_fn(rng):
@@ -260,7 +270,7 @@ def test_flax_logical_partitioning_recipe():
 
 
 def test_pmap_data_parallel_matches_one_device():
-  tx = dopt.adamp(1e-2, 1e-4)
+  tx = dopt.adamp(1e-2, 1e-4, weight_decay_convention="paper")
   n = 8
   params = _single(init_params())
 
@@ -293,8 +303,10 @@ def test_pmap_data_parallel_matches_one_device():
 # --- shard_map -----------------------------------------------------------------------------
 
 SHARD_MAP_OPTIMIZERS = {
-  "adamp": dopt.adamp,
-  "sgdp": functools.partial(dopt.sgdp, momentum=0.9, nesterov=True),
+  "adamp": functools.partial(dopt.adamp, weight_decay_convention="paper"),
+  "sgdp": functools.partial(
+    dopt.sgdp, momentum=0.9, nesterov=True, weight_decay_convention="paper"
+  ),
 }
 
 
@@ -314,7 +326,7 @@ def test_shard_map_with_param_specs_matches_one_device(name):
 
 def test_shard_map_without_axis_names_is_per_shard():
   """Documented: without axis names the cosines and norms are those of each shard."""
-  params, _ = shard_map_train(dopt.adamp(1e-2, 1e-4), SPECS, STEPS)
+  params, _ = shard_map_train(dopt.adamp(1e-2, 1e-4, weight_decay_convention="paper"), SPECS, STEPS)
   reference, _ = _one_device_run("adamp")
   # dense2 is scale invariant only as a whole: no shard of it is.
   assert not np.allclose(params["dense2"], reference["dense2"], rtol=1e-4)
@@ -332,7 +344,9 @@ def test_shard_map_axis_name_alone_for_non_channel_sharding():
     "bias": P(),
     "scale": P(),
   }
-  result, _ = shard_map_train(dopt.adamp(1e-2, 1e-4, axis_name="x"), specs, STEPS)
+  result, _ = shard_map_train(
+    dopt.adamp(1e-2, 1e-4, axis_name="x", weight_decay_convention="paper"), specs, STEPS
+  )
   reference, _ = _one_device_run("adamp")
   for k in ("conv", "dense", "dense2", "bias", "scale"):
     _assert_close(result[k], reference[k])
