@@ -509,7 +509,6 @@ MOMENT_DTYPES = {
   "f32_params_bf16_moments": (F32, BF16, BF16),
   "f32_params_bf16_nu": (F32, None, BF16),
   "bf16_params_f32_nu": (BF16, None, F32),
-  "bf16_params_bf16_mu_f32_nu": (BF16, BF16, F32),
 }
 
 
