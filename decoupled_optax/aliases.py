@@ -643,8 +643,9 @@ def sgdp(
   )
 
 
-# Arguments that must stay Python values: optax would trace an int channel axis,
-# a bool convention flag and a dtype, and evaluate a callable mask as if it were a schedule.
+# Arguments that must stay Python values: optax would trace an int channel axis
+# and a bool convention flag, and evaluate a callable mask, or a dtype such as
+# jnp.bfloat16 (a class, so callable), as if it were a schedule.
 _STATIC_ARGUMENTS = (
   "mask",
   "channel_axis",
