@@ -60,7 +60,12 @@ from decoupled_optax.conventions import (
   warn_if_schedule_looks_like_learning_rate,
   warn_if_torch_convention,
 )
-from decoupled_optax.directions import AdamDirection, Direction, MomentumDirection
+from decoupled_optax.directions import (
+  AdamDirection,
+  Direction,
+  MomentumDirection,
+  _scale_by_adam,
+)
 from decoupled_optax.fused import fused_scale_invariance
 from decoupled_optax.projection import (
   AxisName,
@@ -496,6 +501,7 @@ def adamw(
   eps: float = 1e-8,
   eps_root: float = 0.0,
   mu_dtype: Any | None = None,
+  nu_dtype: Any | None = None,
   schedule: optax.ScalarOrSchedule | None = None,
   mask: MaskOrFn = None,
   nesterov: bool = False,
@@ -524,6 +530,10 @@ def adamw(
     eps: added to the denominator, as in :func:`optax.scale_by_adam`.
     eps_root: added inside the square root, as in :func:`optax.scale_by_adam`.
     mu_dtype: the dtype of the first moment, as in :func:`optax.scale_by_adam`.
+    nu_dtype: the dtype of the second moment, which optax cannot set: it is
+      updated in at least float32 and stored in this dtype after every
+      update; None (default) for the params' dtype, exactly as optax.
+      See :class:`decoupled_optax.AdamDirection`.
     schedule: eta_t, the schedule multiplier (e.g.
       :func:`decoupled_optax.cosine_warm_restart_schedule` for AdamWR).
     mask: leaves to decay, as in optax (pytree of bools or callable).
@@ -553,9 +563,10 @@ def adamw(
   check_non_negative("eps", eps)
   check_non_negative("eps_root", eps_root)
   check_dtype("mu_dtype", mu_dtype)
+  check_dtype("nu_dtype", nu_dtype)
   check_bool("nesterov", nesterov)
   return decoupled_chain(
-    optax.scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov),
+    _scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nu_dtype, nesterov=nesterov),
     learning_rate=learning_rate,
     weight_decay=weight_decay,
     schedule=schedule,
@@ -647,6 +658,8 @@ def adamp(
   b1: float = 0.9,
   b2: float = 0.999,
   eps: float = 1e-8,
+  mu_dtype: Any | None = None,
+  nu_dtype: Any | None = None,
   delta: float = 0.1,
   wd_ratio: float = 0.1,
   nesterov: bool = False,
@@ -681,6 +694,10 @@ def adamp(
     b1: the decay of Adam's first moment.
     b2: the decay of Adam's second moment.
     eps: Adam's; it also guards the projection's norms, as in the official code.
+    mu_dtype: the dtype of Adam's first moment, as in :func:`adamw`.
+    nu_dtype: the dtype of Adam's second moment, as in :func:`adamw`. On
+      the fused CPU path, leaves whose moments are not float32 run the
+      generic chain, with the same result.
     delta: threshold of the scale-invariance test (official default 0.1).
     wd_ratio: decay multiplier r on projected weights (official default 0.1;
       timm's factory uses 0.01).
@@ -734,7 +751,7 @@ def adamp(
     decay_note=f"adamp multiplies the decay {_projected_decay(wd_ratio)}.",
   )
   return decoupled_chain(
-    AdamDirection(b1, b2, eps, nesterov),
+    AdamDirection(b1, b2, eps, nesterov, mu_dtype, nu_dtype),
     learning_rate=learning_rate,
     weight_decay=weight_decay,
     schedule=schedule,
@@ -839,11 +856,15 @@ def sgdp(
 
 
 # Arguments that must stay Python values: optax would trace an int channel axis,
-# and evaluate a callable mask as if it were a schedule.
+# and evaluate a callable mask, or a dtype such as jnp.bfloat16 (a class, so
+# callable), as if it were a schedule.
 _STATIC_ARGUMENTS = (
   "mask",
   "channel_axis",
   "projection_mask",
+  "mu_dtype",
+  "nu_dtype",
+  "accumulator_dtype",
   "axis_name",
   "cpu_kernel",
   "weight_decay_convention",
@@ -881,7 +902,8 @@ def inject_hyperparams(
   ``static_args``: a callable mask would be evaluated on the step count and
   weight decay silently turned off. It also turns integer arguments into
   traced arrays, which the projection's ``channel_axis`` cannot be. This adds
-  ``mask``, ``channel_axis``, ``axis_name``, ``cpu_kernel`` and
+  ``mask``, ``channel_axis``, ``projection_mask``, ``axis_name``, ``cpu_kernel``,
+  the moments' dtypes (``mu_dtype``, ``nu_dtype``, ``accumulator_dtype``) and
   ``weight_decay_convention`` to ``static_args`` when the factory takes them;
   learning rate, weight decay, schedule and the other numeric hyperparameters
   are injected as usual.

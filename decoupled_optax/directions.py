@@ -28,12 +28,124 @@ from decoupled_optax._validation import (
 )
 
 
+def _at_least_float32(x: jax.Array) -> jax.Array:
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
+def _scale_by_adam(
+  b1: Any = 0.9,
+  b2: Any = 0.999,
+  eps: Any = 1e-8,
+  eps_root: Any = 0.0,
+  mu_dtype: Any | None = None,
+  nu_dtype: Any | None = None,
+  *,
+  nesterov: bool = False,
+) -> optax.GradientTransformation:
+  r"""``optax.scale_by_adam``, whose second moment nu is stored in ``nu_dtype``.
+
+  optax sets the dtype of the first moment only (optax issue #1552): its nu
+  starts in the params' dtype and is updated in the gradients'. Here, with
+  ``nu_dtype``,
+
+  .. math:: v_t = \operatorname{cast}_{\texttt{nu\_dtype}}
+            \left(\beta_2 v_{t-1} + (1 - \beta_2) g_t^2\right)
+
+  is computed in at least float32 (the promoted dtype of the gradient, the
+  stored nu and float32), stored in ``nu_dtype`` after every update (so it
+  keeps its dtype across steps, under ``lax.scan`` and through checkpoints),
+  and the step's direction uses the value before the cast, as optax does for
+  mu and ``mu_dtype``. The first moment and the direction's formula are
+  optax's, the direction has the dtype optax's would have (the gradient's and
+  the first moment's, promoted), and the state is ``optax.ScaleByAdamState``.
+  With ``nu_dtype=None`` this is ``optax.scale_by_adam`` itself, bit for bit.
+
+  Private on purpose: the aliases and :class:`AdamDirection` take
+  ``nu_dtype``, and ``AdamDirection(nu_dtype=...).transform()`` is the public
+  transform for :func:`decoupled_optax.decoupled_chain` or any optax chain;
+  a second public ``scale_by_adam`` beside optax's would only invite mixing
+  the two up.
+
+  Args:
+    b1: the first moment's decay, as in ``optax.scale_by_adam``.
+    b2: the second moment's decay, as there.
+    eps: added to the denominator, as there.
+    eps_root: added inside the square root, as there.
+    mu_dtype: the first moment's dtype, as there; None for the params'.
+    nu_dtype: the second moment's dtype; None for optax's behaviour.
+    nesterov: optax's NAdam, as there.
+
+  Returns:
+    An ``optax.GradientTransformation`` with state ``optax.ScaleByAdamState``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from decoupled_optax.directions import _scale_by_adam
+    >>> tx = _scale_by_adam(nu_dtype=jnp.bfloat16)
+    >>> params = {"w": jnp.ones(2)}
+    >>> _, state = tx.update(params, tx.init(params))
+    >>> state.nu["w"].dtype, state.mu["w"].dtype
+    (dtype(bfloat16), dtype('float32'))
+  """
+  check_unit_interval("b1", b1)
+  check_unit_interval("b2", b2)
+  check_non_negative("eps", eps)
+  check_non_negative("eps_root", eps_root)
+  check_dtype("mu_dtype", mu_dtype)
+  check_dtype("nu_dtype", nu_dtype)
+  check_bool("nesterov", nesterov)
+  if nu_dtype is None:
+    return optax.scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nesterov=nesterov)
+  mu_dtype = None if mu_dtype is None else jax.dtypes.canonicalize_dtype(mu_dtype)
+  nu_dtype = jax.dtypes.canonicalize_dtype(nu_dtype)
+
+  def init_fn(params: optax.Params) -> optax.ScaleByAdamState:
+    return optax.ScaleByAdamState(
+      count=jnp.zeros([], jnp.int32),
+      mu=optax.tree.zeros_like(params, dtype=mu_dtype),
+      nu=optax.tree.zeros_like(params, dtype=nu_dtype),
+    )
+
+  def update_fn(
+    updates: optax.Updates, state: optax.OptState, params: optax.Params | None = None
+  ) -> tuple[optax.Updates, optax.OptState]:
+    del params
+    state = cast(optax.ScaleByAdamState, state)
+    # optax's arithmetic, with nu (and the gradient, for nu) promoted first.
+    mu = optax.tree.update_moment(updates, state.mu, b1, 1)
+    nu = optax.tree.update_moment_per_elem_norm(
+      jax.tree.map(_at_least_float32, updates), jax.tree.map(_at_least_float32, state.nu), b2, 2
+    )
+    count_inc = optax.safe_increment(state.count)
+    if nesterov:
+      mu_hat = jax.tree.map(
+        lambda m, g: b1 * m + (1 - b1) * g,
+        optax.tree.bias_correction(mu, b1, optax.safe_increment(count_inc)),
+        optax.tree.bias_correction(updates, b1, count_inc),
+      )
+    else:
+      mu_hat = optax.tree.bias_correction(mu, b1, count_inc)
+    nu_hat = optax.tree.bias_correction(nu, b2, count_inc)
+    directions = jax.tree.map(
+      lambda m, v: None if m is None else (m / (jnp.sqrt(v + eps_root) + eps)).astype(m.dtype),
+      mu_hat,
+      nu_hat,
+      is_leaf=lambda x: x is None,
+    )
+    mu = optax.tree.cast(mu, mu_dtype)
+    nu = optax.tree.cast(nu, nu_dtype)
+    return directions, optax.ScaleByAdamState(count=count_inc, mu=mu, nu=nu)
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
 def scale_by_adamp_nesterov(
   b1: float = 0.9,
   b2: float = 0.999,
   eps: float = 1e-8,
   eps_root: float = 0.0,
   mu_dtype: jnp.dtype | None = None,
+  nu_dtype: jnp.dtype | None = None,
 ) -> optax.GradientTransformation:
   r"""Adam with the Nesterov step of the official AdamP code.
 
@@ -45,7 +157,21 @@ def scale_by_adamp_nesterov(
   This is not optax's NAdam (``optax.scale_by_adam(nesterov=True)``), which
   bias-corrects the momentum term with ``1 - beta1^(t+1)`` and the gradient
   term with ``1 - beta1^t``. The moments and their bookkeeping are
-  ``optax.scale_by_adam``'s own; the state is ``optax.ScaleByAdamState``.
+  ``optax.scale_by_adam``'s own (with ``nu_dtype``, as in
+  :class:`decoupled_optax.AdamDirection`); the state is
+  ``optax.ScaleByAdamState``. The direction is computed from the stored
+  moments, with nu in at least float32 when ``nu_dtype`` is given, and has the
+  gradient's dtype.
+
+  Args:
+    b1: the first moment's decay, in [0, 1).
+    b2: the second moment's decay, in [0, 1).
+    eps: added to the denominator, >= 0.
+    eps_root: added inside the square root, >= 0, as in ``optax.scale_by_adam``.
+    mu_dtype: the first moment's dtype, as in ``optax.scale_by_adam``; None
+      for the params'.
+    nu_dtype: the second moment's dtype, kept across updates (optax has no
+      such argument); None for the params', as in optax.
 
   Example:
     >>> import jax.numpy as jnp
@@ -62,7 +188,10 @@ def scale_by_adamp_nesterov(
   check_non_negative("eps", eps)
   check_non_negative("eps_root", eps_root)
   check_dtype("mu_dtype", mu_dtype)
-  adam = optax.scale_by_adam(b1=b1, b2=b2, eps=eps, eps_root=eps_root, mu_dtype=mu_dtype)
+  check_dtype("nu_dtype", nu_dtype)
+  adam = _scale_by_adam(
+    b1=b1, b2=b2, eps=eps, eps_root=eps_root, mu_dtype=mu_dtype, nu_dtype=nu_dtype
+  )
 
   def update_fn(
     updates: optax.Updates, state: optax.OptState, params: optax.Params | None = None
@@ -71,7 +200,8 @@ def scale_by_adamp_nesterov(
     state = cast(optax.ScaleByAdamState, new_state)
     lookahead = jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g, state.mu, updates)
     lookahead_hat = optax.tree.bias_correction(lookahead, b1, state.count)
-    nu_hat = optax.tree.bias_correction(state.nu, b2, state.count)
+    nu = state.nu if nu_dtype is None else jax.tree.map(_at_least_float32, state.nu)
+    nu_hat = optax.tree.bias_correction(nu, b2, state.count)
     directions = jax.tree.map(
       lambda m, v, g: (m / (jnp.sqrt(v + eps_root) + eps)).astype(g.dtype),
       lookahead_hat,
@@ -152,22 +282,37 @@ class AdamDirection(Direction):
   With ``nesterov`` the numerator is the official AdamP's
   ``b1 m + (1 - b1) g`` (see :func:`decoupled_optax.scale_by_adamp_nesterov`).
 
+  The moments' dtypes: ``mu_dtype`` as in ``optax.scale_by_adam``, and
+  ``nu_dtype``, which optax lacks: nu is updated in at least float32 and
+  stored in ``nu_dtype`` after every update, so it keeps that dtype across
+  steps; None is optax's behaviour, bit for bit. The fused CPU kernel
+  (:func:`decoupled_optax.fused_scale_invariance`) keeps float32 moments, so
+  leaves whose moments have another dtype run the generic chain there.
+
   Args:
     b1: the first moment's decay, in [0, 1).
     b2: the second moment's decay, in [0, 1).
     eps: added to the denominator, >= 0.
     nesterov: the official AdamP's Nesterov step.
+    mu_dtype: the first moment's dtype; None for the params'.
+    nu_dtype: the second moment's dtype; None for the params'.
 
   Example:
     >>> import decoupled_optax as dopt
     >>> direction = dopt.AdamDirection(b1=0.9, b2=0.999, nesterov=True)
     >>> tx = direction.transform()  # the generic path's optax transform
+    >>> import jax.numpy as jnp
+    >>> tx = dopt.AdamDirection(mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16).transform()
+    >>> tx.init({"w": jnp.zeros(2)}).nu["w"].dtype
+    dtype(bfloat16)
   """
 
   b1: Any = 0.9
   b2: Any = 0.999
   eps: Any = 1e-8
   nesterov: bool = False
+  mu_dtype: Any | None = None
+  nu_dtype: Any | None = None
   kind: ClassVar[str] = "adam"
 
   def __post_init__(self) -> None:
@@ -175,11 +320,16 @@ class AdamDirection(Direction):
     check_unit_interval("b2", self.b2)
     check_non_negative("eps", self.eps)
     check_bool("nesterov", self.nesterov)
+    check_dtype("mu_dtype", self.mu_dtype)
+    check_dtype("nu_dtype", self.nu_dtype)
 
   def transform(self) -> optax.GradientTransformation:
+    mu_dtype, nu_dtype = self.mu_dtype, self.nu_dtype
     if self.nesterov:
-      return scale_by_adamp_nesterov(self.b1, self.b2, self.eps)
-    return optax.scale_by_adam(self.b1, self.b2, self.eps)
+      return scale_by_adamp_nesterov(
+        self.b1, self.b2, self.eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype
+      )
+    return _scale_by_adam(self.b1, self.b2, self.eps, mu_dtype=mu_dtype, nu_dtype=nu_dtype)
 
   def moments(self, state: optax.ScaleByAdamState) -> tuple[Any, Any]:
     return state.mu, state.nu

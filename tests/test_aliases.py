@@ -27,6 +27,7 @@ from _reference import (
   flax_to_torch,
   grad_jax,
   init_params,
+  loss_jax,
   make_targets,
   mask_fn,
   max_relative_error,
@@ -490,3 +491,190 @@ def test_sgdp_judges_the_convention_on_the_decay_it_was_given():
     dopt.sgdp(0.05, 0.9, 0.0375, weight_decay_convention="paper")
   with pytest.warns(dopt.WeightDecayConventionWarning, match=r"weight_decay=0\.0625 "):
     dopt.sgdp(0.05, 0.9, 0.0625, weight_decay_convention="paper")
+
+
+# ---------------------------------------------------------------- moment dtypes
+
+BF16, F32 = jnp.bfloat16, jnp.float32
+# weight_decay < learning_rate in the paper's convention: no convention warning.
+ADAM_ALIASES = {
+  "adamw": lambda **kw: dopt.adamw(ADAM_LR, 1e-4, weight_decay_convention="paper", **kw),
+  "nadamw": lambda **kw: dopt.adamw(
+    ADAM_LR, 1e-4, weight_decay_convention="paper", nesterov=True, **kw
+  ),
+  "adamp": lambda **kw: dopt.adamp(ADAM_LR, 1e-4, weight_decay_convention="paper", **kw),
+  "adamp_nesterov": lambda **kw: dopt.adamp(
+    ADAM_LR, 1e-4, weight_decay_convention="paper", nesterov=True, **kw
+  ),
+}
+# (params, mu_dtype, nu_dtype): low-precision moments of float32 params (MaxText's case),
+# and float32 second moments of bfloat16 params.
+MOMENT_DTYPES = {
+  "f32_params_bf16_moments": (F32, BF16, BF16),
+  "f32_params_bf16_nu": (F32, None, BF16),
+  "bf16_params_f32_nu": (BF16, None, F32),
+}
+
+
+def _adam_state(state) -> optax.ScaleByAdamState:
+  is_adam = lambda x: isinstance(x, optax.ScaleByAdamState)  # noqa: E731
+  (adam,) = [x for x in jax.tree.leaves(state, is_leaf=is_adam) if is_adam(x)]
+  return adam
+
+
+def _assert_moment_dtypes(state, mu_dtype, nu_dtype) -> None:
+  adam = _adam_state(state)
+  assert {x.dtype for x in jax.tree.leaves(adam.mu)} == {jnp.dtype(mu_dtype)}
+  assert {x.dtype for x in jax.tree.leaves(adam.nu)} == {jnp.dtype(nu_dtype)}
+  assert adam.count.dtype == jnp.int32
+
+
+def _params_in(dtype):
+  return jax.tree.map(lambda p: jnp.asarray(p, dtype), init_params())
+
+
+@pytest.mark.parametrize("dtypes", sorted(MOMENT_DTYPES))
+@pytest.mark.parametrize("alias", sorted(ADAM_ALIASES))
+def test_adam_aliases_keep_the_moment_dtypes_across_jitted_and_scanned_updates(alias, dtypes):
+  param_dtype, mu_dtype, nu_dtype = MOMENT_DTYPES[dtypes]
+  tx = ADAM_ALIASES[alias](mu_dtype=mu_dtype, nu_dtype=nu_dtype)
+  params = _params_in(param_dtype)
+  mu_dtype = mu_dtype or param_dtype
+  _assert_moment_dtypes(tx.init(params), mu_dtype, nu_dtype)
+  trajectory, states = run_ours(tx, 4, params=params, with_states=True)
+  for state in states:
+    _assert_moment_dtypes(state, mu_dtype, nu_dtype)
+  assert {p.dtype for p in jax.tree.leaves(trajectory[-1])} == {jnp.dtype(param_dtype)}
+
+  targets = make_targets(4)
+  grads = jax.grad(loss_jax)(params, targets[0])
+  updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+  assert jax.tree.map(lambda u: u.dtype, updates) == jax.tree.map(lambda g: g.dtype, grads)
+
+  def step(carry, step_targets):
+    params, state = carry
+    updates, state = tx.update(jax.grad(loss_jax)(params, step_targets), state, params)
+    return (optax.apply_updates(params, updates), state), None
+
+  stacked = jax.tree.map(lambda *t: jnp.stack(t), *targets)
+  (scanned, state), _ = jax.jit(lambda c: jax.lax.scan(step, c, stacked))((params, tx.init(params)))
+  _assert_moment_dtypes(state, mu_dtype, nu_dtype)
+  tolerance = 1e-5 if param_dtype == F32 else 1e-2
+  for name in NAMES:
+    assert scanned[name].dtype == param_dtype
+    np.testing.assert_allclose(
+      np.asarray(scanned[name], np.float32),
+      np.asarray(trajectory[-1][name], np.float32),
+      rtol=tolerance,
+      atol=tolerance,
+    )
+
+
+@pytest.mark.parametrize("dtypes", ["f32_params_bf16_moments", "bf16_params_f32_nu"])
+@pytest.mark.parametrize("alias", ["adamw", "adamp_nesterov"])
+def test_a_checkpoint_round_trip_keeps_the_moment_dtypes_and_resumes_bit_identically(alias, dtypes):
+  from flax import serialization
+
+  param_dtype, mu_dtype, nu_dtype = MOMENT_DTYPES[dtypes]
+  tx = ADAM_ALIASES[alias](mu_dtype=mu_dtype, nu_dtype=nu_dtype)
+  params = _params_in(param_dtype)
+  targets = make_targets(6)
+
+  @jax.jit
+  def step(params, state, targets):
+    updates, state = tx.update(jax.grad(loss_jax)(params, targets), state, params)
+    return optax.apply_updates(params, updates), state
+
+  state = tx.init(params)
+  for t in range(3):
+    params, state = step(params, state, targets[t])
+  restored_states = [
+    serialization.from_bytes(tx.init(params), serialization.to_bytes(state)),
+    jax.tree.map(jnp.asarray, jax.tree.map(np.asarray, state)),
+  ]
+  for restored in restored_states:
+    assert jax.tree.map(lambda x: x.dtype, restored) == jax.tree.map(lambda x: x.dtype, state)
+    _assert_moment_dtypes(restored, mu_dtype or param_dtype, nu_dtype)
+    resumed, uninterrupted = (params, restored), (params, state)
+    for t in range(3, 6):
+      resumed, uninterrupted = step(*resumed, targets[t]), step(*uninterrupted, targets[t])
+    for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(uninterrupted), strict=True):
+      assert a.dtype == b.dtype
+      np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def _calls_the_kernel(tx, params) -> bool:
+  grads = jax.grad(loss_jax)(params, make_targets(1)[0])
+  lowered = jax.jit(lambda p, s, g: tx.update(g, s, p)).lower(params, tx.init(params), grads)
+  return "decoupled_optax_first_pass" in lowered.as_text()
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_adamp_low_precision_moments_on_the_fused_path_equal_the_generic_chain(nesterov):
+  """The kernel keeps float32 moments: bfloat16 ones run the generic chain, exactly."""
+  assert dopt.cpu_kernel_available() and jax.device_count("cpu") == 1
+  params = _params_in(F32)
+  kw = dict(nesterov=nesterov, weight_decay_convention="paper")
+  default = dopt.adamp(ADAM_LR, 1e-4, mu_dtype=BF16, nu_dtype=BF16, **kw)
+  generic = dopt.adamp(ADAM_LR, 1e-4, mu_dtype=BF16, nu_dtype=BF16, cpu_kernel=False, **kw)
+  assert _calls_the_kernel(dopt.adamp(ADAM_LR, 1e-4, **kw), params)
+  assert not _calls_the_kernel(default, params)
+  (ours, our_states), (theirs, their_states) = [
+    run_ours(tx, 6, params=params, with_states=True) for tx in (default, generic)
+  ]
+  for state in our_states:
+    _assert_moment_dtypes(state, BF16, BF16)
+  for a, b in zip(
+    jax.tree.leaves((ours, our_states)), jax.tree.leaves((theirs, their_states)), strict=True
+  ):
+    assert a.dtype == b.dtype
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+  # float32 moments asked for explicitly: the kernel takes the 2-D leaves, and the 1-D ones
+  # go through the generic Adam with the kernel's leaves left out.
+  fused, generic = [
+    dopt.adamp(ADAM_LR, 1e-4, mu_dtype=F32, nu_dtype=F32, cpu_kernel=cpu_kernel, **kw)
+    for cpu_kernel in (None, False)
+  ]
+  assert _calls_the_kernel(fused, params)
+  ours, our_states = run_ours(fused, 6, params=params, with_states=True)
+  _assert_moment_dtypes(our_states[-1], F32, F32)
+  assert_trajectories_match(ours, run_ours(generic, 6, params=params))
+
+
+def test_inject_hyperparams_keeps_the_dtype_arguments_static():
+  params = _params_in(F32)
+  grads = jax.grad(loss_jax)(params, make_targets(1)[0])
+  cases = [
+    (
+      dopt.adamw,
+      dict(weight_decay_convention="paper", mu_dtype=BF16),
+      lambda s: _assert_moment_dtypes(s, BF16, F32),
+    ),
+    (
+      dopt.adamp,
+      dict(weight_decay_convention="paper", mu_dtype=BF16, nu_dtype=BF16),
+      lambda s: _assert_moment_dtypes(s, BF16, BF16),
+    ),
+  ]
+  for factory, kw, check in cases:
+    tx = dopt.inject_hyperparams(factory)(learning_rate=1e-3, weight_decay=1e-4, **kw)
+    state = tx.init(params)
+    assert not {"mu_dtype", "nu_dtype"} & set(state.hyperparams)
+    for _ in range(2):
+      updates, state = jax.jit(tx.update)(grads, state, params)
+      check(state)
+      assert jax.tree.map(lambda u: u.dtype, updates) == jax.tree.map(lambda g: g.dtype, grads)
+  for factory in (dopt.sgdw, dopt.sgdp):
+    tx = dopt.inject_hyperparams(factory)(
+      learning_rate=0.1, momentum=0.9, accumulator_dtype=BF16, weight_decay_convention="paper"
+    )
+    state = tx.init(params)
+    assert "accumulator_dtype" not in state.hyperparams
+    _, state = jax.jit(tx.update)(grads, state, params)
+    (trace,) = [
+      x
+      for x in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, optax.TraceState))
+      if isinstance(x, optax.TraceState)
+    ]
+    assert {x.dtype for x in jax.tree.leaves(trace.trace)} == {jnp.dtype(BF16)}

@@ -61,6 +61,7 @@ TABLE = {
       eps=NON_NEGATIVE,
       eps_root=NON_NEGATIVE,
       mu_dtype=DTYPE,
+      nu_dtype=DTYPE,
       schedule=SCHEDULE,
       mask=MASK,
       nesterov=BOOL,
@@ -88,6 +89,8 @@ TABLE = {
       b1=UNIT,
       b2=UNIT,
       eps=NON_NEGATIVE,
+      mu_dtype=DTYPE,
+      nu_dtype=DTYPE,
       delta=POSITIVE,
       wd_ratio=NON_NEGATIVE,
       nesterov=BOOL,
@@ -188,11 +191,14 @@ TABLE = {
     dict(state=dopt.with_diagnostics(optax.sgd(0.1)).init(PARAMS)),
     dict(state=[(optax.sgd(0.1).init(PARAMS), V), (None, V)]),
   ),
-  "AdamDirection": (dict(), dict(b1=UNIT, b2=UNIT, eps=NON_NEGATIVE, nesterov=BOOL)),
+  "AdamDirection": (
+    dict(),
+    dict(b1=UNIT, b2=UNIT, eps=NON_NEGATIVE, nesterov=BOOL, mu_dtype=DTYPE, nu_dtype=DTYPE),
+  ),
   "MomentumDirection": (dict(), dict(decay=UNIT, nesterov=BOOL, accumulator_dtype=DTYPE)),
   "scale_by_adamp_nesterov": (
     dict(),
-    dict(b1=UNIT, b2=UNIT, eps=NON_NEGATIVE, eps_root=NON_NEGATIVE, mu_dtype=DTYPE),
+    dict(b1=UNIT, b2=UNIT, eps=NON_NEGATIVE, eps_root=NON_NEGATIVE, mu_dtype=DTYPE, nu_dtype=DTYPE),
   ),
   "cosine_warm_restart_schedule": (
     dict(init_value=1.0, first_period=10),
