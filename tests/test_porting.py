@@ -428,9 +428,9 @@ def _timm_run(opt: str, lr: float):
   return run_torch(make, STEPS, decayed=NAMES)[0]
 
 
-def timm_mask(params):
-  """timm's default groups as a mask: no decay on 1-D params (biases, norm scales)."""
-  return jax.tree.map(lambda p: p.ndim > 1, params)
+# timm's default groups (no decay on 1-D params and on biases of any rank) are what
+# dopt.weight_decay_mask decides by what each leaf is; the porting rows name it.
+timm_mask = dopt.weight_decay_mask
 
 
 def test_timm_adamp_factory_defaults_and_param_groups():
