@@ -8,6 +8,7 @@ it goes wrong.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -116,23 +117,82 @@ def check_mask_structure(mask: Any, params: Any) -> None:
   )
 
 
+def check_mask_leaves(mask: Any) -> None:
+  """Raises ValueError for a mask leaf that is an array with dimensions: a mask decides per leaf.
+
+  optax.masked would end in jax's "truth value of an array ... is ambiguous".
+  """
+  for path, leaf in jax.tree_util.tree_flatten_with_path(mask, is_leaf=_is_none)[0]:
+    if getattr(leaf, "ndim", 0) > 0:
+      raise ValueError(
+        "mask must hold one bool per leaf (or subtree) of the params, got an array of shape "
+        f"{tuple(leaf.shape)} at '{path_name(path)}': weight decay is on or off for a whole "
+        "leaf, as in optax.masked. Put True or False there (or pass "
+        "mask=decoupled_optax.weight_decay_mask); to decay only some elements of a param, "
+        "split it into separate leaves."
+      )
+
+
 def checked_mask(mask: Any) -> Callable[[Any], Any]:
   """``mask`` (a tree or a callable of the params) as a callable that checks its result."""
 
   def mask_fn(tree: Any) -> Any:
+    check_not_nnx_graph(tree)
     result = mask(tree) if callable(mask) else mask
+    check_mask_leaves(result)
     check_mask_structure(result, tree)
     return result
 
   return mask_fn
 
 
+_NNX_FIX = (
+  "Pass the optimizer to nnx.Optimizer(model, tx, wrt=nnx.Param), which inits it with the "
+  "model's parameters, or call tx.init(nnx.state(model, nnx.Param))."
+)
+
+
+def check_not_nnx_graph(params: Any) -> None:
+  """Raises TypeError for an ``nnx.Module`` given as params, or NNX state with Flax's other variables.
+
+  Both would be optimized as if they were parameters: batch statistics and
+  RNG state included, and a parameter mask would not match them. Flax is
+  never imported here: without ``flax.nnx`` loaded nothing can be either.
+  """
+  nnx = sys.modules.get("flax.nnx")
+  if nnx is None:
+    return
+  module, variable = getattr(nnx, "Module", None), getattr(nnx, "Variable", None)
+  param = getattr(nnx, "Param", None)
+  if module is None or variable is None or param is None:  # pragma: no cover - another flax
+    return
+  is_node = lambda x: isinstance(x, (module, variable))  # noqa: E731
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params, is_leaf=is_node)[0]:
+    where = "" if not path else f" at '{path_name(path)}'"
+    if isinstance(leaf, module):
+      raise TypeError(
+        f"params must be the model's parameters, got the nnx.Module {type(leaf).__name__}"
+        f"{where}, whose state also holds batch statistics and RNG state. " + _NNX_FIX
+      )
+    # Flax's own non-parameter variables (BatchStat, RngKey, Cache, ...); a
+    # user's Variable subclass may be trained on purpose.
+    flax_type = type(leaf).__module__.split(".")[0] == "flax"
+    if isinstance(leaf, variable) and not isinstance(leaf, param) and flax_type:
+      raise TypeError(
+        f"params must be the model's parameters, got NNX state with an nnx."
+        f"{type(leaf).__name__} variable{where}, which is not an nnx.Param (nnx.state(model) "
+        "holds every variable). " + _NNX_FIX
+      )
+
+
 def check_real_params(params: Any, *, allow_complex: bool, transform: str) -> None:
   """Raises TypeError for integer (or boolean) leaves, and for complex ones unless allowed.
 
   Integer params would be silently truncated by every update; the radial
-  projection's cosine is defined for real weights only.
+  projection's cosine is defined for real weights only. An ``nnx.Module``
+  raises too (:func:`check_not_nnx_graph`).
   """
+  check_not_nnx_graph(params)
   for path, leaf in jax.tree_util.tree_flatten_with_path(params, is_leaf=_is_none)[0]:
     dtype = getattr(leaf, "dtype", None)
     if dtype is None:

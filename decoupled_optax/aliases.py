@@ -715,8 +715,9 @@ def adamp(
     axis_name: for params sharded inside ``shard_map``/``pmap``, the mapped
       axis name(s) that shard them, so that the projection's cosines and
       norms are global; see :func:`decoupled_optax.detect_scale_invariance`.
-      Without it they are per shard. Not needed under ``jit``, nor with
-      replicated params.
+      Inside ``shard_map`` params sharded over axes it does not name raise a
+      ValueError; ``axis_name=()`` computes the statistics per shard, on
+      purpose. Not needed under ``jit``, nor with replicated params.
     param_specs: which of those axes shard which dims: a tree of
       ``PartitionSpec``, e.g. shard_map's ``in_specs`` of the params.
     schedule: eta_t, the schedule multiplier.
@@ -807,7 +808,8 @@ def sgdp(
     channel_axis: the output-channel axes (None: read from the model), as in :func:`adamp`.
     projection_mask: which leaves may be projected (None: weights, not
       biases or normalization parameters), as in :func:`adamp`.
-    axis_name: mapped axes sharding the params, as in :func:`adamp`.
+    axis_name: mapped axes sharding the params, as in :func:`adamp`; ``()`` computes the
+      statistics per shard, on purpose.
     param_specs: the params' ``PartitionSpec`` tree, as in :func:`adamp`.
     accumulator_dtype: dtype of the momentum buffer.
     schedule: eta_t, the schedule multiplier.

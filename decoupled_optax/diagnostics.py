@@ -72,13 +72,17 @@ def _merge_per_leaf(trees: list[Any], params: Any, fill: Any, dtype: Any) -> Any
 
   Recorded trees have the params' structure, with ``None`` (or optax's
   ``MaskedNode``, under ``multi_transform``) where a chain did not see a leaf.
+  A ``None`` param (``eqx.filter`` leaves them for non-array fields) may
+  have any record, and stays ``None``.
   """
-  merged = jax.tree.map(lambda p: jnp.full([], fill, dtype), params)
-  flat_merged, treedef = jax.tree.flatten(merged)
+  flat_params, treedef = jax.tree.flatten(params, is_leaf=lambda x: x is None)
+  flat_merged = [None if p is None else jnp.full([], fill, dtype) for p in flat_params]
   for tree in trees:
     flat = treedef.flatten_up_to(tree)
     flat_merged = [
-      m if v is None or isinstance(v, optax.MaskedNode) else jnp.asarray(v).astype(dtype)
+      m
+      if m is None or v is None or isinstance(v, optax.MaskedNode)
+      else jnp.asarray(v).astype(dtype)
       for m, v in zip(flat_merged, flat, strict=True)
     ]
   return treedef.unflatten(flat_merged)

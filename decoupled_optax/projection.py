@@ -57,6 +57,7 @@ from decoupled_optax._validation import (
   check_transform,
   describe,
 )
+from decoupled_optax.sharding import check_mesh_axes_named
 from decoupled_optax.weight_decay import WEIGHT_DECAY_MULTIPLIERS
 
 RADIAL_PROJECTORS = "radial_projectors"
@@ -628,6 +629,7 @@ def scale_invariance(
     params, treedef, channel_axis=channel_axis, projection_mask=projection_mask
   )
   flat_names = leaf_axis_names(treedef, flat_grads, params, axis_name, param_specs, flat_axes)
+  check_mesh_axes_named(params, flat_names, flat_axes, axis_name)
   flat_projectors, flat_multipliers = projectors_of_leaves(
     flat_grads,
     flat_params,
@@ -710,9 +712,10 @@ def detect_scale_invariance(
       ``param_specs``, every leaf with ``ndim > 1`` must be sharded over all
       of these axes along its non-channel dims (e.g. FSDP on the input dim):
       the per-channel sums are psum'd over them. Leave it None for data
-      parallelism with replicated params (``pmap`` with pmean'd gradients),
-      and under ``jit`` with ``NamedSharding``, where GSPMD makes every
-      reduction global by itself.
+      parallelism with replicated params (``pmap`` with pmean'd gradients,
+      ``shard_map`` with ``P()`` in_specs), and under ``jit`` with
+      ``NamedSharding``, where GSPMD makes every reduction global by itself.
+      ``()`` (no axes) computes the statistics per shard, on purpose.
     param_specs: under ``shard_map``, which mesh axes shard which dims of
       each param: a tree of :class:`jax.sharding.PartitionSpec` with the
       params' structure or a prefix of it (None for replicated), e.g. the
@@ -721,10 +724,16 @@ def detect_scale_invariance(
       reduce the max over channels (pmax) and the whole-tensor sums (psum).
       If ``axis_name`` is also given, the specs may only name its axes.
 
-  Without ``axis_name`` and ``param_specs``, inside ``shard_map`` or
-  ``pmap`` every cosine, norm and projection is computed **per shard**,
-  which differs from the single-device result when params are sharded. With
-  them, the result equals the single-device one (up to rounding).
+  With ``axis_name`` and ``param_specs``, the result equals the
+  single-device one (up to rounding). Inside ``shard_map``, a projected
+  param that is sharded over a mesh axis that neither names (its type varies
+  over the axis) raises a ValueError: its cosines, norms and projection
+  would be computed **per shard**, which differs from the single-device
+  result. Pass ``axis_name=()`` to have them per shard on purpose. The check
+  reads the params' types, so it runs with ``shard_map``'s default
+  ``check_vma=True``; under ``pmap`` and with ``check_vma=False`` types do
+  not say what is sharded, and missing axis names give per-shard statistics
+  without an error.
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs` with ``inner``'s state.

@@ -15,6 +15,8 @@ shardings and makes sure a jitted ``init`` produces them:
 * :func:`state_partition_specs` gives the state's ``PartitionSpec`` from the
   params', for ``shard_map``'s ``in_specs``/``out_specs``.
 * :func:`init_sharded` is ``jax.jit(tx.init, out_shardings=state_shardings(...))``.
+* :func:`check_mesh_axes_named` stops AdamP's projection from computing its
+  statistics per shard, silently, inside ``shard_map`` with sharded params.
 
 A param-shaped state leaf is found structurally: a subtree of the state with
 the params' tree structure and, leaf for leaf, the params' shapes (leaves
@@ -26,7 +28,7 @@ is a pytree.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -35,6 +37,7 @@ import optax
 from jax.core import Tracer
 from jax.sharding import NamedSharding, PartitionSpec, Sharding
 
+from decoupled_optax._trees import path_name
 from decoupled_optax._validation import check_transform
 
 
@@ -280,3 +283,68 @@ def init_sharded(tx: optax.GradientTransformation, params: Any) -> optax.OptStat
   """
   check_transform("tx", tx)
   return jax.jit(tx.init, out_shardings=state_shardings(tx, params))(params)
+
+
+def varying_mesh_axes(x: Any) -> frozenset[str]:
+  """The manual mesh axes over which ``x`` varies, as its type says.
+
+  Inside ``shard_map`` with ``check_vma=True`` (the default) a value sharded
+  over a mesh axis varies over it, and a replicated one (``P()`` in
+  ``in_specs``) does not. Empty elsewhere: outside ``shard_map``, under
+  ``pmap`` and with ``check_vma=False``, types carry no such axes.
+  """
+  aval = jax.typeof(x)
+  varying = getattr(aval, "vma", None)  # jax < 0.10
+  if varying is None:
+    varying = getattr(getattr(aval, "manual_axis_type", None), "varying", ())
+  return frozenset(varying)
+
+
+def _names(entry: Any) -> tuple[str, ...]:
+  if entry is None:
+    return ()
+  return (entry,) if isinstance(entry, str) else tuple(entry)
+
+
+def check_mesh_axes_named(
+  params: Any,
+  flat_names: Sequence[tuple[Any, Any]],
+  flat_channel_axes: Sequence[Any],
+  axis_name: Any,
+) -> None:
+  """Raises ValueError if a projected param varies over mesh axes its statistics do not reduce over.
+
+  Inside ``shard_map``, AdamP's cosines and norms are psum'd only over the
+  axes named by ``axis_name``/``param_specs``; over any other axis that
+  shards a param they would be computed per shard, and the step would differ
+  from the single-device one without a word. Replicated params (data
+  parallelism) vary over no axis and pass. ``axis_name=()`` asks for
+  per-shard statistics on purpose and skips the check.
+
+  Args:
+    params: the params, whose leaves are in the order of the flat lists.
+    flat_names: per leaf, ``(reduce-dim axes, channel-dim axes)`` that the
+      projection reduces over.
+    flat_channel_axes: per leaf, its channel axes, or None if not projected.
+    axis_name: the ``axis_name`` the user gave, for the message.
+  """
+  if isinstance(axis_name, (tuple, list)) and not axis_name:
+    return
+  leaves = jax.tree_util.tree_flatten_with_path(params, is_leaf=lambda x: x is None)[0]
+  projected = [
+    (path, leaf, names)
+    for (path, leaf), names, axes in zip(leaves, flat_names, flat_channel_axes, strict=True)
+    if leaf is not None and axes is not None
+  ]
+  sharding_axes = sorted({a for _, leaf, _ in projected for a in varying_mesh_axes(leaf)})
+  for path, leaf, names in projected:
+    missing = varying_mesh_axes(leaf) - {n for entry in names for n in _names(entry)}
+    if missing:
+      raise ValueError(
+        f"axis_name: inside shard_map the param '{path_name(path)}' is sharded over the mesh "
+        f"axes {sorted(missing)}, which axis_name={axis_name!r} and param_specs do not name, "
+        "so AdamP's cosines and norms would be computed per shard and the step would differ "
+        f"from the single-device one. Pass axis_name={tuple(sharding_axes)!r} (the mesh axes "
+        "that shard the params) and param_specs= the params' in_specs of shard_map; or "
+        "axis_name=() to compute the statistics per shard on purpose."
+      )

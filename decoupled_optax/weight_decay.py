@@ -15,7 +15,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from decoupled_optax._trees import check_same_structure, checked_mask, require_params
+from decoupled_optax._trees import (
+  check_mask_leaves,
+  check_not_nnx_graph,
+  check_same_structure,
+  checked_mask,
+  require_params,
+)
 from decoupled_optax._validation import check_non_negative, check_number
 from decoupled_optax.schedules import _check_restart_args, _restart_position_after_warmup
 
@@ -94,7 +100,7 @@ def add_decoupled_weight_decay(
   scheduled = callable(weight_decay)
 
   def init_fn(params: optax.Params) -> optax.OptState:
-    del params
+    check_not_nnx_graph(params)
     if scheduled:
       return AddDecoupledWeightDecayState(count=jnp.zeros([], jnp.int32))
     return optax.EmptyState()
@@ -138,14 +144,21 @@ def check_mask_argument(mask: Any) -> None:
   )
   if scalar:
     raise ValueError(
-      f"mask must be a pytree of bools or a callable of the params, got the scalar {mask!r}. "
-      + MASK_AS_SCHEDULE_HINT
+      "mask must be a pytree of bools (one per leaf or subtree of the params) or a callable "
+      f"that returns one from the params, got the scalar {mask!r}. To decay every leaf omit "
+      "mask (mask=None); to decay kernels but not biases and normalization scales pass "
+      "mask=decoupled_optax.weight_decay_mask; to decay nothing pass weight_decay=0. (A "
+      "callable mask passed through optax.inject_hyperparams is evaluated on the step count "
+      "as if it were a schedule: pass static_args=('mask',) there, or use "
+      "decoupled_optax.inject_hyperparams.)"
     )
   if isinstance(mask, (str, bytes, int, float, complex)):
     raise TypeError(
       "mask must be None, a pytree of bools or a callable of the params, "
       f"got {type(mask).__name__} {mask!r}."
     )
+  if not callable(mask):
+    check_mask_leaves(mask)
 
 
 def normalized_weight_decay(

@@ -342,5 +342,4 @@ def run_example(
   print(f"{total} steps per optimizer, {time.perf_counter() - start:.1f} s in all")
   for name, acc in results.items():
     print(f"{name} test accuracy: {acc:.4f}")
-  print(f"test accuracy: {results['AdamWR']:.4f}")
   return results

@@ -51,7 +51,13 @@ def test_example_smoke(script: str, tmp_path: Path, capsys: pytest.CaptureFixtur
   assert set(results) == {"AdamWR", "AdamP"}
   assert all(0.0 <= acc <= 1.0 for acc in results.values())
   assert (tmp_path / f"{Path(script).stem}.png").stat().st_size > 0
-  assert capsys.readouterr().out.strip().splitlines()[-1].startswith("test accuracy: ")
+  # Every line is labelled: the steps and time, then each optimizer's accuracy by name.
+  lines = capsys.readouterr().out.strip().splitlines()
+  assert lines[-3].endswith(" s in all"), lines
+  assert [line.rsplit(": ", 1)[0] for line in lines[-2:]] == [
+    "AdamWR test accuracy",
+    "AdamP test accuracy",
+  ], lines
   # One TensorBoard run per optimizer, holding the diagnostics.
   for name in results:
     (event_file,) = (runs / name).glob("events.out.tfevents.*")

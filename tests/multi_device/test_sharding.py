@@ -324,9 +324,37 @@ def test_shard_map_with_param_specs_matches_one_device(name):
   _assert_close(shard_map_train(tx, SPECS, STEPS), _one_device_run(name))
 
 
-def test_shard_map_without_axis_names_is_per_shard():
-  """Documented: without axis names the cosines and norms are those of each shard."""
-  params, _ = shard_map_train(dopt.adamp(1e-2, 1e-4, weight_decay_convention="paper"), SPECS, STEPS)
+@pytest.mark.parametrize("name", list(SHARD_MAP_OPTIMIZERS))
+def test_shard_map_with_sharded_params_and_no_axis_names_raises(name):
+  """Per-shard cosines and norms (dense2 0.27 relative off) would otherwise pass silently."""
+  tx = SHARD_MAP_OPTIMIZERS[name](1e-2, weight_decay=1e-4, weight_decay_convention="paper")
+  with pytest.raises(
+    ValueError,
+    match=r"param 'conv' is sharded over the mesh axes \['x'\].*axis_name=None.*"
+    r"Pass axis_name=\('x', 'y'\).*param_specs=.*axis_name=\(\) to compute the statistics per shard",
+  ):
+    shard_map_train(tx, SPECS, 1)
+
+
+def test_shard_map_axis_name_that_misses_a_sharding_axis_raises():
+  """dense2 is sharded over y too, which axis_name="x" alone does not reduce over."""
+  tx = dopt.adamp(1e-2, 1e-4, axis_name="x", weight_decay_convention="paper")
+  with pytest.raises(ValueError, match=r"param 'dense2' is sharded over the mesh axes \['y'\]"):
+    shard_map_train(tx, SPECS, 1)
+
+
+def test_shard_map_with_replicated_params_needs_no_axis_names():
+  """Data parallelism: params with P() in_specs vary over no mesh axis, and the step is global."""
+  replicated = {k: P() for k in SPECS}
+  tx = dopt.adamp(1e-2, weight_decay=1e-4, weight_decay_convention="paper")
+  params, _ = shard_map_train(tx, replicated, STEPS)
+  _assert_close(params, _one_device_run("adamp")[0])
+
+
+def test_shard_map_per_shard_statistics_on_purpose():
+  """``axis_name=()``: the cosines and norms are those of each shard, as asked."""
+  tx = dopt.adamp(1e-2, 1e-4, axis_name=(), weight_decay_convention="paper")
+  params, _ = shard_map_train(tx, SPECS, STEPS)
   reference, _ = _one_device_run("adamp")
   # dense2 is scale invariant only as a whole: no shard of it is.
   assert not np.allclose(params["dense2"], reference["dense2"], rtol=1e-4)
