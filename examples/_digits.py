@@ -212,7 +212,9 @@ def stack_diagnostics(steps: list[dict[str, Any]]) -> dict[str, np.ndarray]:
 
 
 def _kernel_keys(diagnostics: dict[str, np.ndarray], quantity: str) -> list[str]:
-  return sorted(k for k in diagnostics if k.startswith(f"{quantity}/") and k.endswith("kernel"))
+  """``quantity``'s keys for the weights: the leaves the diagnostics give an angular update."""
+  weights = [k.split("/", 1)[1] for k in diagnostics if k.startswith("angular_update/")]
+  return sorted(f"{quantity}/{w}" for w in weights if f"{quantity}/{w}" in diagnostics)
 
 
 def save_figure(fig: Any, path: Path) -> None:
