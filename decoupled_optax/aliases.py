@@ -558,13 +558,7 @@ def adamw(
   Reference: Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019.
   """
   _require_convention("adamw", weight_decay_convention, weight_decay, learning_rate)
-  check_unit_interval("b1", b1)
-  check_unit_interval("b2", b2)
-  check_non_negative("eps", eps)
-  check_non_negative("eps_root", eps_root)
-  check_dtype("mu_dtype", mu_dtype)
-  check_dtype("nu_dtype", nu_dtype)
-  check_bool("nesterov", nesterov)
+  # _scale_by_adam checks its arguments.
   return decoupled_chain(
     _scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nu_dtype, nesterov=nesterov),
     learning_rate=learning_rate,

@@ -183,12 +183,7 @@ def scale_by_adamp_nesterov(
 
   Reference: official ``adamp`` package 0.3.0, ``AdamP.step`` with ``nesterov=True``.
   """
-  check_unit_interval("b1", b1)
-  check_unit_interval("b2", b2)
-  check_non_negative("eps", eps)
-  check_non_negative("eps_root", eps_root)
-  check_dtype("mu_dtype", mu_dtype)
-  check_dtype("nu_dtype", nu_dtype)
+  # _scale_by_adam checks its arguments.
   adam = _scale_by_adam(
     b1=b1, b2=b2, eps=eps, eps_root=eps_root, mu_dtype=mu_dtype, nu_dtype=nu_dtype
   )
