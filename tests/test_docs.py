@@ -41,3 +41,23 @@ def test_every_porting_row_names_a_test_and_every_test_is_a_row():
   }
   assert sorted(named - tests) == [], "rows naming a test that does not exist"
   assert sorted(tests - named) == [], "tests that no row names"
+
+
+def _python_blocks(page: str) -> list[str]:
+  return re.findall(r"^```python\n(.*?)^```$", (DOCS / page).read_text(), flags=re.M | re.S)
+
+
+def test_the_landing_page_example_runs_and_decays_only_the_kernel():
+  (block,) = _python_blocks("index.md")
+  namespace: dict = {}
+  exec(compile(block, "index.md", "exec"), namespace)
+  params = namespace["params"]
+  step = float(params["bias"][0])  # one Adam step of about -lr, and no decay
+  assert abs(step + 1e-3) < 1e-7
+  # The kernel takes the same step and the decay, lr * wd = 1e-5 of its value.
+  assert abs(float(params["kernel"][0, 0]) - (1 + step - 1e-5)) < 1e-7
+
+
+def test_the_choosing_guide_examples_run():
+  for block in _python_blocks("choosing.md"):
+    exec(compile(block, "choosing.md", "exec"), {"dopt": decoupled_optax})
