@@ -52,11 +52,32 @@ _judged = contextvars.ContextVar("decoupled_optax_conventions_judged", default=F
 
 
 class WeightDecayConventionWarning(UserWarning):
-  """A weight decay value looks like it was written for the other convention."""
+  """A weight decay value looks like it was written for the other convention.
+
+  Example:
+    >>> import warnings
+    >>> import decoupled_optax as dopt
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...   warnings.simplefilter("always")
+    ...   tx = dopt.adamw(1e-3, 1e-2, weight_decay_convention="paper")  # a PyTorch value
+    >>> caught[0].category is dopt.WeightDecayConventionWarning
+    True
+  """
 
 
 class ScheduleConventionWarning(UserWarning):
-  """A ``schedule`` (the multiplier eta_t, peaking at 1) looks like a learning rate."""
+  """A ``schedule`` (the multiplier eta_t, peaking at 1) looks like a learning rate.
+
+  Example:
+    >>> import warnings
+    >>> import decoupled_optax as dopt
+    >>> lr_schedule = dopt.cosine_warm_restart_schedule(3e-4, first_period=10)  # peaks at lr
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...   warnings.simplefilter("always")
+    ...   tx = dopt.adamw(3e-4, 1e-6, schedule=lr_schedule, weight_decay_convention="paper")
+    >>> caught[0].category is dopt.ScheduleConventionWarning
+    True
+  """
 
 
 def user_stacklevel() -> int:

@@ -53,6 +53,18 @@ class DiagnosticsState(NamedTuple):
       None if the chain runs no projection.
     scalars: the step's scalars the chain reports (the aliases:
       ``schedule``, ``learning_rate``, ``weight_decay``), possibly none.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> import decoupled_optax as dopt
+    >>> tx = dopt.with_diagnostics(dopt.adamw(1e-3, 1e-4, weight_decay_convention="paper"))
+    >>> params = {"kernel": jnp.ones((2, 2)), "bias": jnp.zeros(2)}
+    >>> grads = jax.tree.map(jnp.ones_like, params)
+    >>> _, state = tx.update(grads, tx.init(params), params)
+    >>> int(state.count), float(state.weight_norm["kernel"])
+    (1, 2.0)
+    >>> state.projection is None, round(float(state.scalars["learning_rate"]), 9)  # AdamW
+    (True, 0.001)
   """
 
   inner_state: optax.OptState

@@ -236,6 +236,13 @@ class Direction(abc.ABC):
   Attributes:
     kind: the name of its kernel (``decoupled_optax_first_pass_<kind>``).
     nesterov: the kernel's Nesterov flag.
+
+  Example:
+    >>> import decoupled_optax as dopt
+    >>> direction = dopt.MomentumDirection(0.9, nesterov=True)
+    >>> isinstance(direction, dopt.Direction), direction.kind
+    (True, 'momentum')
+    >>> tx = direction.transform()  # its optax transform, for the generic chain
   """
 
   kind: ClassVar[str]
@@ -361,9 +368,9 @@ class AdamDirection(Direction):
 @final
 @dataclasses.dataclass(frozen=True)
 class MomentumDirection(Direction):
-  """``optax.trace``'s momentum buffer of raw gradients and PyTorch's Nesterov.
+  r"""``optax.trace``'s momentum buffer of raw gradients and PyTorch's Nesterov.
 
-  .. math:: b = \\mu b + g, \\quad u = b \text{ (or } g + \\mu b \text{ with Nesterov)}
+  .. math:: b = \mu b + g, \quad u = b \text{ (or } g + \mu b \text{ with Nesterov)}
 
   Args:
     decay: the momentum mu, in [0, 1).

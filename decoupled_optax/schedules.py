@@ -41,6 +41,12 @@ class RestartPosition(NamedTuple):
     period: length T_i of the current period in steps (float32, since the
       last period that starts below the count dtype's maximum may be longer
       than that dtype allows; a scalar when ``period_mult == 1``).
+
+  Example:
+    >>> import decoupled_optax as dopt
+    >>> position = dopt.restart_position(5, first_period=4, period_mult=2)  # periods 4, 8, ...
+    >>> int(position.cycle), int(position.t_cur), float(position.period)
+    (1, 1, 8.0)
   """
 
   cycle: jnp.ndarray

@@ -45,6 +45,15 @@ class AddDecoupledWeightDecayState(NamedTuple):
   """State of :func:`add_decoupled_weight_decay` with a scheduled decay: the schedule's step.
 
   A constant decay keeps ``optax.EmptyState()``.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> import decoupled_optax as dopt
+    >>> params = {"w": jnp.ones(2), "b": jnp.zeros(2)}
+    >>> dopt.add_decoupled_weight_decay(optax.linear_schedule(1e-4, 0.0, 10)).init(params)
+    AddDecoupledWeightDecayState(count=Array(0, dtype=int32))
+    >>> dopt.add_decoupled_weight_decay(1e-4).init(params)
+    EmptyState()
   """
 
   count: jax.Array  # pyright: ignore[reportIncompatibleMethodOverride]  (optax's name)

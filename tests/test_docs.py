@@ -8,6 +8,7 @@ entry; these checks need no Sphinx.
 from __future__ import annotations
 
 import ast
+import inspect
 import re
 import sys
 from pathlib import Path
@@ -61,3 +62,11 @@ def test_the_landing_page_example_runs_and_decays_only_the_kernel():
 def test_the_choosing_guide_examples_run():
   for block in _python_blocks("choosing.md"):
     exec(compile(block, "choosing.md", "exec"), {"dopt": decoupled_optax})
+
+
+def test_every_public_name_has_an_example():
+  """Each API page shows a runnable example: a doctest that pytest runs (--doctest-modules)."""
+  documented = {
+    name: inspect.getdoc(getattr(decoupled_optax, name)) or "" for name in decoupled_optax.__all__
+  }
+  assert sorted(name for name, doc in documented.items() if ">>>" not in doc) == []
