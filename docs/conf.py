@@ -73,4 +73,5 @@ html_theme_options = {
   "use_download_button": False,
   "use_fullscreen_button": False,
 }
-html_static_path: list[str] = []
+html_static_path = ["_static"]
+html_css_files = ["custom.css"]  # wide tables wrap their cells instead of being cut off
