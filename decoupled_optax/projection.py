@@ -93,11 +93,13 @@ class RadialProjector(NamedTuple):
   Example:
     >>> import jax.numpy as jnp
     >>> import decoupled_optax as dopt
-    >>> w = {"kernel": jnp.array([[1.0, 2.0], [2.0, -1.0]]), "bias": jnp.ones(2)}
-    >>> g = {"kernel": jnp.array([[2.0, 1.0], [-1.0, 2.0]]), "bias": jnp.ones(2)}
-    >>> projectors, _ = dopt.scale_invariance(g, w)  # g is orthogonal to w's columns
-    >>> p = projectors["kernel"]
-    >>> int(p.view), p.channel_weight.shape, float(p.whole_weight)  # the channel view
+    >>> w = {"kernel": jnp.array([[1.0, 2.0], [2.0, -1.0]]),
+    ...      "bias": jnp.ones(2)}
+    >>> g = {"kernel": jnp.array([[2.0, 1.0], [-1.0, 2.0]]),  # w.g = 0
+    ...      "bias": jnp.ones(2)}
+    >>> projectors, _ = dopt.scale_invariance(g, w)
+    >>> p = projectors["kernel"]  # the channel view (1), per column
+    >>> int(p.view), p.channel_weight.shape, float(p.whole_weight)
     (1, (1, 2), 0.0)
     >>> round(float(p.channel_weight[0, 0]), 6)  # 1 / ||w[:, 0]||^2
     0.2
@@ -829,15 +831,18 @@ def project_out_radial() -> optax.GradientTransformationExtraArgs:
   Example:
     >>> import jax.numpy as jnp, optax
     >>> import decoupled_optax as dopt
-    >>> tx = dopt.detect_scale_invariance(optax.chain(  # AdamP's direction, without decay
-    ...     optax.scale_by_adam(), dopt.project_out_radial(), optax.scale(-1e-3)))
-    >>> w = {"kernel": jnp.array([[1.0, 2.0], [2.0, -1.0]]), "bias": jnp.ones(2)}
-    >>> g = {"kernel": jnp.array([[2.0, 1.0], [-1.0, 2.0]]), "bias": jnp.ones(2)}
-    >>> adam, _ = optax.scale_by_adam().update(g, optax.scale_by_adam().init(w))
-    >>> (adam["kernel"] * w["kernel"]).sum(axis=0).round(3).tolist()  # radial parts
+    >>> adam = optax.scale_by_adam()
+    >>> tx = dopt.detect_scale_invariance(  # AdamP without decay
+    ...     optax.chain(adam, dopt.project_out_radial(), optax.scale(-1e-3)))
+    >>> w = {"kernel": jnp.array([[1.0, 2.0], [2.0, -1.0]]),
+    ...      "bias": jnp.ones(2)}
+    >>> g = {"kernel": jnp.array([[2.0, 1.0], [-1.0, 2.0]]),  # w.g = 0
+    ...      "bias": jnp.ones(2)}
+    >>> d, _ = adam.update(g, adam.init(w))  # Adam's direction
+    >>> (d["kernel"] * w["kernel"]).sum(axis=0).round(3).tolist()
     [-1.0, 1.0]
-    >>> u, _ = tx.update(g, tx.init(w), w)
-    >>> (u["kernel"] * w["kernel"]).sum(axis=0).round(9).tolist()  # removed per column
+    >>> u, _ = tx.update(g, tx.init(w), w)  # radial parts removed
+    >>> (u["kernel"] * w["kernel"]).sum(axis=0).round(9).tolist()
     [0.0, 0.0]
 
   Reference: Heo et al., ICLR 2021, Algorithm 1 (the projection Pi).
