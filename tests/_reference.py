@@ -26,7 +26,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import torch
 
 SHAPES = {
   "conv": (3, 3, 2, 4),
@@ -70,7 +69,7 @@ def make_targets(steps: int, seed: int = 1) -> list[dict[str, np.ndarray]]:
 # ---------------------------------------------------------------- the loss
 
 
-def _loss(params, targets, sqrt, total, per_channel_sq_norm):
+def shared_loss(params, targets, sqrt, total, per_channel_sq_norm):
   """The loss on Flax layouts; the array ops are passed in so JAX and torch share it."""
   conv = params["conv"]
   conv_n = conv / sqrt(per_channel_sq_norm(conv))
@@ -89,31 +88,12 @@ def _loss(params, targets, sqrt, total, per_channel_sq_norm):
 
 
 def loss_jax(params, targets):
-  return _loss(
+  return shared_loss(
     params,
     targets,
     jnp.sqrt,
     jnp.sum,
     lambda w: jnp.sum(w * w, axis=(0, 1, 2), keepdims=True),
-  )
-
-
-def loss_torch(params_torch, targets):
-  """The same loss on PyTorch layouts, converted to Flax layouts inside autograd."""
-  params = {
-    "conv": params_torch["conv"].permute(2, 3, 1, 0),  # OIHW -> HWIO
-    "dense": params_torch["dense"].T,  # (out, in) -> (in, out)
-    "kernel": params_torch["kernel"].T,
-    "bias": params_torch["bias"],
-    "scale": params_torch["scale"],
-  }
-  targets = {k: torch.from_numpy(v) for k, v in targets.items()}
-  return _loss(
-    params,
-    targets,
-    torch.sqrt,
-    torch.sum,
-    lambda w: torch.sum(w * w, dim=(0, 1, 2), keepdim=True),
   )
 
 
@@ -177,103 +157,6 @@ def run_ours(tx: optax.GradientTransformation, steps: int, params=None, with_sta
     trajectory.append(jax.tree.map(np.asarray, params))
     states.append(state)
   return (trajectory, states) if with_states else trajectory
-
-
-def run_torch(
-  make_optimizer: Callable,
-  steps: int,
-  eta: Sequence[float] | None = None,
-  decayed: Sequence[str] = NAMES,
-  before_step: Callable | None = None,
-  params=None,
-):
-  """Trajectory of a torch optimizer on PyTorch layouts, returned in Flax layout.
-
-  ``make_optimizer(groups)`` gets two param groups, the decayed leaves and
-  the others (the torch way to mask weight decay); it must set
-  ``weight_decay=0`` on the second. ``eta`` is applied with LambdaLR, so
-  ``lr_t = lr * eta[t]``. ``before_step(optimizer)`` runs after the
-  gradients are computed and before ``optimizer.step()``.
-  """
-  params = init_params() if params is None else params
-  tensors = {
-    name: torch.tensor(flax_to_torch(name, np.asarray(p)), requires_grad=True)
-    for name, p in params.items()
-  }
-  groups = [
-    {"params": [tensors[n] for n in NAMES if n in decayed], "decay": True},
-    {"params": [tensors[n] for n in NAMES if n not in decayed], "decay": False},
-  ]
-  optimizer = make_optimizer([g for g in groups if g["params"]])
-  scheduler = None
-  if eta is not None:
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: eta[t])
-  targets = make_targets(steps)
-
-  def snapshot():
-    return {n: torch_to_flax(n, t.detach().numpy().copy()) for n, t in tensors.items()}
-
-  trajectory = [snapshot()]
-  for t in range(steps):
-    optimizer.zero_grad()
-    loss_torch(tensors, targets[t]).backward()
-    if before_step is not None:
-      with torch.no_grad():
-        before_step(optimizer)
-    optimizer.step()
-    if scheduler is not None:
-      scheduler.step()
-    trajectory.append(snapshot())
-  return trajectory, optimizer, tensors
-
-
-def decoupled_decay_hook(weight_decay: float) -> Callable:
-  """torch.optim.SGD has no decoupled decay: p *= 1 - lr * wd before the step."""
-
-  def hook(optimizer):
-    for group in optimizer.param_groups:
-      if group["decay"]:
-        for p in group["params"]:
-          p.mul_(1 - group["lr"] * weight_decay)
-
-  return hook
-
-
-def sgd_lua(
-  steps: int,
-  learning_rate: float,
-  momentum: float,
-  weight_decay: float,
-  eta: Sequence[float],
-  nesterov: bool = False,
-  decayed: Sequence[str] = NAMES,
-  corrected: bool = False,
-):
-  """NumPy transcription of the authors' sgd.lua (SGDW, the paper's convention).
-
-  buf = g at the first step, then mu * buf + g; d = buf, or g + mu * buf with
-  Nesterov; theta -= alpha * eta_t * d + eta_t * lambda * theta_old. The
-  gradients come from torch autograd at the reference's own params. With
-  ``corrected``, Defazio's (2025) SGDC: the decay is lambda * eta_t^2.
-  """
-  params = {n: flax_to_torch(n, p) for n, p in init_params().items()}
-  targets = make_targets(steps)
-  bufs: dict[str, np.ndarray] = {}
-  trajectory = [{n: torch_to_flax(n, p.copy()) for n, p in params.items()}]
-  for t in range(steps):
-    tensors = {n: torch.tensor(p, requires_grad=True) for n, p in params.items()}
-    loss_torch(tensors, targets[t]).backward()
-    for n in NAMES:
-      g = tensors[n].grad.numpy()
-      bufs[n] = g.copy() if t == 0 else momentum * bufs[n] + g
-      d = g + momentum * bufs[n] if nesterov else bufs[n]
-      wd = weight_decay if n in decayed else 0.0
-      if corrected:
-        wd = wd * eta[t]
-      params[n] = params[n] - learning_rate * eta[t] * d - eta[t] * wd * params[n]
-      params[n] = params[n].astype(np.float32)
-    trajectory.append({n: torch_to_flax(n, p.copy()) for n, p in params.items()})
-  return trajectory
 
 
 # ---------------------------------------------------------------- comparisons

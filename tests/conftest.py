@@ -14,7 +14,13 @@ the command line (``python -m pytest tests/multi_device``) or that has
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from _peers import PeerResults, read_fixtures, write_fixtures
 
 MULTI_DEVICE = Path(__file__).resolve().parent / "multi_device"
 MULTI_DEVICE_ENV = "DECOUPLED_OPTAX_MULTI_DEVICE"
@@ -33,3 +39,83 @@ def pytest_ignore_collect(collection_path: Path, config) -> bool | None:
   if collection_path != MULTI_DEVICE or os.environ.get(MULTI_DEVICE_ENV) == "1":
     return None
   return None if _names_multi_device(config) else True
+
+
+# ---------------------------------------------------------------- tiers and peers
+
+PEER_RESULTS = pytest.StashKey[PeerResults]()
+EXTENDED = (
+  "the extended tests (marker `extended`): live torch/adamp comparisons, the multi-device "
+  "subprocess, the fuzz, the packaging build, the docs build and the benchmark smoke runs"
+)
+
+
+def pytest_addoption(parser) -> None:
+  group = parser.getgroup("decoupled_optax")
+  group.addoption(
+    "--extended",
+    action="store_true",
+    help=f"also run {EXTENDED}, with the peers live (needs the `peers` extra)",
+  )
+  group.addoption(
+    "--record-peers",
+    action="store_true",
+    help="run the peers live and write tests/fixtures/peers.npz anew from their results",
+  )
+
+
+def pytest_configure(config) -> None:
+  config.addinivalue_line("markers", f"extended: one of {EXTENDED}; runs with --extended")
+  config.addinivalue_line(
+    "markers", "peers: compares against a peer (set on every test that uses the peer fixture)"
+  )
+  if config.getoption("--record-peers"):
+    mode = "record"
+  elif config.getoption("--extended"):
+    mode = "live"
+  else:
+    mode = "fixtures"
+  config.stash[PEER_RESULTS] = PeerResults(mode)
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+  for item in items:
+    if "peer" in getattr(item, "fixturenames", ()):
+      item.add_marker("peers")
+  if config.getoption("--extended"):
+    return
+  extended = [item for item in items if item.get_closest_marker("extended")]
+  if extended:
+    config.hook.pytest_deselected(items=extended)
+    items[:] = [item for item in items if not item.get_closest_marker("extended")]
+    config.stash[DESELECTED_EXTENDED] = len(extended)
+
+
+DESELECTED_EXTENDED = pytest.StashKey[int]()
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+  count = config.stash.get(DESELECTED_EXTENDED, 0)
+  if count:
+    terminalreporter.write_line(
+      f"{count} extended tests not run; `python -m pytest --extended` runs them too "
+      "(README: Testing)."
+    )
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+  results = session.config.stash[PEER_RESULTS]
+  if results.mode == "record" and results.recorded:
+    write_fixtures({**read_fixtures(), **results.recorded})
+
+
+@pytest.fixture
+def peer(request) -> Callable[..., Any]:
+  """``peer(produce, name="")``: a peer's result, from its fixture or live (``_peers.py``)."""
+  results = request.config.stash[PEER_RESULTS]
+
+  def get(produce: Callable[[ModuleType], Any], name: str = "") -> Any:
+    key = request.node.nodeid + (f"::{name}" if name else "")
+    return results.get(key, produce)
+
+  return get

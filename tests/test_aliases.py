@@ -1,7 +1,9 @@
 """The aliases against their references, step for step, on a pytree with every kind of leaf.
 
-References: torch.optim.AdamW and SGD (torch 2.5-2.14), the official adamp 0.3.0
-AdamP and SGDP, and a NumPy transcription of the authors' sgd.lua. See
+References: torch.optim.AdamW and SGD, the official adamp 0.3.0 AdamP and
+SGDP, and a NumPy transcription of the authors' sgd.lua, through the ``peer``
+fixture: their recorded trajectories by default, live with ``--extended``
+(``_peers.py``; the torch side is ``_peer_runs.py``). See
 ``_reference.py`` for the test problem: a per-channel scale-invariant conv
 kernel, a whole-tensor scale-invariant dense kernel, an ordinary kernel, a
 bias and a scale, each side differentiating its own copy of the same loss.
@@ -16,14 +18,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-import torch
 from _reference import (
   DECAYED,
   MASK,
   NAMES,
   SHAPES,
   assert_trajectories_match,
-  decoupled_decay_hook,
   flax_to_torch,
   grad_jax,
   init_params,
@@ -32,13 +32,9 @@ from _reference import (
   mask_fn,
   max_relative_error,
   run_ours,
-  run_torch,
-  sgd_lua,
   sgdr_table,
   table_schedule,
-  torch_to_flax,
 )
-from adamp import SGDP, AdamP
 
 import decoupled_optax as dopt
 
@@ -56,10 +52,10 @@ def _decayed(mask_name: str):
   return NAMES if MASKS[mask_name] is None else DECAYED
 
 
-def _groups(weight_decay: float, **kwargs):
+def _groups(optimizer_cls, weight_decay: float, **kwargs):
   """Param groups as run_torch hands them over: the second one is not decayed."""
 
-  def make(groups, optimizer_cls):
+  def make(groups):
     return optimizer_cls(
       [
         {"params": g["params"], "decay": g["decay"], "weight_decay": weight_decay * g["decay"]}
@@ -69,13 +65,6 @@ def _groups(weight_decay: float, **kwargs):
     )
 
   return make
-
-
-class BugFreeSGDP(SGDP):
-  """Official SGDP with timm's fix: the projection must not write into the momentum buffer."""
-
-  def _projection(self, p, grad, perturb, delta, wd_ratio, eps):
-    return super()._projection(p, grad, perturb.clone(), delta, wd_ratio, eps)
 
 
 # ---------------------------------------------------------------- the test problem
@@ -128,8 +117,11 @@ def test_problem_stays_in_its_regime_along_the_trajectory():
     assert ratio["kernel", True] > 2 and ratio["kernel", False] > 2, t
 
 
+@pytest.mark.extended
 def test_layout_round_trip_matches_torch_modules():
   """The conversions are the ones torch's modules use: conv OIHW, Linear (out, in)."""
+  import torch
+
   rng = np.random.default_rng(3)
   x = rng.normal(size=(2, 5, 5, 2)).astype(np.float32)  # NHWC
   kernel = rng.normal(size=(3, 3, 2, 4)).astype(np.float32)
@@ -153,7 +145,7 @@ def test_layout_round_trip_matches_torch_modules():
 
 @pytest.mark.parametrize("mask_name", list(MASKS))
 @pytest.mark.parametrize("torch_convention", [False, True], ids=["paper", "torch"])
-def test_adamw_matches_torch_adamw(torch_convention, mask_name):
+def test_adamw_matches_torch_adamw(torch_convention, mask_name, peer):
   # Paper: theta -= eta_t (alpha * adam + lambda * theta) with lambda = alpha * wd_torch is
   # torch's theta -= lr_t (adam + wd_torch * theta) with lr_t = alpha * eta_t, even as eta_t
   # changes, since both conventions multiply the decay by eta_t.
@@ -165,22 +157,26 @@ def test_adamw_matches_torch_adamw(torch_convention, mask_name):
     mask=MASKS[mask_name],
     weight_decay_convention="torch" if torch_convention else "paper",
   )
-  reference, _, _ = run_torch(
-    lambda groups: _groups(TORCH_WD, lr=ADAM_LR)(groups, torch.optim.AdamW),
-    STEPS,
-    eta=ETA,
-    decayed=_decayed(mask_name),
+  reference = peer(
+    lambda live: live.run_torch(
+      _groups(live.torch.optim.AdamW, TORCH_WD, lr=ADAM_LR),
+      STEPS,
+      eta=ETA,
+      decayed=_decayed(mask_name),
+    )
   )
   assert_trajectories_match(run_ours(tx, STEPS), reference)
 
 
-def test_adamw_differs_from_torch_when_the_conversion_is_forgotten():
+def test_adamw_differs_from_torch_when_the_conversion_is_forgotten(peer):
   """The comparison is sensitive to the convention: the raw torch value in paper mode fails."""
   tx = dopt.adamw(
     ADAM_LR, ADAM_LR * TORCH_WD * 1.5, schedule=table_schedule(ETA), weight_decay_convention="paper"
   )
-  reference, _, _ = run_torch(
-    lambda groups: _groups(TORCH_WD, lr=ADAM_LR)(groups, torch.optim.AdamW), STEPS, eta=ETA
+  reference = peer(
+    lambda live: live.run_torch(
+      _groups(live.torch.optim.AdamW, TORCH_WD, lr=ADAM_LR), STEPS, eta=ETA
+    )
   )
   assert max_relative_error(run_ours(tx, STEPS), reference)[0] > 1e-3
 
@@ -206,7 +202,7 @@ def test_adamw_block_chain_equals_optax_adamw(use_mask):
   [(0.0, False), (0.9, False), (0.9, True)],
   ids=["plain", "heavy_ball", "nesterov"],
 )
-def test_sgdw_torch_convention_matches_torch_sgd(momentum, nesterov, mask_name):
+def test_sgdw_torch_convention_matches_torch_sgd(momentum, nesterov, mask_name, peer):
   tx = dopt.sgdw(
     SGD_LR,
     momentum,
@@ -216,19 +212,21 @@ def test_sgdw_torch_convention_matches_torch_sgd(momentum, nesterov, mask_name):
     mask=MASKS[mask_name],
     weight_decay_convention="torch",
   )
-  reference, _, _ = run_torch(
-    lambda groups: torch.optim.SGD(groups, lr=SGD_LR, momentum=momentum, nesterov=nesterov),
-    STEPS,
-    eta=ETA,
-    decayed=_decayed(mask_name),
-    before_step=decoupled_decay_hook(TORCH_WD),
+  reference = peer(
+    lambda live: live.run_torch(
+      lambda groups: live.torch.optim.SGD(groups, lr=SGD_LR, momentum=momentum, nesterov=nesterov),
+      STEPS,
+      eta=ETA,
+      decayed=_decayed(mask_name),
+      before_step=live.decoupled_decay_hook(TORCH_WD),
+    )
   )
   assert_trajectories_match(run_ours(tx, STEPS), reference)
 
 
 @pytest.mark.parametrize("mask_name", ["no_mask", "tree_mask"])
 @pytest.mark.parametrize("nesterov", [False, True])
-def test_sgdw_paper_mode_matches_authors_sgd_lua(nesterov, mask_name):
+def test_sgdw_paper_mode_matches_authors_sgd_lua(nesterov, mask_name, peer):
   momentum, weight_decay = 0.9, SGD_LR * TORCH_WD
   tx = dopt.sgdw(
     SGD_LR,
@@ -239,8 +237,10 @@ def test_sgdw_paper_mode_matches_authors_sgd_lua(nesterov, mask_name):
     mask=MASKS[mask_name],
     weight_decay_convention="paper",
   )
-  reference = sgd_lua(
-    STEPS, SGD_LR, momentum, weight_decay, ETA, nesterov=nesterov, decayed=_decayed(mask_name)
+  reference = peer(
+    lambda live: live.sgd_lua(
+      STEPS, SGD_LR, momentum, weight_decay, ETA, nesterov=nesterov, decayed=_decayed(mask_name)
+    )
   )
   assert_trajectories_match(run_ours(tx, STEPS), reference)
 
@@ -257,7 +257,7 @@ PATHS = pytest.mark.parametrize("cpu_kernel", [True, False], ids=["kernel", "gen
 @PATHS
 @pytest.mark.parametrize("mask_name", ["no_mask", "tree_mask"])
 @pytest.mark.parametrize("nesterov", [False, True])
-def test_adamp_matches_official_adamp(nesterov, mask_name, cpu_kernel):
+def test_adamp_matches_official_adamp(nesterov, mask_name, cpu_kernel, peer):
   tx = dopt.adamp(
     ADAM_LR,
     TORCH_WD,
@@ -267,18 +267,20 @@ def test_adamp_matches_official_adamp(nesterov, mask_name, cpu_kernel):
     weight_decay_convention="torch",
     cpu_kernel=cpu_kernel,
   )
-  reference, _, _ = run_torch(
-    lambda groups: _groups(TORCH_WD, lr=ADAM_LR, nesterov=nesterov)(groups, AdamP),
-    STEPS,
-    eta=ETA,
-    decayed=_decayed(mask_name),
+  reference = peer(
+    lambda live: live.run_torch(
+      _groups(live.AdamP, TORCH_WD, lr=ADAM_LR, nesterov=nesterov),
+      STEPS,
+      eta=ETA,
+      decayed=_decayed(mask_name),
+    )
   )
   assert_trajectories_match(run_ours(tx, STEPS), reference)
 
 
 @PATHS
 @pytest.mark.parametrize("nesterov", [False, True])
-def test_adamp_paper_mode_matches_official_with_converted_decay(nesterov, cpu_kernel):
+def test_adamp_paper_mode_matches_official_with_converted_decay(nesterov, cpu_kernel, peer):
   tx = dopt.adamp(
     ADAM_LR,
     ADAM_LR * TORCH_WD,
@@ -286,8 +288,8 @@ def test_adamp_paper_mode_matches_official_with_converted_decay(nesterov, cpu_ke
     cpu_kernel=cpu_kernel,
     weight_decay_convention="paper",
   )
-  reference, _, _ = run_torch(
-    lambda groups: _groups(TORCH_WD, lr=ADAM_LR, nesterov=nesterov)(groups, AdamP), STEPS
+  reference = peer(
+    lambda live: live.run_torch(_groups(live.AdamP, TORCH_WD, lr=ADAM_LR, nesterov=nesterov), STEPS)
   )
   assert_trajectories_match(run_ours(tx, STEPS), reference)
 
@@ -307,23 +309,29 @@ def test_adamp_differs_from_adamw():
 SGDP_MOMENTUM = 0.9
 
 
-def _sgdp_reference(nesterov, optimizer_cls, mask_name="no_mask", eta=ETA):
-  return run_torch(
-    lambda groups: _groups(TORCH_WD, lr=SGD_LR, momentum=SGDP_MOMENTUM, nesterov=nesterov)(
-      groups, optimizer_cls
+def _sgdp_reference(live, nesterov, optimizer_cls, mask_name="no_mask", buffer=None):
+  """The official SGDP ("official") or timm's fixed copy ("timm") under the SGDR table."""
+  return live.run_torch(
+    _groups(
+      {"official": live.SGDP, "timm": live.TimmSGDP}[optimizer_cls],
+      TORCH_WD,
+      lr=SGD_LR,
+      momentum=SGDP_MOMENTUM,
+      nesterov=nesterov,
     ),
     STEPS,
-    eta=eta,
+    eta=ETA,
     decayed=_decayed(mask_name),
+    buffer=buffer,
   )
 
 
 @PATHS
 @pytest.mark.parametrize("mask_name", ["no_mask", "tree_mask"])
 @pytest.mark.parametrize(
-  "nesterov, optimizer_cls", [(True, SGDP), (False, BugFreeSGDP)], ids=["nesterov", "plain"]
+  "nesterov, optimizer_cls", [(True, "official"), (False, "timm")], ids=["nesterov", "plain"]
 )
-def test_sgdp_matches_official_sgdp(nesterov, optimizer_cls, mask_name, cpu_kernel):
+def test_sgdp_matches_official_sgdp(nesterov, optimizer_cls, mask_name, cpu_kernel, peer):
   tx = dopt.sgdp(
     SGD_LR,
     SGDP_MOMENTUM,
@@ -334,17 +342,21 @@ def test_sgdp_matches_official_sgdp(nesterov, optimizer_cls, mask_name, cpu_kern
     weight_decay_convention="torch",
     cpu_kernel=cpu_kernel,
   )
-  reference, _, _ = _sgdp_reference(nesterov, optimizer_cls, mask_name)
+  reference = peer(lambda live: _sgdp_reference(live, nesterov, optimizer_cls, mask_name))
   assert_trajectories_match(run_ours(tx, STEPS), reference)
 
 
-def test_sgdp_does_not_copy_the_official_momentum_bug():
+def test_sgdp_does_not_copy_the_official_momentum_bug(peer):
   tx = dopt.sgdp(
     SGD_LR, SGDP_MOMENTUM, TORCH_WD, schedule=table_schedule(ETA), weight_decay_convention="torch"
   )
   ours, states = run_ours(tx, STEPS, with_states=True)
-  buggy, buggy_optimizer, buggy_tensors = _sgdp_reference(False, SGDP)
-  fixed, fixed_optimizer, fixed_tensors = _sgdp_reference(False, BugFreeSGDP)
+  buggy, buggy_buffers = peer(
+    lambda live: _sgdp_reference(live, False, "official", buffer="momentum"), "official"
+  )
+  fixed, fixed_buffers = peer(
+    lambda live: _sgdp_reference(live, False, "timm", buffer="momentum"), "timm"
+  )
   # The bug is real in the reference: it changes the trajectory of the projected leaves.
   assert max_relative_error(buggy, fixed)[0] > 1e-3
   assert max_relative_error(ours, buggy)[0] > 1e-3
@@ -370,11 +382,8 @@ def test_sgdp_does_not_copy_the_official_momentum_bug():
         trace.trace[n], expected[n], rtol=1e-4, atol=1e-5 * np.abs(expected[n]).max()
       )
   # and equals the fixed reference's buffer, not the buggy one's.
-  for name, tensor in fixed_tensors.items():
-    fixed_buffer = torch_to_flax(name, fixed_optimizer.state[tensor]["momentum"].numpy())
-    buggy_buffer = torch_to_flax(
-      name, buggy_optimizer.state[buggy_tensors[name]]["momentum"].numpy()
-    )
+  for name in NAMES:
+    fixed_buffer, buggy_buffer = fixed_buffers[name], buggy_buffers[name]
     np.testing.assert_allclose(
       trace.trace[name], fixed_buffer, rtol=2e-4, atol=1e-5 * np.abs(fixed_buffer).max()
     )
@@ -425,7 +434,7 @@ def test_corrected_equals_paper_under_a_constant_unit_schedule(alias):
 
 
 @pytest.mark.parametrize("nesterov", [False, True])
-def test_corrected_sgdw_matches_a_numpy_transcription_under_sgdr(nesterov):
+def test_corrected_sgdw_matches_a_numpy_transcription_under_sgdr(nesterov, peer):
   # SGDC: theta -= eta_t (alpha d + lambda eta_t theta), with eta_t the SGDR table.
   lam = SGD_LR * TORCH_WD
   ours = run_ours(
@@ -440,15 +449,18 @@ def test_corrected_sgdw_matches_a_numpy_transcription_under_sgdr(nesterov):
     ),
     STEPS,
   )
-  reference = sgd_lua(STEPS, SGD_LR, 0.9, lam, ETA, nesterov, DECAYED, corrected=True)
+  reference = peer(
+    lambda live: live.sgd_lua(STEPS, SGD_LR, 0.9, lam, ETA, nesterov, DECAYED, corrected=True),
+    "corrected",
+  )
   assert_trajectories_match(ours, reference)
   # ...and the schedule changes the decay enough that the paper's convention differs.
-  paper = sgd_lua(STEPS, SGD_LR, 0.9, lam, ETA, nesterov, DECAYED)
+  paper = peer(lambda live: live.sgd_lua(STEPS, SGD_LR, 0.9, lam, ETA, nesterov, DECAYED), "paper")
   assert max_relative_error(ours, paper)[0] > 1e-3
 
 
 @PATHS
-def test_corrected_adamw_and_adamp_match_timm_corrected_weight_decay(cpu_kernel):
+def test_corrected_adamw_and_adamp_match_timm_corrected_weight_decay(cpu_kernel, peer):
   # timm PR #2511: p *= 1 - wd * lr_t**2 / max_lr before the Adam step, lr_t = alpha eta_t,
   # max_lr = alpha; here with torch's AdamW / official AdamP, whose own decay is
   # p *= 1 - lr_t * wd, given wd * lr_t / max_lr at each step. lambda_corrected = alpha * wd.
@@ -459,17 +471,22 @@ def test_corrected_adamw_and_adamp_match_timm_corrected_weight_decay(cpu_kernel)
       group["weight_decay"] = timm_wd * group["lr"] / ADAM_LR if group["decay"] else 0.0
 
   corrected = dict(schedule=table_schedule(ETA), mask=MASK, weight_decay_convention="corrected")
-  for ours_tx, make in [
-    (
-      dopt.adamw(ADAM_LR, ADAM_LR * timm_wd, **corrected),
-      lambda groups: torch.optim.AdamW(groups, lr=ADAM_LR),
-    ),
-    (
-      dopt.adamp(ADAM_LR, ADAM_LR * timm_wd, **corrected, cpu_kernel=cpu_kernel),
-      lambda groups: AdamP(groups, lr=ADAM_LR),
-    ),
+  for ours_tx, peer_name in [
+    (dopt.adamw(ADAM_LR, ADAM_LR * timm_wd, **corrected), "AdamW"),
+    (dopt.adamp(ADAM_LR, ADAM_LR * timm_wd, **corrected, cpu_kernel=cpu_kernel), "AdamP"),
   ]:
-    reference, _, _ = run_torch(make, STEPS, eta=ETA, decayed=DECAYED, before_step=corrected_decay)
+
+    def produce(live, peer_name=peer_name):
+      optimizer_cls = {"AdamW": live.torch.optim.AdamW, "AdamP": live.AdamP}[peer_name]
+      return live.run_torch(
+        lambda groups: optimizer_cls(groups, lr=ADAM_LR),
+        STEPS,
+        eta=ETA,
+        decayed=DECAYED,
+        before_step=corrected_decay,
+      )
+
+    reference = peer(produce, peer_name)
     assert_trajectories_match(run_ours(ours_tx, STEPS), reference)
 
 

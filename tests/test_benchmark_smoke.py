@@ -17,6 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+# The benchmarks' smoke runs: part of the extended run (README, Testing).
+pytestmark = pytest.mark.extended
+
 BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "update_step.py"
 
 

@@ -79,6 +79,7 @@ def _scalar_tags(path: Path) -> list[str]:
   return tags
 
 
+@pytest.mark.extended
 @pytest.mark.parametrize(
   ("script", "figures"),
   [

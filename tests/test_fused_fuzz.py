@@ -24,7 +24,12 @@ import pytest
 import decoupled_optax as dopt
 from decoupled_optax import fused
 
-pytestmark = pytest.mark.skipif(not fused.cpu_kernel_available(), reason="kernel not built")
+# Randomized and subprocess runs: part of the extended run (README, Testing).
+
+pytestmark = [
+  pytest.mark.extended,
+  pytest.mark.skipif(not fused.cpu_kernel_available(), reason="kernel not built"),
+]
 
 FLOAT32_EPS = 2.0**-24  # unit roundoff
 

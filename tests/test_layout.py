@@ -2,9 +2,11 @@
 
 The projection and the decay mask must do what the official AdamP and the
 common recipes do on the same model in PyTorch, without a layout argument:
-an Equinox model is compared with ``adamp.AdamP`` on the same weights, and a
-linen GPT's every projection decision with the official ``_projection`` test
-on the same weights in torch layout.
+an Equinox model is trained by ours and by ``adamp.AdamP`` (each on its own
+weights, with JAX's gradients), and a linen GPT's every projection decision
+is compared with the official ``_projection`` test on the same weights in
+torch layout. The official results come through the ``peer`` fixture
+(recorded, or live with ``--extended``).
 """
 
 from __future__ import annotations
@@ -18,8 +20,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-import torch
-from adamp import AdamP
 from flax import nnx
 from sklearn.datasets import load_digits
 
@@ -73,46 +73,75 @@ def _eqx_torch_layout(path: tuple, leaf: np.ndarray) -> np.ndarray:
   return leaf.reshape(-1) if jax.tree_util.keystr(path).endswith("bias") else leaf
 
 
-def _equinox_against_official(steps: int = 12, **options) -> float:
-  """Largest relative difference per leaf between our adamp and adamp.AdamP over ``steps``."""
-  lr, weight_decay = 1e-2, 5e-2
+EQX_STEPS, EQX_LR, EQX_WD = 12, 1e-2, 5e-2
+
+
+def _official_equinox_run(live) -> dict[str, list[list[np.ndarray]]]:
+  """adamp.AdamP on the Equinox CNN: the gradients it was given and its weights after each step.
+
+  The official optimizer steps its own weights, with JAX's gradients at those weights; both lists
+  hold the flat leaves in Equinox's layout.
+  """
   params = eqx.filter(_CNN(KEY), eqx.is_inexact_array)
-  tx = dopt.adamp(lr, weight_decay, weight_decay_convention="torch", **options)
-  state = tx.init(params)
-  paths_leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+  paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+  shapes = [np.shape(x) for _, x in paths_leaves]
   torch_params = [
-    torch.nn.Parameter(torch.tensor(_eqx_torch_layout(p, np.asarray(x)))) for p, x in paths_leaves
+    live.torch.nn.Parameter(live.torch.tensor(_eqx_torch_layout(p, np.asarray(x))))
+    for p, x in paths_leaves
   ]
-  official = AdamP(torch_params, lr=lr, weight_decay=weight_decay, delta=0.1, wd_ratio=0.1)
+  official = live.AdamP(torch_params, lr=EQX_LR, weight_decay=EQX_WD, delta=0.1, wd_ratio=0.1)
   grad_fn = jax.jit(jax.grad(_eqx_loss))
+
+  def leaves() -> list[np.ndarray]:
+    return [
+      p.detach().numpy().reshape(shape).copy()
+      for p, shape in zip(torch_params, shapes, strict=True)
+    ]
+
+  run: dict[str, list[list[np.ndarray]]] = {"grads": [], "params": []}
+  for x, y in _digits_batches(EQX_STEPS):
+    grads = jax.tree.leaves(grad_fn(jax.tree_util.tree_unflatten(treedef, leaves()), x, y))
+    for parameter, (path, _), g in zip(torch_params, paths_leaves, grads, strict=True):
+      parameter.grad = live.torch.tensor(_eqx_torch_layout(path, np.asarray(g)))
+    official.step()
+    run["grads"].append([np.asarray(g) for g in grads])
+    run["params"].append(leaves())
+  return run
+
+
+def _equinox_against_official(official: dict, **options) -> float:
+  """Largest relative difference per leaf and step between our adamp and adamp.AdamP.
+
+  Ours is given the official run's gradients: the same inputs, so that the two runs differ only
+  by what the optimizers do, not by the float noise of the conv biases' gradients (which the
+  instance norms cancel) that Adam would scale up to full steps.
+  """
+  params = eqx.filter(_CNN(KEY), eqx.is_inexact_array)
+  treedef = jax.tree.structure(params)
+  tx = dopt.adamp(EQX_LR, EQX_WD, weight_decay_convention="torch", **options)
+  state = tx.init(params)
   update = jax.jit(tx.update)
   worst = 0.0
-  for x, y in _digits_batches(steps):
-    grads = grad_fn(params, x, y)
-    for parameter, (path, g) in zip(
-      torch_params, jax.tree_util.tree_flatten_with_path(grads)[0], strict=True
-    ):
-      parameter.grad = torch.tensor(_eqx_torch_layout(path, np.asarray(g)))
-    official.step()
+  for grads, reference in zip(official["grads"], official["params"], strict=True):
+    grads = jax.tree_util.tree_unflatten(treedef, [jnp.asarray(g) for g in grads])
     updates, state = update(grads, state, params)
     params = eqx.apply_updates(params, updates)
-    for parameter, (path, ours) in zip(
-      torch_params, jax.tree_util.tree_flatten_with_path(params)[0], strict=True
-    ):
-      reference = parameter.detach().numpy().astype(np.float64)
-      ours = _eqx_torch_layout(path, np.asarray(ours, np.float64))
-      worst = max(worst, float(np.linalg.norm(ours - reference) / np.linalg.norm(reference)))
+    for ours, theirs in zip(jax.tree.leaves(params), reference, strict=True):
+      ours, theirs = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
+      worst = max(worst, float(np.linalg.norm(ours - theirs) / np.linalg.norm(theirs)))
   return worst
 
 
 @pytest.mark.parametrize("cpu_kernel", [None, False])
-def test_equinox_adamp_equals_official_without_channel_axis(cpu_kernel):
-  assert _equinox_against_official(cpu_kernel=cpu_kernel) < 1e-5
+def test_equinox_adamp_equals_official_without_channel_axis(cpu_kernel, peer):
+  official = peer(_official_equinox_run)
+  assert _equinox_against_official(official, cpu_kernel=cpu_kernel) < 1e-5
 
 
-def test_equinox_with_flax_axis_is_not_the_official_adamp():
+def test_equinox_with_flax_axis_is_not_the_official_adamp(peer):
   """The comparison can fail: forcing Flax's axis on Equinox's layout departs from the official."""
-  assert _equinox_against_official(channel_axis=-1, cpu_kernel=False) > 1e-4
+  official = peer(_official_equinox_run)
+  assert _equinox_against_official(official, channel_axis=-1, cpu_kernel=False) > 1e-4
 
 
 def test_equinox_projects_conv_weights_per_output_channel():
@@ -207,9 +236,12 @@ def _gpt_torch_layout(path: tuple, leaf: np.ndarray) -> np.ndarray:
   return leaf.T  # Dense (in, out) -> Linear (out, in)
 
 
-def _official_view(p: torch.Tensor, g: torch.Tensor, delta: float = 0.1, eps: float = 1e-8) -> int:
+def _official_view(
+  live, p: np.ndarray, g: np.ndarray, delta: float = 0.1, eps: float = 1e-8
+) -> int:
   """The official AdamP.step's decision: 0 not projected, 1 the channel view, 2 the whole tensor."""
-  official = AdamP([torch.zeros(1, requires_grad=True)])
+  official = live.AdamP([live.torch.zeros(1, requires_grad=True)])
+  p, g = (live.torch.tensor(np.ascontiguousarray(x)) for x in (p, g))
   if p.ndim <= 1:
     return 0
   for view, view_func in ((1, official._channel_view), (2, official._layer_view)):
@@ -219,53 +251,72 @@ def _official_view(p: torch.Tensor, g: torch.Tensor, delta: float = 0.1, eps: fl
   return 0
 
 
-def _gpt_disagreements(steps: int = 12, **options) -> tuple[int, int, int]:
-  """(disagreements, decisions, projected) of our test against the official one along a run."""
+GPT_STEPS = 12
+
+
+def _gpt_run(steps: int) -> list[tuple]:
+  """(params, grads) along a GPT's run under optax.adam: the inputs both tests decide on."""
   model = _GPT()
   rng = np.random.default_rng(0)
   batches = [rng.integers(0, 32, (4, 8)) for _ in range(steps)]
   params = model.init(KEY, batches[0])["params"]
-  tx = dopt.adamp(3e-3, 1e-2, weight_decay_convention="torch")
+  tx = optax.adam(3e-3)
 
   def loss(params, tokens):
     logits = model.apply({"params": params}, tokens[:, :-1])
     return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
 
   grad_fn, update = jax.jit(jax.grad(loss)), jax.jit(tx.update)
-  decide = jax.jit(lambda g, p: dopt.scale_invariance(g, p, **options)[0])
   state = tx.init(params)
-  disagreements = decisions = projected = 0
+  run = []
   for tokens in batches:
     grads = grad_fn(params, tokens)
-    projectors = decide(grads, params)
-    flat_projectors = jax.tree.leaves(
-      projectors, is_leaf=lambda x: x is None or isinstance(x, dopt.RadialProjector)
-    )
-    flat = jax.tree_util.tree_flatten_with_path(params)[0]
-    for (path, w), g, projector in zip(flat, jax.tree.leaves(grads), flat_projectors, strict=True):
-      ours = 0 if projector is None else int(projector.view)
-      theirs = _official_view(
-        torch.tensor(np.ascontiguousarray(_gpt_torch_layout(path, np.asarray(w)))),
-        torch.tensor(np.ascontiguousarray(_gpt_torch_layout(path, np.asarray(g)))),
-      )
-      disagreements += ours != theirs
-      decisions += 1
-      projected += theirs != 0
+    run.append((params, grads))
     updates, state = update(grads, state, params)
     params = optax.apply_updates(params, updates)
-  return disagreements, decisions, projected
+  return run
 
 
-def test_gpt_every_decision_matches_the_official_adamp():
-  disagreements, decisions, projected = _gpt_disagreements()
-  assert decisions == 12 * 38 and projected > 0
-  assert disagreements == 0
+def _official_gpt_views(live, steps: int = GPT_STEPS) -> np.ndarray:
+  """The official decision for every leaf (torch layout) at every step of ``_gpt_run``."""
+  views = []
+  for params, grads in _gpt_run(steps):
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    views.append(
+      [
+        _official_view(
+          live,
+          _gpt_torch_layout(path, np.asarray(w)),
+          _gpt_torch_layout(path, np.asarray(g)),
+        )
+        for (path, w), g in zip(flat, jax.tree.leaves(grads), strict=True)
+      ]
+    )
+  return np.asarray(views)
 
 
-def test_gpt_projecting_every_multi_dim_leaf_departs_from_the_official():
+def _gpt_disagreements(official: np.ndarray, **options) -> int:
+  """How many of our decisions along ``_gpt_run`` differ from the official ones."""
+  decide = jax.jit(lambda g, p: dopt.scale_invariance(g, p, **options)[0])
+  disagreements = 0
+  for (params, grads), theirs in zip(_gpt_run(len(official)), official, strict=True):
+    projectors = jax.tree.leaves(
+      decide(grads, params), is_leaf=lambda x: x is None or isinstance(x, dopt.RadialProjector)
+    )
+    ours = [0 if projector is None else int(projector.view) for projector in projectors]
+    disagreements += int(np.sum(np.asarray(ours) != theirs))
+  return disagreements
+
+
+def test_gpt_every_decision_matches_the_official_adamp(peer):
+  official = peer(_official_gpt_views)
+  assert official.shape == (GPT_STEPS, 38) and np.any(official != 0)
+  assert _gpt_disagreements(official) == 0
+
+
+def test_gpt_projecting_every_multi_dim_leaf_departs_from_the_official(peer):
   """The comparison can fail: projection_mask=True also tests (heads, head_dim) biases."""
-  disagreements, _, _ = _gpt_disagreements(projection_mask=True)
-  assert disagreements > 0
+  assert _gpt_disagreements(peer(_official_gpt_views), projection_mask=True) > 0
 
 
 def test_flax_attention_kernels_have_their_bias_dims_as_output_axes():
@@ -359,27 +410,13 @@ def test_equinox_checkpoint_resumes_exactly(tmp_path):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-def test_gpt_fraction_projected_counts_weights_as_the_official_does():
+def test_gpt_fraction_projected_counts_weights_as_the_official_does(peer):
   """summary/fraction_projected: projected weights over the leaves the official code tests."""
-  model = _GPT()
-  tokens = np.random.default_rng(0).integers(0, 32, (4, 8))
-  params = model.init(KEY, tokens)["params"]
-
-  def loss(params):
-    logits = model.apply({"params": params}, tokens[:, :-1])
-    return optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:]).mean()
-
-  grads = jax.grad(loss)(params)
+  ((params, grads),) = _gpt_run(1)
+  (official,) = peer(lambda live: _official_gpt_views(live, 1))
   tx = dopt.with_diagnostics(dopt.adamp(3e-3, 1e-2, weight_decay_convention="torch"))
   _, state = tx.update(grads, tx.init(params), params)
   flat = jax.tree_util.tree_flatten_with_path(params)[0]
-  official = [
-    _official_view(
-      torch.tensor(np.ascontiguousarray(_gpt_torch_layout(path, np.asarray(w)))),
-      torch.tensor(np.ascontiguousarray(_gpt_torch_layout(path, np.asarray(g)))),
-    )
-    for (path, w), g in zip(flat, jax.tree.leaves(grads), strict=True)
-  ]
   tested = sum(_gpt_torch_layout(path, np.asarray(w)).ndim > 1 for path, w in flat)
   fraction = float(dopt.read_diagnostics(state)["summary/fraction_projected"])
   assert fraction == pytest.approx(sum(v > 0 for v in official) / tested)

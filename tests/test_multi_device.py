@@ -14,6 +14,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+# A subprocess with 8 devices: part of the extended run (README, Testing).
+pytestmark = pytest.mark.extended
+
 ROOT = Path(__file__).resolve().parent.parent
 MULTI_DEVICE = Path(__file__).resolve().parent / "multi_device"
 MULTI_DEVICE_ENV = "DECOUPLED_OPTAX_MULTI_DEVICE"  # tests/conftest.py collects it then

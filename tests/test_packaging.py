@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pytest
 
+# Builds the sdist and the wheel (the C++ kernel too): part of the extended run.
+pytestmark = pytest.mark.extended
+
 
 def test_the_editable_install_is_a_path_entry_that_type_checkers_follow():
   """setuptools' import-hook editable mode hides the package from pyright and mypy."""
@@ -48,6 +51,9 @@ SDIST_MUST_HOLD = (
   "csrc/radial_first_pass.cc",
   "tests/conftest.py",
   "tests/_reference.py",
+  "tests/_peers.py",
+  "tests/_peer_runs.py",
+  "tests/fixtures/peers.npz",
   "tests/multi_device/conftest.py",
   "tests/multi_device/_sharded_model.py",
   "examples/_digits.py",

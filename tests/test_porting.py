@@ -1,6 +1,6 @@
 """Every row of the porting guide (docs/porting.md), run against its peer.
 
-Peers that install here run as they are: torch 2.5-2.14 (``torch.optim.AdamW``,
+Peers that install here run as they are: torch (``torch.optim.AdamW``,
 ``SGD``, ``CosineAnnealingWarmRestarts``), the official ``adamp`` 0.3.0 and
 optax. The others are faithful transcriptions of the named source file:
 
@@ -20,6 +20,17 @@ optax. The others are faithful transcriptions of the named source file:
   ``adamw_decoupled_optimizer``, ``axlearn/common/optimizers.py`` (commit
   34aed43): both are optax chains, rebuilt here from optax's own transforms.
 
+Everything on torch's side (torch, the official ``adamp``, timm's factory and
+SGDP fix, Composer's DecoupledAdamW, torch's schedulers) lives in
+``_peer_runs.py`` and is asked for through the ``peer`` fixture: by default
+the comparisons read what it returned from ``tests/fixtures/peers.npz``,
+recorded by ``scripts/record_peer_fixtures.sh``, and need neither torch nor
+``adamp``; under ``--extended`` and when recording (``--record-peers``) the
+peers run live (the ``peers`` extra: ``torch>=2.5,<2.16``, ``adamp``), and
+under ``--extended`` must reproduce their fixture. The transcriptions that
+need no torch (timm's ``CosineLRScheduler``, Keras, big_vision, axlearn) are
+here and run live in every run, as optax does.
+
 Trajectories are compared with ``_reference.assert_trajectories_match``
 (2e-5 relative, per leaf and step) on the test problem of ``_reference.py``.
 """
@@ -33,26 +44,20 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-import torch
 from _reference import (
   DECAYED,
   MASK,
-  NAMES,
   assert_trajectories_match,
-  decoupled_decay_hook,
   flax_to_torch,
   init_params,
   loss_jax,
-  loss_torch,
   make_targets,
   max_relative_error,
   run_ours,
-  run_torch,
   sgdr_table,
   table_schedule,
   torch_to_flax,
 )
-from adamp import SGDP, AdamP
 
 import decoupled_optax as dopt
 
@@ -78,44 +83,7 @@ def _groups(optimizer_cls, weight_decay: float, **kwargs):
   return make
 
 
-# ---------------------------------------------------------------- timm, transcribed
-
-
-def timm_param_groups_weight_decay(named_params, weight_decay: float):
-  """timm/optim/_param_groups.py ``param_groups_weight_decay`` (weight_decay_exclude_1d=True)."""
-  decay, no_decay = [], []
-  for name, param in named_params:
-    if param.ndim <= 1 or name.endswith(".bias"):
-      no_decay.append(param)
-    else:
-      decay.append(param)
-  return [
-    {"params": no_decay, "weight_decay": 0.0, "decay": False},
-    {"params": decay, "weight_decay": weight_decay, "decay": True},
-  ]
-
-
-def timm_create_optimizer_v2(named_params, opt: str, lr: float, weight_decay: float):
-  """timm/optim/_optim_factory.py ``create_optimizer_v2`` for 'adamp' and 'sgdp'.
-
-  ``filter_bias_and_bn=True`` (the default) builds the groups above; the
-  registry's defaults are ``adamp: wd_ratio=0.01, nesterov=True`` and
-  ``sgdp: nesterov=True``, and ``momentum=0.9`` is passed to optimizers that
-  have one.
-  """
-  groups = timm_param_groups_weight_decay(named_params, weight_decay)
-  if opt == "adamp":
-    return AdamP(groups, lr=lr, weight_decay=weight_decay, wd_ratio=0.01, nesterov=True)
-  if opt == "sgdp":
-    return TimmSGDP(groups, lr=lr, weight_decay=weight_decay, momentum=0.9, nesterov=True)
-  raise ValueError(opt)
-
-
-class TimmSGDP(SGDP):
-  """timm/optim/sgdp.py: the official SGDP, with the momentum buffer cloned before the projection."""
-
-  def _projection(self, p, grad, perturb, delta, wd_ratio, eps):
-    return super()._projection(p, grad, perturb.clone(), delta, wd_ratio, eps)
+# ---------------------------------------------------------------- transcriptions that need no torch
 
 
 def timm_cosine_lr(t: int, *, base, t_initial, lr_min=0.0, cycle_mul=1.0, cycle_decay=1.0,
@@ -156,69 +124,7 @@ def keras_cosine_decay_restarts(step, *, initial_learning_rate, first_decay_step
   return initial_learning_rate * decayed
 
 
-class ComposerDecoupledAdamW(torch.optim.AdamW):
-  """Composer's DecoupledAdamW: the step of ``DecoupledAdamW.adamw``, transcribed.
-
-  The decay is ``p *= 1 - (lr / initial_lr) * weight_decay`` (the paper's
-  convention, eta_t = lr_t / initial_lr), then Adam's step with ``lr``.
-  """
-
-  def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-5):
-    super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
-    for group in self.param_groups:
-      group["initial_lr"] = group["lr"]
-
-  @torch.no_grad()
-  def step(self, closure=None):
-    for group in self.param_groups:
-      beta1, beta2 = group["betas"]
-      lr, initial_lr, weight_decay = group["lr"], group["initial_lr"], group["weight_decay"]
-      for p in group["params"]:
-        state = self.state[p]
-        if not state:
-          state["step"] = 0
-          state["exp_avg"] = torch.zeros_like(p)
-          state["exp_avg_sq"] = torch.zeros_like(p)
-        state["step"] += 1
-        step = state["step"]
-        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-        if weight_decay != 0:
-          decay_factor = (lr / initial_lr) if initial_lr else 1.0
-          p.mul_(1 - decay_factor * weight_decay)
-        bias_correction1 = 1 - beta1**step
-        bias_correction2 = 1 - beta2**step
-        exp_avg.mul_(beta1).add_(p.grad, alpha=1 - beta1)
-        exp_avg_sq.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
-        denom = (exp_avg_sq.sqrt() / math.sqrt(bias_correction2)).add_(group["eps"])
-        p.addcdiv_(exp_avg, denom, value=-lr / bias_correction1)
-
-
 # ---------------------------------------------------------------- runners
-
-
-def run_torch_scheduled(make_optimizer, make_scheduler, steps: int, steps_per_scheduler_step=1):
-  """A torch trajectory with a real torch scheduler, stepped every ``steps_per_scheduler_step``."""
-  params = init_params()
-  tensors = {
-    n: torch.tensor(flax_to_torch(n, np.asarray(p)), requires_grad=True) for n, p in params.items()
-  }
-  groups = [
-    {"params": [tensors[n] for n in NAMES if n in DECAYED], "decay": True},
-    {"params": [tensors[n] for n in NAMES if n not in DECAYED], "decay": False},
-  ]
-  optimizer = make_optimizer(groups)
-  scheduler = make_scheduler(optimizer)
-  targets = make_targets(steps)
-  snapshot = lambda: {n: torch_to_flax(n, t.detach().numpy().copy()) for n, t in tensors.items()}
-  trajectory = [snapshot()]
-  for t in range(steps):
-    optimizer.zero_grad()
-    loss_torch(tensors, targets[t]).backward()
-    optimizer.step()
-    if (t + 1) % steps_per_scheduler_step == 0:
-      scheduler.step()
-    trajectory.append(snapshot())
-  return trajectory
 
 
 def _to_torch_layout(params):
@@ -260,7 +166,7 @@ def run_ours_torch_layout(tx, steps: int):
 
 
 @pytest.mark.parametrize("form", ["torch_convention", "converted"])
-def test_torch_adamw(form):
+def test_torch_adamw(form, peer):
   """``torch.optim.AdamW(p, lr, betas, eps, weight_decay=wd)``."""
   if form == "torch_convention":
     tx = dopt.adamw(LR, WD, b1=0.8, b2=0.99, eps=1e-7, mask=MASK, weight_decay_convention="torch")
@@ -268,21 +174,27 @@ def test_torch_adamw(form):
     tx = dopt.adamw(
       LR, LR * WD, b1=0.8, b2=0.99, eps=1e-7, mask=MASK, weight_decay_convention="paper"
     )
-  reference, _, _ = run_torch(
-    _groups(torch.optim.AdamW, WD, lr=LR, betas=(0.8, 0.99), eps=1e-7), STEPS, decayed=DECAYED
+  reference = peer(
+    lambda live: live.run_torch(
+      _groups(live.torch.optim.AdamW, WD, lr=LR, betas=(0.8, 0.99), eps=1e-7),
+      STEPS,
+      decayed=DECAYED,
+    )
   )
   assert_trajectories_match(run_ours(tx, STEPS), reference)
 
 
 @pytest.mark.parametrize("nesterov", [False, True])
-def test_torch_sgd_with_decoupled_decay(nesterov):
+def test_torch_sgd_with_decoupled_decay(nesterov, peer):
   """``torch.optim.SGD(p, lr, momentum=mu, nesterov=n)`` + decoupled ``wd`` (p *= 1 - lr * wd)."""
   tx = dopt.sgdw(SGD_LR, 0.9, WD, nesterov=nesterov, mask=MASK, weight_decay_convention="torch")
-  reference, _, _ = run_torch(
-    lambda groups: torch.optim.SGD(groups, lr=SGD_LR, momentum=0.9, nesterov=nesterov),
-    STEPS,
-    decayed=DECAYED,
-    before_step=decoupled_decay_hook(WD),
+  reference = peer(
+    lambda live: live.run_torch(
+      lambda groups: live.torch.optim.SGD(groups, lr=SGD_LR, momentum=0.9, nesterov=nesterov),
+      STEPS,
+      decayed=DECAYED,
+      before_step=live.decoupled_decay_hook(WD),
+    )
   )
   assert_trajectories_match(run_ours(tx, STEPS), reference)
 
@@ -293,23 +205,24 @@ def test_torch_sgd_with_decoupled_decay(nesterov):
 T_0, T_MULT, ETA_MIN = 3, 2, 1e-3  # ETA_MIN is torch's absolute floor
 
 
-def _torch_warm_restarts(optimizer, t_0=T_0):
-  return torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
-    optimizer, T_0=t_0, T_mult=T_MULT, eta_min=ETA_MIN
+def _torch_warm_restarts(eta_min=ETA_MIN, steps_per_scheduler_step=1):
+  """The producer: torch.optim.AdamW with ``CosineAnnealingWarmRestarts(T_0, T_MULT, eta_min)``."""
+  return lambda live: live.run_torch_scheduled(
+    _groups(live.torch.optim.AdamW, WD, lr=LR),
+    live.warm_restarts(T_0, T_MULT, eta_min),
+    STEPS,
+    steps_per_scheduler_step=steps_per_scheduler_step,
+    decayed=DECAYED,
   )
 
 
-def _torch_adamw_groups():
-  return _groups(torch.optim.AdamW, WD, lr=LR)
-
-
-def test_cosine_annealing_warm_restarts_stepped_per_batch():
+def test_cosine_annealing_warm_restarts_stepped_per_batch(peer):
   """``scheduler.step()`` after every batch: T_0 counts updates, as ``first_period`` does."""
   sched = dopt.cosine_warm_restart_schedule(
     1.0, first_period=T_0, period_mult=T_MULT, min_value=ETA_MIN / LR
   )
   tx = dopt.adamw(LR, LR * WD, schedule=sched, mask=MASK, weight_decay_convention="paper")
-  reference = run_torch_scheduled(_torch_adamw_groups(), _torch_warm_restarts, STEPS)
+  reference = peer(_torch_warm_restarts())
   assert_trajectories_match(run_ours(tx, STEPS), reference)
 
 
@@ -321,7 +234,7 @@ def per_epoch(schedule, steps_per_epoch: int):
   return lambda count: schedule(count // steps_per_epoch)
 
 
-def test_cosine_annealing_warm_restarts_stepped_per_epoch():
+def test_cosine_annealing_warm_restarts_stepped_per_epoch(peer):
   """``scheduler.step()`` after every epoch: the count must be divided by the steps per epoch."""
   sched = dopt.cosine_warm_restart_schedule(
     1.0, first_period=T_0, period_mult=T_MULT, min_value=ETA_MIN / LR
@@ -333,9 +246,7 @@ def test_cosine_annealing_warm_restarts_stepped_per_epoch():
     mask=MASK,
     weight_decay_convention="paper",
   )
-  reference = run_torch_scheduled(
-    _torch_adamw_groups(), _torch_warm_restarts, STEPS, steps_per_scheduler_step=STEPS_PER_EPOCH
-  )
+  reference = peer(_torch_warm_restarts(steps_per_scheduler_step=STEPS_PER_EPOCH))
   assert_trajectories_match(run_ours(tx, STEPS), reference)
 
   # first_period=T_0 taken literally counts updates, not epochs: the restarts come 4x too early.
@@ -349,7 +260,7 @@ def test_cosine_annealing_warm_restarts_stepped_per_epoch():
   assert max_relative_error(run_ours(smooth, STEPS), reference)[0] > 1e-4
 
 
-def test_learning_rate_as_schedule_warns_and_multiplies_by_lr_twice():
+def test_learning_rate_as_schedule_warns_and_multiplies_by_lr_twice(peer):
   """The trap: ``cosine_warm_restart_schedule(lr, ...)`` passed as ``schedule=``."""
   with pytest.warns(dopt.ScheduleConventionWarning, match="equals learning_rate"):
     wrong = dopt.adamw(
@@ -359,11 +270,7 @@ def test_learning_rate_as_schedule_warns_and_multiplies_by_lr_twice():
       mask=MASK,
       weight_decay_convention="paper",
     )
-  reference = run_torch_scheduled(
-    _torch_adamw_groups(),
-    lambda o: torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(o, T_0=T_0, T_mult=T_MULT),
-    STEPS,
-  )
+  reference = peer(_torch_warm_restarts(eta_min=0.0))
   ours = run_ours(wrong, STEPS)
   assert max_relative_error(ours, reference)[0] > 1e-2
   # The first step moved the non-decayed bias LR times less than torch's (Adam's step is ~lr).
@@ -372,13 +279,13 @@ def test_learning_rate_as_schedule_warns_and_multiplies_by_lr_twice():
   np.testing.assert_allclose(ours_step / torch_step, LR, rtol=1e-3)
 
 
-def test_learning_rate_schedule_in_the_torch_convention():
+def test_learning_rate_schedule_in_the_torch_convention(peer):
   """The same torch run, with the schedule as ``learning_rate`` (PyTorch's convention)."""
   lr_sched = dopt.cosine_warm_restart_schedule(
     LR, first_period=T_0, period_mult=T_MULT, min_value=ETA_MIN
   )
   tx = dopt.adamw(lr_sched, WD, mask=MASK, weight_decay_convention="torch")
-  reference = run_torch_scheduled(_torch_adamw_groups(), _torch_warm_restarts, STEPS)
+  reference = peer(_torch_warm_restarts())
   assert_trajectories_match(run_ours(tx, STEPS), reference)
 
 
@@ -386,30 +293,38 @@ def test_learning_rate_schedule_in_the_torch_convention():
 
 
 @pytest.mark.parametrize("nesterov", [False, True])
-def test_official_adamp(nesterov):
+def test_official_adamp(nesterov, peer):
   """``adamp.AdamP(p, lr, betas, eps, weight_decay=wd, delta, wd_ratio, nesterov)``."""
   kwargs = dict(betas=(0.85, 0.995), eps=1e-7, delta=0.12, wd_ratio=0.2, nesterov=nesterov)
   tx = dopt.adamp(
     LR, WD, b1=0.85, b2=0.995, eps=1e-7, delta=0.12, wd_ratio=0.2, nesterov=nesterov,
     mask=MASK, weight_decay_convention="torch",
   )  # fmt: skip
-  reference, _, _ = run_torch(_groups(AdamP, WD, lr=LR, **kwargs), STEPS, decayed=DECAYED)
-  assert_trajectories_match(run_ours(tx, STEPS), reference)
-
-
-def test_official_sgdp_nesterov():
-  """``adamp.SGDP(p, lr, momentum=mu, weight_decay=wd, nesterov=True, ...)``, 1/(1-mu) kept."""
-  tx = dopt.sgdp(SGD_LR, 0.9, WD, nesterov=True, mask=MASK, weight_decay_convention="torch")
-  reference, _, _ = run_torch(
-    _groups(SGDP, WD, lr=SGD_LR, momentum=0.9, nesterov=True), STEPS, decayed=DECAYED
+  reference = peer(
+    lambda live: live.run_torch(_groups(live.AdamP, WD, lr=LR, **kwargs), STEPS, decayed=DECAYED)
   )
   assert_trajectories_match(run_ours(tx, STEPS), reference)
 
 
-def test_official_sgdp_without_nesterov_is_timms_fixed_sgdp():
+def test_official_sgdp_nesterov(peer):
+  """``adamp.SGDP(p, lr, momentum=mu, weight_decay=wd, nesterov=True, ...)``, 1/(1-mu) kept."""
+  tx = dopt.sgdp(SGD_LR, 0.9, WD, nesterov=True, mask=MASK, weight_decay_convention="torch")
+  reference = peer(
+    lambda live: live.run_torch(
+      _groups(live.SGDP, WD, lr=SGD_LR, momentum=0.9, nesterov=True), STEPS, decayed=DECAYED
+    )
+  )
+  assert_trajectories_match(run_ours(tx, STEPS), reference)
+
+
+def test_official_sgdp_without_nesterov_is_timms_fixed_sgdp(peer):
   """Without Nesterov the official SGDP projects its buffer in place; ``sgdp`` does not (timm's fix)."""
   tx = dopt.sgdp(SGD_LR, 0.9, WD, mask=MASK, weight_decay_convention="torch")
-  fixed, _, _ = run_torch(_groups(TimmSGDP, WD, lr=SGD_LR, momentum=0.9), STEPS, decayed=DECAYED)
+  fixed = peer(
+    lambda live: live.run_torch(
+      _groups(live.TimmSGDP, WD, lr=SGD_LR, momentum=0.9), STEPS, decayed=DECAYED
+    )
+  )
   assert_trajectories_match(run_ours(tx, STEPS), fixed)
 
 
@@ -417,15 +332,8 @@ def test_official_sgdp_without_nesterov_is_timms_fixed_sgdp():
 
 
 def _timm_run(opt: str, lr: float):
-  """run_torch hands over one group with every leaf (in NAMES order); timm makes its own groups."""
-
-  def make(groups):
-    (group,) = groups
-    # named_parameters() of a module that holds the leaves under their names.
-    named = list(zip(NAMES, group["params"], strict=True))
-    return timm_create_optimizer_v2(named, opt, lr=lr, weight_decay=WD)
-
-  return run_torch(make, STEPS, decayed=NAMES)[0]
+  """The producer: timm ``create_optimizer_v2(model, opt, lr, weight_decay=WD)``, its own groups."""
+  return lambda live: live.timm_run(opt, lr, WD, STEPS)
 
 
 # timm's default groups (no decay on 1-D params and on biases of any rank) are what
@@ -433,9 +341,9 @@ def _timm_run(opt: str, lr: float):
 timm_mask = dopt.weight_decay_mask
 
 
-def test_timm_adamp_factory_defaults_and_param_groups():
+def test_timm_adamp_factory_defaults_and_param_groups(peer):
   """``timm.optim.create_optimizer_v2(model, 'adamp', lr, weight_decay)``."""
-  reference = _timm_run("adamp", LR)
+  reference = peer(_timm_run("adamp", LR))
   tx = dopt.adamp(
     LR, WD, wd_ratio=0.01, nesterov=True, mask=timm_mask, weight_decay_convention="torch"
   )
@@ -445,8 +353,8 @@ def test_timm_adamp_factory_defaults_and_param_groups():
   assert max_relative_error(run_ours(literal, STEPS), reference)[0] > 1e-4
 
 
-def test_timm_adamp_on_pytorch_layout_needs_channel_axis_0():
-  reference = _timm_run("adamp", LR)
+def test_timm_adamp_on_pytorch_layout_needs_channel_axis_0(peer):
+  reference = peer(_timm_run("adamp", LR))
   kwargs = dict(wd_ratio=0.01, nesterov=True, mask=timm_mask, weight_decay_convention="torch")
   ours = run_ours_torch_layout(dopt.adamp(LR, WD, channel_axis=0, **kwargs), STEPS)
   assert_trajectories_match(ours, reference)
@@ -454,9 +362,9 @@ def test_timm_adamp_on_pytorch_layout_needs_channel_axis_0():
   assert max_relative_error(flax_axis, reference)[0] > 1e-4
 
 
-def test_timm_sgdp_factory_defaults_and_param_groups():
+def test_timm_sgdp_factory_defaults_and_param_groups(peer):
   """``timm.optim.create_optimizer_v2(model, 'sgdp', lr, weight_decay)``: momentum 0.9, Nesterov."""
-  reference = _timm_run("sgdp", SGD_LR)
+  reference = peer(_timm_run("sgdp", SGD_LR))
   tx = dopt.sgdp(SGD_LR, 0.9, WD, nesterov=True, mask=timm_mask, weight_decay_convention="torch")
   assert_trajectories_match(run_ours(tx, STEPS), reference)
 
@@ -535,11 +443,13 @@ def test_optax_sgdr_as_learning_rate():
 # ---------------------------------------------------------------- the paper's convention
 
 
-def test_composer_decoupled_adamw():
+def test_composer_decoupled_adamw(peer):
   """Composer ``DecoupledAdamW(p, lr, weight_decay=lam)`` with a scheduler: the paper's lambda."""
   lam = LR * WD
-  reference, _, _ = run_torch(
-    _groups(ComposerDecoupledAdamW, lam, lr=LR), STEPS, eta=ETA, decayed=DECAYED
+  reference = peer(
+    lambda live: live.run_torch(
+      _groups(live.ComposerDecoupledAdamW, lam, lr=LR), STEPS, eta=ETA, decayed=DECAYED
+    )
   )
   tx = dopt.adamw(LR, lam, schedule=table_schedule(ETA), mask=MASK, weight_decay_convention="paper")
   assert_trajectories_match(run_ours(tx, STEPS), reference)
@@ -575,11 +485,11 @@ def axlearn_adamw_decoupled(lr: float, wd: float, update_schedule, per_param_sca
   )
 
 
-@pytest.mark.parametrize("peer", ["big_vision", "axlearn"])
-def test_big_vision_and_axlearn_use_the_papers_convention(peer):
+@pytest.mark.parametrize("library", ["big_vision", "axlearn"])
+def test_big_vision_and_axlearn_use_the_papers_convention(library):
   lam = LR * WD
   sched = table_schedule(ETA)
-  if peer == "big_vision":
+  if library == "big_vision":
     theirs = big_vision_adam(LR, lam, sched, MASK)
   else:
     theirs = axlearn_adamw_decoupled(LR, lam, sched, lambda p: {n: float(MASK[n]) for n in p})

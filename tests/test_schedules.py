@@ -3,6 +3,13 @@
 Expected values come from torch, from REFERENCE.md, or from the formulas
 written out here in float64 Python with integer cycle bookkeeping; none are
 produced by the library itself.
+
+torch's values come through the ``peer`` fixture (``_peer_runs.warm_restarts_lrs``):
+by default they are read from ``tests/fixtures/peers.npz``, recorded by
+``scripts/record_peer_fixtures.sh``, and this module needs no torch; under
+``--extended`` and when recording (``--record-peers``) torch runs live (the
+``peers`` extra: ``torch>=2.5,<2.16``), and under ``--extended`` must
+reproduce its fixture.
 """
 
 from __future__ import annotations
@@ -13,7 +20,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
 
 import decoupled_optax as dopt
 
@@ -93,18 +99,12 @@ def sgdr(
   ],
 )
 def test_matches_torch_cosine_annealing_warm_restarts(
-  first_period, period_mult, min_value, init_value
+  first_period, period_mult, min_value, init_value, peer
 ):
   steps = 600
-  optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=init_value)
-  scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
-    optimizer, T_0=first_period, T_mult=period_mult, eta_min=min_value
+  expected = peer(
+    lambda live: live.warm_restarts_lrs(steps, init_value, first_period, period_mult, min_value)
   )
-  expected = []
-  for _ in range(steps):
-    expected.append(scheduler.get_last_lr()[0])
-    optimizer.step()
-    scheduler.step()
   ours = _values(
     dopt.cosine_warm_restart_schedule(
       init_value, first_period=first_period, period_mult=period_mult, min_value=min_value

@@ -19,6 +19,7 @@ def test_ruff(command):
   assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.extended
 def test_pyright_reports_no_errors():
   """The version is pinned in the test extra, so a new pyright cannot turn the suite red."""
   result = subprocess.run(
