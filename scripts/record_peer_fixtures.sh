@@ -10,6 +10,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 unset DECOUPLED_OPTAX_PEER_FIXTURES  # a partial recording's file; this script records them all
 rm -f tests/fixtures/peers.npz
-python -m pytest -q -p no:cacheprovider --record-peers -m peers "$@"
+python -m pytest -q -p no:cacheprovider --record-peers -m peers -n 0 "$@"
 python -c "import importlib.metadata as m; print('recorded with torch', m.version('torch'), '| adamp', m.version('adamp'))"
 ls -l tests/fixtures/peers.npz

@@ -88,19 +88,27 @@ def pytest_collection_modifyitems(config, items) -> None:
   if extended:
     config.hook.pytest_deselected(items=extended)
     items[:] = [item for item in items if not item.get_closest_marker("extended")]
-    config.stash[DESELECTED_EXTENDED] = len(extended)
-
-
-DESELECTED_EXTENDED = pytest.StashKey[int]()
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
-  count = config.stash.get(DESELECTED_EXTENDED, 0)
-  if count:
+  # Under pytest-xdist the workers collect, so the line cannot count what they left out.
+  if not (config.getoption("--extended") or config.getoption("--record-peers")):
     terminalreporter.write_line(
-      f"{count} extended tests not run; `python -m pytest --extended` runs them too "
-      "(README: Testing)."
+      "The extended tests did not run: `python -m pytest --extended` runs them too (README, Testing)."
     )
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config) -> int:
+  """``-n auto``: one worker per core, at most 4 (each holds its own JAX, about 1.5 GB)."""
+  return max(1, min(os.cpu_count() or 1, 4))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node) -> None:
+  """A worker sees the controller's options; recording must stay in one process."""
+  if node.config.getoption("--record-peers"):
+    raise pytest.UsageError("--record-peers writes one file: run it with -n 0")
 
 
 def pytest_sessionfinish(session, exitstatus) -> None:

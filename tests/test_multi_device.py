@@ -34,7 +34,8 @@ def test_multi_device_suite_passes_on_8_cpu_devices():
   env = dict(os.environ, XLA_FLAGS=" ".join([*flags, f"{DEVICE_COUNT_FLAG}=8"]))
   env[MULTI_DEVICE_ENV] = "1"
   command = [sys.executable, "-m", "pytest", str(MULTI_DEVICE.relative_to(ROOT))]
-  command += ["-q", "-p", "no:cacheprovider"]
+  # One process: the multi-device tests share the fake devices' XLA backend, not xdist workers.
+  command += ["-q", "-p", "no:cacheprovider", "-n", "0"]
   try:
     result = subprocess.run(
       command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT_S
