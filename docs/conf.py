@@ -16,7 +16,9 @@ import sys
 from pathlib import Path
 
 DOCS = Path(__file__).resolve().parent
-sys.path.insert(0, str(DOCS.parent))  # this checkout's decoupled_optax, before any install
+sys.path.insert(
+  0, str(DOCS.parent)
+)  # this checkout's decoupled_optax, before any install
 sys.path.insert(0, str(DOCS / "ext"))
 
 import decoupled_optax  # noqa: E402
@@ -41,11 +43,21 @@ extensions = [
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 root_doc = "index"
-exclude_patterns = ["_build", "ext", "_inventories", "api/generated/*.md"]
+exclude_patterns = [
+  "_build",
+  "ext",
+  "_inventories",
+  "api/generated/*.md",
+]
 templates_path = ["_templates"]
 
 # Markdown pages: $...$ and $$...$$ math, ::: fences, heading anchors for links.
-myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "deflist"]
+myst_enable_extensions = [
+  "dollarmath",
+  "amsmath",
+  "colon_fence",
+  "deflist",
+]
 myst_heading_anchors = 3
 
 # API reference: one generated page per public name (api.rst's autosummary).
@@ -60,9 +72,18 @@ napoleon_use_rtype = False
 
 # Offline intersphinx: the inventories are committed files, not URLs to download.
 intersphinx_mapping = {
-  "optax": ("https://optax.readthedocs.io/en/latest/", str(DOCS / "_inventories" / "optax.inv")),
-  "jax": ("https://docs.jax.dev/en/latest/", str(DOCS / "_inventories" / "jax.inv")),
-  "flax": ("https://flax.readthedocs.io/en/latest/", str(DOCS / "_inventories" / "flax.inv")),
+  "optax": (
+    "https://optax.readthedocs.io/en/latest/",
+    str(DOCS / "_inventories" / "optax.inv"),
+  ),
+  "jax": (
+    "https://docs.jax.dev/en/latest/",
+    str(DOCS / "_inventories" / "jax.inv"),
+  ),
+  "flax": (
+    "https://flax.readthedocs.io/en/latest/",
+    str(DOCS / "_inventories" / "flax.inv"),
+  ),
 }
 intersphinx_timeout = 1
 
@@ -74,4 +95,6 @@ html_theme_options = {
   "use_fullscreen_button": False,
 }
 html_static_path = ["_static"]
-html_css_files = ["custom.css"]  # wide tables wrap their cells instead of being cut off
+html_css_files = [
+  "custom.css"
+]  # wide tables wrap their cells instead of being cut off

@@ -15,7 +15,9 @@ MODULE = "decoupled_optax"
 
 def missing_names(public: list[str], documented: set[str]) -> list[str]:
   """The public names with no ``decoupled_optax.<name>`` entry among ``documented``."""
-  return sorted(name for name in public if f"{MODULE}.{name}" not in documented)
+  return sorted(
+    name for name in public if f"{MODULE}.{name}" not in documented
+  )
 
 
 def _check(app: Any, env: Any) -> None:

@@ -33,18 +33,38 @@ OUT = Path(__file__).resolve().parents[1] / "_inventories"
 JAX = (
   [
     (f"jax.{name}", "function", f"_autosummary/jax.{name}.html#$")
-    for name in ("jit", "vmap", "grad", "jvp", "pmap", "device_put", "eval_shape")
+    for name in (
+      "jit",
+      "vmap",
+      "grad",
+      "jvp",
+      "pmap",
+      "device_put",
+      "eval_shape",
+    )
   ]
   + [
     ("jax.Array", "class", "_autosummary/jax.Array.html#$"),
     ("jax.shard_map", "function", "_autosummary/jax.shard_map.html#$"),
     ("jax.lax.scan", "function", "_autosummary/jax.lax.scan.html#$"),
     ("jax.lax.psum", "function", "_autosummary/jax.lax.psum.html#$"),
-    ("jax.distributed.initialize", "function", "_autosummary/jax.distributed.initialize.html#$"),
-    ("jax.ffi.ffi_call", "function", "_autosummary/jax.ffi.ffi_call.html#$"),
+    (
+      "jax.distributed.initialize",
+      "function",
+      "_autosummary/jax.distributed.initialize.html#$",
+    ),
+    (
+      "jax.ffi.ffi_call",
+      "function",
+      "_autosummary/jax.ffi.ffi_call.html#$",
+    ),
   ]
   + [
-    (f"jax.sharding.{name}", "class", f"jax.sharding.html#jax.sharding.{name}")
+    (
+      f"jax.sharding.{name}",
+      "class",
+      f"jax.sharding.html#jax.sharding.{name}",
+    )
     for name in ("Sharding", "NamedSharding", "PartitionSpec", "Mesh")
   ]
 )
@@ -65,12 +85,18 @@ def optax_entries(checkout: Path) -> list[tuple[str, str, str]]:
         module = match.group(1)
       elif line.startswith(".. autosummary::"):
         in_summary = True
-      elif in_summary and (match := re.match(r"\s+([A-Za-z_][\w.]*)\s*$", line)):
-        entries.append((f"{module}.{match.group(1)}", _role(module, match.group(1))))
+      elif in_summary and (
+        match := re.match(r"\s+([A-Za-z_][\w.]*)\s*$", line)
+      ):
+        entries.append(
+          (f"{module}.{match.group(1)}", _role(module, match.group(1)))
+        )
       elif in_summary and line and not line[0].isspace():
         in_summary = False
   return [
-    (name, role, f"api/generated/{name}.html#$") for name, role in dict(entries).items() if role
+    (name, role, f"api/generated/{name}.html#$")
+    for name, role in dict(entries).items()
+    if role
   ]
 
 
@@ -86,14 +112,22 @@ def _role(module: str, name: str) -> str:
   return "function" if inspect.isroutine(obj) else "data"
 
 
-def write(path: Path, project: str, version: str, entries: list[tuple[str, str, str]]) -> None:
+def write(
+  path: Path,
+  project: str,
+  version: str,
+  entries: list[tuple[str, str, str]],
+) -> None:
   header = (
     "# Sphinx inventory version 2\n"
     f"# Project: {project}\n"
     f"# Version: {version}\n"
     "# The remainder of this file is compressed using zlib.\n"
   )
-  body = "".join(f"{name} py:{role} 1 {uri} -\n" for name, role, uri in sorted(set(entries)))
+  body = "".join(
+    f"{name} py:{role} 1 {uri} -\n"
+    for name, role, uri in sorted(set(entries))
+  )
   path.write_bytes(header.encode() + zlib.compress(body.encode(), 9))
   print(f"{path}: {len(entries)} names")
 
@@ -101,13 +135,21 @@ def write(path: Path, project: str, version: str, entries: list[tuple[str, str, 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument(
-    "--optax", type=Path, required=True, help="a checkout of google-deepmind/optax"
+    "--optax",
+    type=Path,
+    required=True,
+    help="a checkout of google-deepmind/optax",
   )
   args = parser.parse_args()
   import optax
 
   OUT.mkdir(exist_ok=True)
-  write(OUT / "optax.inv", "optax", optax.__version__, optax_entries(args.optax))
+  write(
+    OUT / "optax.inv",
+    "optax",
+    optax.__version__,
+    optax_entries(args.optax),
+  )
   write(OUT / "jax.inv", "JAX", "latest", JAX)
   write(OUT / "flax.inv", "Flax", "latest", FLAX)
 
