@@ -44,6 +44,9 @@ def pytest_ignore_collect(collection_path: Path, config) -> bool | None:
 # ---------------------------------------------------------------- tiers and peers
 
 PEER_RESULTS = pytest.StashKey[PeerResults]()
+# Imports torch and adamp: only the peer fixture imports it, when the peers run live
+# (--doctest-modules would import it in every run).
+collect_ignore = ["_peer_runs.py"]
 EXTENDED = (
   "the extended tests (marker `extended`): live torch/adamp comparisons, the multi-device "
   "subprocess, the fuzz, the packaging build, the docs build and the benchmark smoke runs"

@@ -47,8 +47,19 @@ def test_every_porting_row_names_a_test_and_every_test_is_a_row():
   assert sorted(tests - named) == [], "tests that no row names"
 
 
-def _python_blocks(page: str) -> list[str]:
-  return re.findall(r"^```python\n(.*?)^```$", (DOCS / page).read_text(), flags=re.M | re.S)
+def _python_blocks(page: str, folder: Path = DOCS) -> list[str]:
+  return re.findall(r"^```python\n(.*?)^```$", (folder / page).read_text(), flags=re.M | re.S)
+
+
+def test_the_readme_training_step_runs_and_decays_only_the_kernel():
+  (block,) = _python_blocks("README.md", DOCS.parent)
+  namespace: dict = {}
+  exec(compile(block, "README.md", "exec"), namespace)
+  params = namespace["params"]
+  # One Adam step of -lr on every entry (the gradients are positive), and PyTorch's decay
+  # lr * wd = 1e-5 of the kernel's value on the kernel only.
+  assert abs(float(params["bias"][0]) + 1e-3) < 1e-7
+  assert abs(float(params["kernel"][0, 0]) - (1 - 1e-3 - 1e-5)) < 1e-7
 
 
 def test_the_landing_page_example_runs_and_decays_only_the_kernel():

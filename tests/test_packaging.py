@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -63,10 +64,22 @@ SDIST_MUST_HOLD = (
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
-  """``python -m build``: the sdist, and the wheel built from the unpacked sdist."""
+  """``python -m build``: the sdist, and the wheel built from the unpacked sdist.
+
+  It builds a copy of the tree: setuptools writes its egg-info into the tree it builds, and two
+  pytest-xdist workers building the same tree would race on it.
+  """
   out = tmp_path_factory.mktemp("dist")
+  source = tmp_path_factory.mktemp("source") / "tree"
+  shutil.copytree(
+    ROOT,
+    source,
+    ignore=shutil.ignore_patterns(
+      ".git", ".venv", "build", "outputs", "_build", "*.egg-info", "*.so"
+    ),
+  )
   result = subprocess.run(
-    [sys.executable, "-m", "build", "--outdir", str(out), str(ROOT)],
+    [sys.executable, "-m", "build", "--outdir", str(out), str(source)],
     capture_output=True,
     text=True,
   )
