@@ -13,7 +13,11 @@ from decoupled_optax.aliases import (
   sgdp,
   sgdw,
 )
-from decoupled_optax.conventions import ScheduleConventionWarning, WeightDecayConventionWarning
+from decoupled_optax.conventions import (
+  PaperConventionSchedule,
+  ScheduleConventionWarning,
+  WeightDecayConventionWarning,
+)
 from decoupled_optax.diagnostics import DiagnosticsState, read_diagnostics, with_diagnostics
 from decoupled_optax.directions import (
   AdamDirection,
@@ -58,6 +62,7 @@ __all__ = [
   "MomentumDirection",
   "RadialProjector",
   "RestartPosition",
+  "PaperConventionSchedule",
   "ScheduleConventionWarning",
   "WeightDecayConventionWarning",
   "adamp",

@@ -55,6 +55,7 @@ from decoupled_optax._validation import (
   describe,
 )
 from decoupled_optax.conventions import (
+  PaperConventionSchedule,
   _value_at_step_zero,
   conventions_already_judged,
   warn_if_schedule_looks_like_learning_rate,
@@ -206,6 +207,12 @@ def _require_convention(
       f"weight_decay_convention must be one of {_CONVENTIONS}, got {describe(weight_decay_convention)}."
     )
   check_non_negative("weight_decay", weight_decay, schedule=True)
+  if isinstance(weight_decay, PaperConventionSchedule) and weight_decay_convention == "torch":
+    raise ValueError(
+      f"{caller}: weight_decay is a PaperConventionSchedule (the paper's lambda_t, not "
+      "multiplied by the learning rate), but weight_decay_convention='torch' would multiply it "
+      "by the learning rate; pass weight_decay_convention='paper' (or 'corrected')."
+    )
   if weight_decay_convention is not None:
     return weight_decay_convention
   if _has_no_decay(weight_decay):
@@ -555,7 +562,8 @@ def adamw(
     >>> updates, state = tx.update({"w": jnp.ones(3)}, tx.init(params), params)
     >>> params = optax.apply_updates(params, updates)
 
-  Reference: Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019.
+  Reference: `Loshchilov & Hutter, ICLR 2019 <https://arxiv.org/abs/1711.05101>`_, "Decoupled Weight Decay
+  Regularization".
   """
   _require_convention("adamw", weight_decay_convention, weight_decay, learning_rate)
   # _scale_by_adam checks its arguments.
@@ -628,7 +636,8 @@ def sgdw(
     >>> [round(float(x), 8) for x in updates["w"]]   # -lambda * theta, not -alpha*lambda*theta
     [-5e-05, -5e-05]
 
-  Reference: Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019.
+  Reference: `Loshchilov & Hutter, ICLR 2019 <https://arxiv.org/abs/1711.05101>`_, "Decoupled Weight Decay
+  Regularization".
   """
   _require_convention("sgdw", weight_decay_convention, weight_decay, learning_rate)
   check_unit_interval("momentum", momentum)
@@ -735,8 +744,8 @@ def adamp(
     >>> grads = jax.tree.map(jnp.ones_like, params)
     >>> updates, state = tx.update(grads, tx.init(params), params)
 
-  Reference: Heo et al., "AdamP: Slowing Down the Slowdown for Momentum
-  Optimizers on Scale-invariant Weights", ICLR 2021.
+  Reference: `Heo et al., ICLR 2021 <https://arxiv.org/abs/2006.08217>`_, "AdamP: Slowing Down
+  the Slowdown for Momentum Optimizers on Scale-invariant Weights".
   """
   _require_convention(
     "adamp",
@@ -824,7 +833,8 @@ def sgdp(
     >>> params = {"kernel": jnp.ones((4, 8))}
     >>> updates, state = tx.update(jax.tree.map(jnp.ones_like, params), tx.init(params), params)
 
-  Reference: Heo et al., ICLR 2021; official ``adamp`` package 0.3.0, ``SGDP``.
+  Reference: `Heo et al., ICLR 2021 <https://arxiv.org/abs/2006.08217>`_; the official
+  `adamp <https://github.com/clovaai/AdamP>`_ package 0.3.0, ``SGDP``.
   """
   check_unit_interval("momentum", momentum)
   _require_convention(

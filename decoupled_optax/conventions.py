@@ -15,17 +15,20 @@ silent:
 Both are judged once, when the optimizer is built, and Python's warning
 filters decide how often they are shown. Under
 :func:`decoupled_optax.inject_hyperparams` they are judged on the values the
-user passed, before optax turns schedules into their values at one step.
+user passed, before optax turns schedules into their values at one step. A
+decay schedule that states its convention (:class:`PaperConventionSchedule`)
+is never judged.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import math
 import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -103,6 +106,42 @@ def conventions_already_judged() -> Iterator[None]:
     _judged.reset(token)
 
 
+@dataclasses.dataclass(frozen=True)
+class PaperConventionSchedule:
+  """A weight-decay schedule whose values are the paper's lambda_t, stated as such.
+
+  The :class:`WeightDecayConventionWarning` guesses from magnitudes: a decay of
+  at least the learning rate looks like a PyTorch value used unconverted. A
+  schedule derived in the paper's convention (short SGDR periods make
+  :func:`normalized_weight_decay_schedule` large) states it by this type, is
+  never judged, and raises with ``weight_decay_convention="torch"``, where its
+  values would be read as PyTorch's.
+
+  Attributes:
+    schedule: the step count -> lambda_t (the paper's convention).
+
+  Example:
+    >>> import optax
+    >>> import decoupled_optax as dopt
+    >>> decay = dopt.PaperConventionSchedule(optax.cosine_decay_schedule(2e-3, 1000))
+    >>> tx = dopt.adamw(1e-3, decay, weight_decay_convention="paper")  # no warning
+    >>> round(float(decay(0)), 6)
+    0.002
+  """
+
+  schedule: Callable[[Any], Any]
+
+  def __post_init__(self) -> None:
+    if not callable(self.schedule):
+      raise TypeError(
+        "PaperConventionSchedule: schedule must be a callable of the step count, "
+        f"got {type(self.schedule).__name__}."
+      )
+
+  def __call__(self, count: Any) -> Any:
+    return self.schedule(count)
+
+
 def _evaluate(schedule: Any, steps: np.ndarray) -> np.ndarray | None:
   """``schedule`` at ``steps``, vectorized if it can be; None if it cannot be evaluated here."""
   try:
@@ -137,10 +176,10 @@ def warn_if_torch_convention(weight_decay: Any, learning_rate: Any) -> None:
   ``lambda_paper = alpha * lambda_torch``. A paper lambda at least alpha
   therefore means a PyTorch decay of at least 1, which is almost surely a
   PyTorch value used unconverted, decaying ``1 / alpha`` times too hard. A
-  decay schedule is judged by its value at step 0, except the paper's own
-  :func:`decoupled_optax.normalized_weight_decay_schedule`.
+  decay schedule is judged by its value at step 0, except a
+  :class:`PaperConventionSchedule`.
   """
-  if _judged.get() or getattr(weight_decay, "weight_decay_convention", None) == "paper":
+  if _judged.get() or isinstance(weight_decay, PaperConventionSchedule):
     return
   decay, rate = _value_at_step_zero(weight_decay), concrete_float(learning_rate)
   if decay is None or rate is None or decay == 0 or rate <= 0:

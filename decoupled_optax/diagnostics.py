@@ -214,8 +214,9 @@ def with_diagnostics(
     >>> int(d["projection/kernel"]), round(float(d["learning_rate"]), 9)
     (1, 0.001)
 
-  Reference: Heo et al., "AdamP", ICLR 2021 (effective step sizes);
-  Loshchilov & Hutter, ICLR 2019 (the decay as applied).
+  Reference: `Heo et al., ICLR 2021 <https://arxiv.org/abs/2006.08217>`_ (effective step
+  sizes); `Loshchilov & Hutter, ICLR 2019 <https://arxiv.org/abs/1711.05101>`_ (the decay as
+  applied).
   """
   check_transform("inner", inner)
   check_axis_name(axis_name)

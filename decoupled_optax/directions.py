@@ -173,6 +173,9 @@ def scale_by_adamp_nesterov(
     nu_dtype: the second moment's dtype, kept across updates (optax has no
       such argument); None for the params', as in optax.
 
+  Returns:
+    An ``optax.GradientTransformation`` with state ``optax.ScaleByAdamState``.
+
   Example:
     >>> import jax.numpy as jnp
     >>> import decoupled_optax as dopt
@@ -181,7 +184,8 @@ def scale_by_adamp_nesterov(
     >>> [round(float(x), 4) for x in u["w"]]  # (0.9 * 0.1 + 0.1) / 0.1 / 1
     [1.9, 1.9]
 
-  Reference: official ``adamp`` package 0.3.0, ``AdamP.step`` with ``nesterov=True``.
+  Reference: the official `adamp <https://github.com/clovaai/AdamP>`_ package 0.3.0, ``AdamP.step`` with
+  ``nesterov=True``.
   """
   # _scale_by_adam checks its arguments.
   adam = _scale_by_adam(

@@ -119,6 +119,9 @@ def _registered_kernels() -> frozenset[str]:
 def cpu_kernel_available() -> bool:
   """Whether the fused CPU kernel was built and could be registered with XLA.
 
+  Returns:
+    True when ``adamp``/``sgdp`` can run their first pass in the C++ kernel on the CPU.
+
   Example:
     >>> import decoupled_optax as dopt
     >>> available = dopt.cpu_kernel_available()  # True for a wheel or a build with a compiler
@@ -358,7 +361,8 @@ def fused_scale_invariance(
     >>> grads = jax.tree.map(jnp.ones_like, params)
     >>> updates, state = jax.jit(adamp.update)(grads, adamp.init(params), params)
 
-  Reference: Heo et al., ICLR 2021, Algorithm 1; official ``adamp`` package.
+  Reference: `Heo et al., ICLR 2021 <https://arxiv.org/abs/2006.08217>`_, Algorithm 1; the official
+  `adamp <https://github.com/clovaai/AdamP>`_ package.
   """
   if not isinstance(direction, Direction):
     raise TypeError(

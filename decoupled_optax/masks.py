@@ -144,6 +144,13 @@ def make_weight_decay_mask(
 ) -> Callable[[Any], Any]:
   """:func:`weight_decay_mask` with other defaults, as a callable mask.
 
+  Args:
+    exclude_names: leaf names never decayed, matched against the last key of each leaf's path.
+    min_ndim: leaves with fewer dimensions are not decayed.
+
+  Returns:
+    A callable ``mask(params)`` for the ``mask=`` argument of the aliases and blocks.
+
   Example:
     >>> import decoupled_optax as dopt
     >>> mask = dopt.make_weight_decay_mask(exclude_names=("bias", "scale", "embedding"))

@@ -610,7 +610,18 @@ def scale_invariance(
 ) -> tuple[Any, Any]:
   """Runs AdamP's scale-invariance test on every leaf.
 
-  The arguments are as in :func:`detect_scale_invariance`.
+  Args:
+    grads: the raw gradients, with the structure of ``params``.
+    params: the params.
+    delta: the cosine threshold's scale; a view is scale invariant when its largest
+      ``|cos(g, w)|`` is below ``delta / sqrt(view dimension)``.
+    wd_ratio: the decay multiplier of scale-invariant leaves.
+    eps: added to the norms in the cosine.
+    channel_axis: the output-channel axis or axes, as in :func:`detect_scale_invariance`
+      (None: read from the model).
+    projection_mask: which leaves are tested, as in :func:`detect_scale_invariance`.
+    axis_name: the mapped axes the statistics are summed over under ``shard_map``/``pmap``.
+    param_specs: the params' partition specs under ``shard_map``.
 
   Returns:
     ``(projectors, multipliers)``: trees with the structure of ``params``.
@@ -763,7 +774,8 @@ def detect_scale_invariance(
     >>> float(jnp.sum(u["kernel"] * w["kernel"]))  # no radial component
     0.0
 
-  Reference: Heo et al., ICLR 2021, Algorithm 1; official ``adamp`` package.
+  Reference: `Heo et al., ICLR 2021 <https://arxiv.org/abs/2006.08217>`_, Algorithm 1; the official
+  `adamp <https://github.com/clovaai/AdamP>`_ package.
   """
   check_transform("inner", inner)
   check_projection_arguments(
@@ -845,7 +857,7 @@ def project_out_radial() -> optax.GradientTransformationExtraArgs:
     >>> (u["kernel"] * w["kernel"]).sum(axis=0).round(9).tolist()
     [0.0, 0.0]
 
-  Reference: Heo et al., ICLR 2021, Algorithm 1 (the projection Pi).
+  Reference: `Heo et al., ICLR 2021 <https://arxiv.org/abs/2006.08217>`_, Algorithm 1 (the projection Pi).
   """
 
   def init_fn(params: optax.Params) -> optax.EmptyState:

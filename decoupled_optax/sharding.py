@@ -276,6 +276,13 @@ def init_sharded(tx: optax.GradientTransformation, params: Any) -> optax.OptStat
   Works for any optax transform, e.g. ``optax.adam``, whose jitted ``init``
   alone would put the state on one device.
 
+  Args:
+    tx: any optax transform.
+    params: the params, sharded (or on one device).
+
+  Returns:
+    ``tx.init(params)``, each state leaf that has a param's shape sharded like that param.
+
   Example:
     >>> import jax.numpy as jnp, optax
     >>> import decoupled_optax as dopt

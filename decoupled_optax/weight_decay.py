@@ -23,6 +23,7 @@ from decoupled_optax._trees import (
   require_params,
 )
 from decoupled_optax._validation import check_non_negative, check_number
+from decoupled_optax.conventions import PaperConventionSchedule
 from decoupled_optax.schedules import _check_restart_args, _restart_position_after_warmup
 
 # Name of the extra argument through which a wrapper such as
@@ -99,7 +100,7 @@ def add_decoupled_weight_decay(
     >>> round(float(updates["w"][0]), 9)  # -lr * wd * w
     -1e-05
 
-  Reference: Loshchilov & Hutter, ICLR 2019, Algorithms 1 and 2.
+  Reference: `Loshchilov & Hutter, ICLR 2019 <https://arxiv.org/abs/1711.05101>`_, Algorithms 1 and 2.
   """
   check_non_negative("weight_decay", weight_decay, schedule=True)
   check_mask_argument(mask)
@@ -186,12 +187,21 @@ def normalized_weight_decay(
   ``lambda_norm`` of 0.025 to 0.05 good for both SGDW and AdamW. The result is
   the paper's lambda: pass it with ``weight_decay_convention="paper"``.
 
+  Args:
+    lambda_norm: the normalized decay, >= 0.
+    batch_size: b, >= 1.
+    num_train_points: B, >= 1.
+    num_epochs: T, the length of the run (or of the current period) in epochs, > 0.
+
+  Returns:
+    The paper's lambda, a float.
+
   Example:
     >>> import decoupled_optax as dopt
     >>> round(dopt.normalized_weight_decay(0.05, batch_size=128, num_train_points=50_000, num_epochs=100), 7)
     0.000253
 
-  Reference: Loshchilov & Hutter, ICLR 2019, Appendix B.1.
+  Reference: `Loshchilov & Hutter, ICLR 2019 <https://arxiv.org/abs/1711.05101>`_, Appendix B.1.
   """
   check_non_negative("lambda_norm", lambda_norm)
   check_number("batch_size", batch_size, low=1, integer=True)
@@ -231,7 +241,8 @@ def normalized_weight_decay_schedule(
     warmup_steps: steps before the first period starts.
 
   Returns:
-    An optax schedule of the paper's lambda (``weight_decay_convention="paper"``).
+    The paper's lambda_t as a :class:`PaperConventionSchedule` (an optax schedule that states
+    its convention: the convention warning never judges it, and ``"torch"`` rejects it).
 
   Example:
     >>> import decoupled_optax as dopt
@@ -239,7 +250,7 @@ def normalized_weight_decay_schedule(
     >>> round(float(wd(0)) / float(wd(10)), 4)  # sqrt(2) at the first restart
     1.4142
 
-  Reference: Loshchilov & Hutter, ICLR 2019, Appendix B.1.
+  Reference: `Loshchilov & Hutter, ICLR 2019 <https://arxiv.org/abs/1711.05101>`_, Appendix B.1.
   """
   check_non_negative("lambda_norm", lambda_norm)
   check_number("batch_size", batch_size, low=1, integer=True)
@@ -257,7 +268,4 @@ def normalized_weight_decay_schedule(
     position, _, _ = _restart_position_after_warmup(count, warmup_steps, first_period, period_mult)
     return scale * jax.lax.rsqrt(position.period)
 
-  # The paper's formula gives the paper's lambda: the convention warning, which
-  # guesses from magnitudes, must not judge it (short periods make it large).
-  schedule.weight_decay_convention = "paper"  # type: ignore[attr-defined]
-  return schedule
+  return PaperConventionSchedule(schedule)

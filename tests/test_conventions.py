@@ -159,10 +159,40 @@ def test_injected_multipliers_are_judged_as_schedules():
 def test_the_papers_normalized_decay_schedule_is_not_judged():
   """Its lambda is the paper's by construction, even when short periods make it large."""
   decay = dopt.normalized_weight_decay_schedule(0.05, 32, 1000, first_period=10)
+  assert isinstance(decay, dopt.PaperConventionSchedule)
   assert float(decay(0)) > 1e-2
   with warnings.catch_warnings():
     warnings.simplefilter("error")
     dopt.sgdw(1e-2, 0.9, decay, weight_decay_convention="paper")
+    dopt.inject_hyperparams(dopt.sgdw)(1e-2, 0.9, decay, weight_decay_convention="paper")
+  # The same values as a plain schedule are judged: the type is what states the convention.
+  with pytest.warns(dopt.WeightDecayConventionWarning):
+    dopt.sgdw(1e-2, 0.9, decay.schedule, weight_decay_convention="paper")
+
+
+@pytest.mark.parametrize("name", ["adamw", "sgdw", "adamp", "sgdp", "decoupled_chain"])
+def test_a_paper_convention_schedule_is_rejected_in_the_torch_convention(name):
+  decay = dopt.PaperConventionSchedule(optax.constant_schedule(1e-5))
+  with pytest.raises(ValueError, match="PaperConventionSchedule.*weight_decay_convention='paper'"):
+    MISSING[name](decay, weight_decay_convention="torch")
+  for convention in ("paper", "corrected"):
+    MISSING[name](decay, weight_decay_convention=convention)
+
+
+def test_a_paper_convention_schedule_needs_a_callable():
+  with pytest.raises(TypeError, match="schedule must be a callable of the step count, got float"):
+    dopt.PaperConventionSchedule(1e-5)  # type: ignore[arg-type]
+
+
+def test_inject_hyperparams_judges_once_at_construction_not_at_each_step():
+  params = {"w": jnp.ones((2, 2))}
+  with warnings.catch_warnings(record=True) as record:
+    warnings.simplefilter("always")
+    tx = dopt.inject_hyperparams(dopt.adamw)(1e-3, 1e-2, weight_decay_convention="paper")
+    state = tx.init(params)
+    jax.jit(tx.update)(params, state, params)
+  categories = [w.category for w in record]
+  assert categories == [dopt.WeightDecayConventionWarning], categories
 
 
 # --- The convention of a nonzero decay is always stated (issue 18) ---------------------------

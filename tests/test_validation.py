@@ -263,6 +263,10 @@ TABLE = {
     dict(tx=TRANSFORM),
   ),
   "init_sharded": (dict(tx=optax.adam(1e-3), params=PARAMS), dict(tx=TRANSFORM)),
+  "PaperConventionSchedule": (
+    dict(schedule=optax.constant_schedule(1e-5)),
+    dict(schedule=[(1e-5, T), (None, T)]),
+  ),
 }
 
 # Arguments that are not hyperparameters, or are checked where they are used.
