@@ -13,9 +13,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-import jax
-import numpy as np
 import pytest
+from _trees import assert_trees_close
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "checkpointing.md"
 
@@ -39,15 +38,6 @@ def _run(title: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[st
   return namespace
 
 
-def _assert_identical(actual: Any, expected: Any) -> None:
-  assert jax.tree.structure(actual) == jax.tree.structure(expected)
-  leaves = jax.tree.leaves(expected)
-  assert leaves
-  for a, e in zip(jax.tree.leaves(actual), leaves, strict=True):
-    assert np.asarray(a).dtype == np.asarray(e).dtype
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(e))
-
-
 def test_the_page_has_the_three_programs():
   assert [t.split(":")[0] for t in _programs()] == ["Flax linen", "Flax NNX", "Equinox"]
 
@@ -58,7 +48,7 @@ def test_flax_linen_train_state_resumes_bit_identically(tmp_path, monkeypatch):
   for _ in range(6):
     uninterrupted = ns["train_step"](uninterrupted)
   assert int(ns["state"].step) == 6
-  _assert_identical(ns["state"], uninterrupted)
+  assert_trees_close(ns["state"], uninterrupted)
 
 
 def test_flax_nnx_optimizer_resumes_bit_identically(tmp_path, monkeypatch):
@@ -68,7 +58,7 @@ def test_flax_nnx_optimizer_resumes_bit_identically(tmp_path, monkeypatch):
   for _ in range(6):
     ns["train_step"](model, optimizer)
   assert int(ns["optimizer"].step[...]) == 6
-  _assert_identical(nnx.state((ns["model"], ns["optimizer"])), nnx.state((model, optimizer)))
+  assert_trees_close(nnx.state((ns["model"], ns["optimizer"])), nnx.state((model, optimizer)))
 
 
 def test_equinox_resumes_bit_identically(tmp_path, monkeypatch):
@@ -77,7 +67,7 @@ def test_equinox_resumes_bit_identically(tmp_path, monkeypatch):
   model, opt_state = ns["create"]()
   for _ in range(6):
     model, opt_state = ns["train_step"](model, opt_state)
-  _assert_identical(
+  assert_trees_close(
     (eqx.filter(ns["model"], eqx.is_array), ns["opt_state"]),
     (eqx.filter(model, eqx.is_array), opt_state),
   )

@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _trees import assert_trees_close
 
 import decoupled_optax as dopt
 
@@ -43,14 +44,6 @@ def _run(tx: optax.GradientTransformation, params: dict, steps: int = STEPS) -> 
   return history
 
 
-def _assert_identical(actual, desired) -> None:
-  """Same structure, same dtypes, same bits."""
-  assert jax.tree.structure(actual) == jax.tree.structure(desired)
-  for a, d in zip(jax.tree.leaves(actual), jax.tree.leaves(desired), strict=True):
-    assert a.dtype == d.dtype
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(d))
-
-
 def _dtypes(tree) -> set[str]:
   return {str(x.dtype) for x in jax.tree.leaves(tree)}
 
@@ -60,7 +53,7 @@ def _dtypes(tree) -> set[str]:
 def test_without_nu_dtype_adam_is_optax_scale_by_adam_bit_for_bit(mu_dtype, param_dtype):
   params = _params(param_dtype)
   ours = dopt.AdamDirection(B1, B2, EPS, mu_dtype=mu_dtype, nu_dtype=None).transform()
-  _assert_identical(
+  assert_trees_close(
     _run(ours, params), _run(optax.scale_by_adam(B1, B2, EPS, 0.0, mu_dtype), params)
   )
 
@@ -70,11 +63,11 @@ def test_a_float32_nu_dtype_on_float32_params_changes_no_bit(mu_dtype):
   """nu_dtype runs its own update; where it changes no dtype, it is optax's, bit for bit."""
   params = _params()
   ours = dopt.AdamDirection(B1, B2, EPS, mu_dtype=mu_dtype, nu_dtype=jnp.float32).transform()
-  _assert_identical(
+  assert_trees_close(
     _run(ours, params), _run(optax.scale_by_adam(B1, B2, EPS, 0.0, mu_dtype), params)
   )
   nesterov = dopt.scale_by_adamp_nesterov(B1, B2, EPS, mu_dtype=mu_dtype, nu_dtype=jnp.float32)
-  _assert_identical(
+  assert_trees_close(
     _run(nesterov, params), _run(dopt.scale_by_adamp_nesterov(B1, B2, EPS, 0.0, mu_dtype), params)
   )
 

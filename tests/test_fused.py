@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _trees import assert_trees_close
 
 import decoupled_optax as dopt
 from decoupled_optax import fused
@@ -93,16 +94,6 @@ FACTORIES = {
 }
 
 
-def _assert_trees_close(actual, desired, rtol=2e-6):
-  """Equal to float32 rounding: relative to each element, or to the leaf's scale."""
-  assert jax.tree.structure(actual) == jax.tree.structure(desired)
-  for a, d in zip(jax.tree.leaves(actual), jax.tree.leaves(desired), strict=True):
-    assert a.dtype == d.dtype
-    a, d = np.asarray(a, np.float32), np.asarray(d, np.float32)
-    scale = float(np.max(np.abs(d), initial=0.0))
-    np.testing.assert_allclose(a, d, rtol=rtol, atol=rtol * scale + 1e-30)
-
-
 @pytest.mark.parametrize("name", sorted(FACTORIES))
 @pytest.mark.parametrize("layout", ["flax", "torch"])
 def test_fused_equals_generic_chain(name, layout):
@@ -118,7 +109,7 @@ def test_fused_equals_generic_chain(name, layout):
   generic_run = _trajectory(
     FACTORIES[name](channel_axis=channel_axis, cpu_kernel=False), params, grads
   )
-  _assert_trees_close(fused_run, generic_run)
+  assert_trees_close(fused_run, generic_run, rtol=2e-6, leaf_scale=True)
 
 
 def test_middle_channel_axis():
@@ -134,7 +125,7 @@ def test_middle_channel_axis():
     )
     for k in (True, False)
   ]
-  _assert_trees_close(*runs)
+  assert_trees_close(*runs, rtol=2e-6, leaf_scale=True)
 
 
 def _compiled_text(tx, params, grads) -> str:
@@ -222,7 +213,9 @@ def test_vmap_over_models():
     expected, _ = dopt.adamp(
       1e-3, 1e-4, channel_axis=0, cpu_kernel=False, weight_decay_convention="paper"
     ).update(g, tx.init(p), p)
-    _assert_trees_close(jax.tree.map(lambda x, index=index: x[index], updates), expected)
+    assert_trees_close(
+      jax.tree.map(lambda x, index=index: x[index], updates), expected, rtol=2e-6, leaf_scale=True
+    )
 
 
 def test_injected_hyperparameters_reach_the_kernel():
@@ -234,7 +227,7 @@ def test_injected_hyperparameters_reach_the_kernel():
     _trajectory(dopt.inject_hyperparams(dopt.adamp)(**kwargs, cpu_kernel=k), params, grads)
     for k in (True, False)
   ]
-  _assert_trees_close(*runs)
+  assert_trees_close(*runs, rtol=2e-6, leaf_scale=True)
 
 
 def test_checkpoints_move_between_the_paths():
@@ -351,7 +344,7 @@ def test_grad_and_jvp_through_the_fused_update_equal_the_generic_chains(make):
   grads = [
     jax.jit(jax.grad(_unrolled_loss), static_argnums=1)(params, tx) for tx in (fused_tx, generic_tx)
   ]
-  _assert_trees_close(grads[0], grads[1])
+  assert_trees_close(grads[0], grads[1], rtol=2e-6, leaf_scale=True)
   tangents = jax.tree.map(jnp.ones_like, params)
   jvps = [
     jax.jvp(lambda p, tx=tx: _unrolled_loss(p, tx), (params,), (tangents,))

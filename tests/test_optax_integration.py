@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _trees import assert_trees_close
 
 import decoupled_optax as dopt
 
@@ -67,18 +68,13 @@ def _trajectory(tx, steps=20, params=None):
   return params, state
 
 
-def _assert_close(a, b, rtol=1e-6):
-  # Params are O(1): an absolute floor of rtol keeps float-ordering noise near zero from failing.
-  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=rtol, atol=rtol), a, b)
-
-
 @pytest.mark.parametrize("name", ALIASES)
 def test_inject_hyperparams_matches_and_changes_at_run_time(name):
   factory, kwargs = ALIASES[name]
   plain, _ = _trajectory(factory(**kwargs))
   injected_tx = dopt.inject_hyperparams(factory)(**kwargs)
   injected, state = _trajectory(injected_tx)
-  _assert_close(injected, plain, rtol=1e-5)
+  assert_trees_close(injected, plain, 1e-5, 1e-5, check_dtypes=False)
 
   # Raising the decay at run time equals an optimizer built with the new value.
   state.hyperparams["weight_decay"] = jnp.asarray(2e-3)
@@ -87,7 +83,7 @@ def test_inject_hyperparams_matches_and_changes_at_run_time(name):
   fresh_kwargs = dict(kwargs, weight_decay=2e-3, learning_rate=kwargs["learning_rate"] / 2)
   inner_state = state.inner_state
   reference, _ = _trajectory_from(factory(**fresh_kwargs), injected, inner_state)
-  _assert_close(continued, reference, rtol=1e-5)
+  assert_trees_close(continued, reference, 1e-5, 1e-5, check_dtypes=False)
 
 
 def _trajectory_from(tx, params, state, steps=5):
@@ -113,8 +109,8 @@ def test_schedules_are_injected_and_callable_masks_stay_static():
   optax_static, _ = _trajectory(
     optax.inject_hyperparams(dopt.adamp, static_args=("mask", "channel_axis"))(**kwargs)
   )
-  _assert_close(ours, plain, rtol=1e-5)
-  _assert_close(optax_static, plain, rtol=1e-5)
+  assert_trees_close(ours, plain, 1e-5, 1e-5, check_dtypes=False)
+  assert_trees_close(optax_static, plain, 1e-5, 1e-5, check_dtypes=False)
 
 
 def test_mask_mistaken_for_a_schedule_is_an_error_not_silent():
@@ -141,7 +137,9 @@ def test_vmap_over_hyperparameters_equals_separate_runs():
     single, _ = _trajectory(
       dopt.adamp(float(rates[i]), float(decays[i]), weight_decay_convention="paper"), steps=10
     )
-    _assert_close(jax.tree.map(lambda x, i=i: x[i], batched), single, rtol=2e-5)
+    assert_trees_close(
+      jax.tree.map(lambda x, i=i: x[i], batched), single, 2e-5, 2e-5, check_dtypes=False
+    )
 
 
 @pytest.mark.parametrize("name", ALIASES)
@@ -158,7 +156,7 @@ def test_multisteps_equals_one_step_on_the_mean_gradient(name):
   accumulated, _ = multi.update(grads_b, state, params)
   mean = jax.tree.map(lambda a, b: (a + b) / 2, grads_a, grads_b)
   direct, _ = tx.update(mean, tx.init(params), params)
-  _assert_close(accumulated, direct, rtol=1e-5)
+  assert_trees_close(accumulated, direct, 1e-5, 1e-5, check_dtypes=False)
 
 
 @pytest.mark.parametrize("name", ALIASES)
@@ -174,7 +172,7 @@ def test_apply_if_finite_skips_non_finite_steps(name):
   good = jax.grad(_loss)(params)
   updates, _ = jax.jit(tx.update)(good, state, params)
   reference, _ = factory(**kwargs).update(good, factory(**kwargs).init(params), params)
-  _assert_close(updates, reference, rtol=1e-6)
+  assert_trees_close(updates, reference, 1e-6, 1e-6, check_dtypes=False)
 
 
 def test_multi_transform_with_a_projecting_branch():
@@ -189,10 +187,16 @@ def test_multi_transform_with_a_projecting_branch():
   updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
   adamp = dopt.adamp(1e-2, 1e-3, weight_decay_convention="paper")
   expected, _ = adamp.update(grads, adamp.init(params), params)
-  _assert_close(updates["conv"], expected["conv"])
-  _assert_close(updates["dense"], expected["dense"])
+  assert_trees_close(updates["conv"], expected["conv"], 1e-6, 1e-6, check_dtypes=False)
+  assert_trees_close(updates["dense"], expected["dense"], 1e-6, 1e-6, check_dtypes=False)
   adam = optax.adam(1e-2)
-  _assert_close(updates["bias"], adam.update(grads, adam.init(params))[0]["bias"])
+  assert_trees_close(
+    updates["bias"],
+    adam.update(grads, adam.init(params))[0]["bias"],
+    1e-6,
+    1e-6,
+    check_dtypes=False,
+  )
 
 
 def test_optax_inject_hyperparams_with_a_traced_channel_axis_is_an_explicit_error():
@@ -212,7 +216,9 @@ def test_optax_inject_hyperparams_reads_the_layout_without_static_args():
   params = _params()
   plain = dopt.adamp(1e-2, 1e-3, weight_decay_convention="torch")
   expected = plain.update(params, plain.init(params), params)
-  _assert_close(tx.update(params, tx.init(params), params)[0], expected[0])
+  assert_trees_close(
+    tx.update(params, tx.init(params), params)[0], expected[0], 1e-6, 1e-6, check_dtypes=False
+  )
 
 
 BF16_FACTORIES = {

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _trees import assert_trees_close
 
 import decoupled_optax as dopt
 
@@ -42,10 +43,6 @@ def _run(tx, steps=60, params=None):
   return params
 
 
-def _assert_trees_close(a, b, rtol=1e-6, atol=1e-7):
-  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=rtol, atol=atol), a, b)
-
-
 @pytest.mark.parametrize(
   "mask", [None, {"kernel": True, "bias": False}, lambda p: {"kernel": True, "bias": False}]
 )
@@ -56,7 +53,7 @@ def test_before_learning_rate_equals_optax_adamw(mask):
     optax.scale_by_learning_rate(1e-2),
   )
   theirs = optax.adamw(1e-2, weight_decay=0.1, mask=mask)
-  _assert_trees_close(_run(ours), _run(theirs), rtol=1e-6)
+  assert_trees_close(_run(ours), _run(theirs), rtol=1e-6, atol=1e-7, check_dtypes=False)
 
 
 def test_adds_weight_decay_times_params_per_step_of_its_schedule():
@@ -86,7 +83,7 @@ def test_proposition_1_sgd_decoupled_decay_equals_l2_over_alpha():
   alpha, lam = 0.05, 2e-3
   decoupled = dopt.sgdw(alpha, weight_decay=lam, weight_decay_convention="paper")
   l2 = optax.chain(optax.add_decayed_weights(lam / alpha), optax.sgd(alpha))
-  _assert_trees_close(_run(decoupled), _run(l2), rtol=2e-6, atol=1e-7)
+  assert_trees_close(_run(decoupled), _run(l2), rtol=2e-6, atol=1e-7, check_dtypes=False)
 
 
 def test_proposition_2_adam_l2_is_insensitive_to_lambda_on_a_zero_gradient_weight():

@@ -13,6 +13,7 @@ import numpy as np
 import optax
 import pytest
 from _sharded_model import SPECS, init_params, loss, make_batch
+from _trees import assert_trees_close
 from jax.sharding import Mesh, NamedSharding
 
 import decoupled_optax as dopt
@@ -52,13 +53,6 @@ def _setup():
   return tx, params, run, checkpoint, uninterrupted, shardings
 
 
-def _assert_identical(actual, expected):
-  assert jax.tree.structure(actual) == jax.tree.structure(expected)
-  for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected), strict=True):
-    assert a.dtype == e.dtype
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(e))
-
-
 def _assert_shardings(tree, shardings):
   for leaf, sharding in zip(jax.tree.leaves(tree), jax.tree.leaves(shardings), strict=True):
     assert leaf.sharding.is_equivalent_to(sharding, leaf.ndim), (leaf.sharding, sharding)
@@ -81,9 +75,9 @@ def test_orbax_sharded_save_and_restore_resumes_bit_identically(tmp_path):
   restored = checkpointer.restore(tmp_path / "ckpt", target)
   checkpointer.close()
   restored = (restored["params"], restored["opt_state"])
-  _assert_identical(restored, checkpoint)
+  assert_trees_close(restored, checkpoint)
   _assert_shardings(restored, shardings)
-  _assert_identical(run(*restored, FIRST, SECOND), uninterrupted)
+  assert_trees_close(run(*restored, FIRST, SECOND), uninterrupted)
 
 
 def test_flax_serialization_resumes_bit_identically():
@@ -94,6 +88,6 @@ def test_flax_serialization_resumes_bit_identically():
   template = (params, jax.jit(tx.init)(params))
   restored = serialization.from_bytes(template, data)
   restored = jax.device_put(restored, shardings)
-  _assert_identical(restored, checkpoint)
+  assert_trees_close(restored, checkpoint)
   _assert_shardings(restored, shardings)
-  _assert_identical(run(*restored, FIRST, SECOND), uninterrupted)
+  assert_trees_close(run(*restored, FIRST, SECOND), uninterrupted)

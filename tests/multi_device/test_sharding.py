@@ -24,6 +24,7 @@ from _sharded_model import (
   shard_map_train,
   train_steps,
 )
+from _trees import assert_trees_close
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -100,13 +101,6 @@ def _jit_runs():
   return _train_all(_single(init_params())), _train_all(put_sharded(init_params()))
 
 
-def _assert_close(actual, expected, rtol=RTOL):
-  for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(expected), strict=True):
-    a, e = np.asarray(a), np.asarray(e)
-    scale = max(float(np.max(np.abs(e), initial=0.0)), 1e-30)
-    np.testing.assert_allclose(a, e, rtol=rtol, atol=rtol * scale)
-
-
 def _assert_same_sharding(array, sharding):
   assert array.sharding.is_equivalent_to(sharding, array.ndim), (array.sharding, sharding)
 
@@ -114,8 +108,8 @@ def _assert_same_sharding(array, sharding):
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_jit_over_named_sharding_matches_one_device(name):
   (reference, reference_state), (params_out, state_out) = (run[name] for run in _jit_runs())
-  _assert_close(params_out, reference)
-  _assert_close(state_out, reference_state)
+  assert_trees_close(params_out, reference, rtol=RTOL, leaf_scale=True, check_dtypes=False)
+  assert_trees_close(state_out, reference_state, rtol=RTOL, leaf_scale=True, check_dtypes=False)
   # The params keep their sharding, and the state follows them.
   params = put_sharded(init_params())
   for k in params:
@@ -138,7 +132,7 @@ def test_scale_invariance_test_is_global_under_jit():
   assert float(multipliers["dense2"]) == pytest.approx(0.1)  # only the whole view holds
   assert float(projectors["dense2"].whole_weight) > 0
   assert float(multipliers["dense"]) == 1.0 and float(multipliers["emb"]) == 1.0
-  _assert_close(sharded, reference)
+  assert_trees_close(sharded, reference, rtol=RTOL, leaf_scale=True, check_dtypes=False)
 
 
 def test_explicit_mesh_axes():
@@ -148,7 +142,9 @@ def test_explicit_mesh_axes():
   with jax.set_mesh(mesh):
     params = {k: jax.device_put(v, NamedSharding(mesh, SPECS[k])) for k, v in init_params().items()}
     params_out, state_out = _train_all(params, {"adamp": OPTIMIZERS["adamp"]})["adamp"]
-  _assert_close((params_out, state_out), reference)
+  assert_trees_close(
+    (params_out, state_out), reference, rtol=RTOL, leaf_scale=True, check_dtypes=False
+  )
   for k in params:
     _assert_same_sharding(params_out[k], params[k].sharding)
     _assert_same_sharding(state_out[0].mu[k], params[k].sharding)
@@ -297,7 +293,7 @@ def test_pmap_data_parallel_matches_one_device():
       np.testing.assert_array_equal(np.asarray(a), np.stack([np.asarray(e)] * n))
     one_params, one_state = update_one(jitted_grad(one_params, batch), one_state, one_params)
   # And the whole data-parallel run is the one-device run up to the rounding of the mean.
-  _assert_close(first(p_params), one_params)
+  assert_trees_close(first(p_params), one_params, rtol=RTOL, leaf_scale=True, check_dtypes=False)
 
 
 # --- shard_map -----------------------------------------------------------------------------
@@ -321,7 +317,13 @@ def _one_device_run(name):
 def test_shard_map_with_param_specs_matches_one_device(name):
   factory = SHARD_MAP_OPTIMIZERS[name]
   tx = factory(1e-2, weight_decay=1e-4, axis_name=("x", "y"), param_specs=SPECS)
-  _assert_close(shard_map_train(tx, SPECS, STEPS), _one_device_run(name))
+  assert_trees_close(
+    shard_map_train(tx, SPECS, STEPS),
+    _one_device_run(name),
+    rtol=RTOL,
+    leaf_scale=True,
+    check_dtypes=False,
+  )
 
 
 @pytest.mark.parametrize("name", list(SHARD_MAP_OPTIMIZERS))
@@ -348,7 +350,9 @@ def test_shard_map_with_replicated_params_needs_no_axis_names():
   replicated = {k: P() for k in SPECS}
   tx = dopt.adamp(1e-2, weight_decay=1e-4, weight_decay_convention="paper")
   params, _ = shard_map_train(tx, replicated, STEPS)
-  _assert_close(params, _one_device_run("adamp")[0])
+  assert_trees_close(
+    params, _one_device_run("adamp")[0], rtol=RTOL, leaf_scale=True, check_dtypes=False
+  )
 
 
 def test_shard_map_per_shard_statistics_on_purpose():
@@ -359,7 +363,9 @@ def test_shard_map_per_shard_statistics_on_purpose():
   # dense2 is scale invariant only as a whole: no shard of it is.
   assert not np.allclose(params["dense2"], reference["dense2"], rtol=1e-4)
   # Leaves sharded over their channels only are per-channel complete: they agree.
-  _assert_close(params["conv"], reference["conv"])
+  assert_trees_close(
+    params["conv"], reference["conv"], rtol=RTOL, leaf_scale=True, check_dtypes=False
+  )
 
 
 def test_shard_map_axis_name_alone_for_non_channel_sharding():
@@ -377,7 +383,7 @@ def test_shard_map_axis_name_alone_for_non_channel_sharding():
   )
   reference, _ = _one_device_run("adamp")
   for k in ("conv", "dense", "dense2", "bias", "scale"):
-    _assert_close(result[k], reference[k])
+    assert_trees_close(result[k], reference[k], rtol=RTOL, leaf_scale=True, check_dtypes=False)
 
 
 def test_param_specs_validation():
