@@ -36,6 +36,7 @@ from decoupled_optax.projection import (
 from decoupled_optax.schedules import (
   RestartPosition,
   cosine_warm_restart_schedule,
+  normalized_weight_decay_schedule,
   restart_position,
 )
 from decoupled_optax.sharding import (
@@ -48,7 +49,6 @@ from decoupled_optax.weight_decay import (
   AddDecoupledWeightDecayState,
   add_decoupled_weight_decay,
   normalized_weight_decay,
-  normalized_weight_decay_schedule,
 )
 
 __version__ = "0.1.0"

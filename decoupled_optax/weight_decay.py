@@ -23,8 +23,6 @@ from decoupled_optax._trees import (
   require_params,
 )
 from decoupled_optax._validation import check_non_negative, check_number
-from decoupled_optax.conventions import PaperConventionSchedule
-from decoupled_optax.schedules import _check_restart_args, _restart_position_after_warmup
 
 # Name of the extra argument through which a wrapper such as
 # :func:`decoupled_optax.detect_scale_invariance` scales the decay per leaf.
@@ -208,64 +206,3 @@ def normalized_weight_decay(
   check_number("num_train_points", num_train_points, low=1, integer=True)
   check_number("num_epochs", num_epochs, low=0, low_inclusive=False)
   return lambda_norm * math.sqrt(batch_size / (num_train_points * num_epochs))
-
-
-def normalized_weight_decay_schedule(
-  lambda_norm: float,
-  batch_size: int,
-  num_train_points: int,
-  first_period: int,
-  period_mult: float = 1,
-  steps_per_epoch: float | None = None,
-  warmup_steps: int = 0,
-) -> optax.Schedule:
-  r"""Normalized weight decay that follows warm restarts, as the authors' code does.
-
-  .. math:: \lambda_t = \lambda_{norm} \sqrt{\frac{b}{B \, T_i}}
-
-  where ``T_i`` is the length in epochs of the restart period that step ``t``
-  falls in, so lambda shrinks by ``sqrt(period_mult)`` at every restart.
-  Periods are counted in steps exactly as in
-  :func:`decoupled_optax.cosine_warm_restart_schedule`; pass the same
-  ``first_period``, ``period_mult`` and ``warmup_steps`` to both. During
-  warmup the first period's value is used.
-
-  Args:
-    lambda_norm: the normalized decay (0.025 to 0.05 in the paper).
-    batch_size: b.
-    num_train_points: B.
-    first_period: T_0 in steps.
-    period_mult: T_mult.
-    steps_per_epoch: steps in one epoch, used to convert T_i to epochs;
-      defaults to ``num_train_points / batch_size``.
-    warmup_steps: steps before the first period starts.
-
-  Returns:
-    The paper's lambda_t as a :class:`PaperConventionSchedule` (an optax schedule that states
-    its convention: the convention warning never judges it, and ``"torch"`` rejects it).
-
-  Example:
-    >>> import decoupled_optax as dopt
-    >>> wd = dopt.normalized_weight_decay_schedule(0.05, 100, 1000, first_period=10, period_mult=2)
-    >>> round(float(wd(0)) / float(wd(10)), 4)  # sqrt(2) at the first restart
-    1.4142
-
-  Reference: `Loshchilov & Hutter, ICLR 2019 <https://arxiv.org/abs/1711.05101>`_, Appendix B.1.
-  """
-  check_non_negative("lambda_norm", lambda_norm)
-  check_number("batch_size", batch_size, low=1, integer=True)
-  check_number("num_train_points", num_train_points, low=1, integer=True)
-  _check_restart_args(first_period, period_mult, warmup_steps)
-  check_number("steps_per_epoch", steps_per_epoch, low=0, low_inclusive=False, optional=True)
-  if steps_per_epoch is None:
-    steps_per_epoch = num_train_points / batch_size
-  first_period = int(first_period)
-  scale = lambda_norm * math.sqrt(batch_size * steps_per_epoch / num_train_points)
-
-  def schedule(count: Any) -> jax.Array:
-    # The same count handling as cosine_warm_restart_schedule, so both restart on
-    # the same step; during warmup the position is that of the first period.
-    position, _, _ = _restart_position_after_warmup(count, warmup_steps, first_period, period_mult)
-    return scale * jax.lax.rsqrt(position.period)
-
-  return PaperConventionSchedule(schedule)
