@@ -45,13 +45,17 @@ def run_torch(
   before_step: Callable | None = None,
   params=None,
   buffer: str | None = None,
+  make_scheduler: Callable | None = None,
+  steps_per_scheduler_step: int = 1,
 ):
   """Trajectory of a torch optimizer on PyTorch layouts, returned in Flax layout.
 
   ``make_optimizer(groups)`` gets two param groups, the decayed leaves and
   the others (the torch way to mask weight decay); it must set
   ``weight_decay=0`` on the second. ``eta`` is applied with LambdaLR, so
-  ``lr_t = lr * eta[t]``. ``before_step(optimizer)`` runs after the
+  ``lr_t = lr * eta[t]``; ``make_scheduler(optimizer)`` builds any other torch
+  scheduler instead, stepped every ``steps_per_scheduler_step`` updates (> 1 is
+  torch's per-epoch ``step()``). ``before_step(optimizer)`` runs after the
   gradients are computed and before ``optimizer.step()``.
   """
   params = init_params() if params is None else params
@@ -64,9 +68,9 @@ def run_torch(
     {"params": [tensors[n] for n in NAMES if n not in decayed], "decay": False},
   ]
   optimizer = make_optimizer([g for g in groups if g["params"]])
-  scheduler = None
   if eta is not None:
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: eta[t])
+    make_scheduler = lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda t: eta[t])  # noqa: E731
+  scheduler = None if make_scheduler is None else make_scheduler(optimizer)
   targets = make_targets(steps)
 
   def snapshot():
@@ -80,7 +84,7 @@ def run_torch(
       with torch.no_grad():
         before_step(optimizer)
     optimizer.step()
-    if scheduler is not None:
+    if scheduler is not None and (t + 1) % steps_per_scheduler_step == 0:
       scheduler.step()
     trajectory.append(snapshot())
   if buffer is None:
@@ -149,44 +153,6 @@ class TimmSGDP(SGDP):
 
 
 # ---------------------------------------------------------------- porting: torch.optim schedulers, timm's factory
-
-
-def run_torch_scheduled(
-  make_optimizer: Callable,
-  make_scheduler: Callable,
-  steps: int,
-  steps_per_scheduler_step: int = 1,
-  decayed: Sequence[str] = NAMES,
-):
-  """A torch trajectory with a real torch scheduler, stepped every ``steps_per_scheduler_step``.
-
-  ``make_optimizer(groups)`` gets run_torch's two param groups; ``make_scheduler(optimizer)``
-  builds the scheduler. ``steps_per_scheduler_step`` > 1 is torch's per-epoch ``step()``.
-  """
-  tensors = {
-    n: torch.tensor(flax_to_torch(n, np.asarray(p)), requires_grad=True)
-    for n, p in init_params().items()
-  }
-  groups = [
-    {"params": [tensors[n] for n in NAMES if n in decayed], "decay": True},
-    {"params": [tensors[n] for n in NAMES if n not in decayed], "decay": False},
-  ]
-  optimizer = make_optimizer([g for g in groups if g["params"]])
-  scheduler = make_scheduler(optimizer)
-  targets = make_targets(steps)
-
-  def snapshot():
-    return {n: torch_to_flax(n, t.detach().numpy().copy()) for n, t in tensors.items()}
-
-  trajectory = [snapshot()]
-  for t in range(steps):
-    optimizer.zero_grad()
-    loss_torch(tensors, targets[t]).backward()
-    optimizer.step()
-    if (t + 1) % steps_per_scheduler_step == 0:
-      scheduler.step()
-    trajectory.append(snapshot())
-  return trajectory
 
 
 def warm_restarts(t_0: int, t_mult: int, eta_min: float = 0.0) -> Callable:

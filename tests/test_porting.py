@@ -207,12 +207,12 @@ T_0, T_MULT, ETA_MIN = 3, 2, 1e-3  # ETA_MIN is torch's absolute floor
 
 def _torch_warm_restarts(eta_min=ETA_MIN, steps_per_scheduler_step=1):
   """The producer: torch.optim.AdamW with ``CosineAnnealingWarmRestarts(T_0, T_MULT, eta_min)``."""
-  return lambda live: live.run_torch_scheduled(
+  return lambda live: live.run_torch(
     _groups(live.torch.optim.AdamW, WD, lr=LR),
-    live.warm_restarts(T_0, T_MULT, eta_min),
     STEPS,
-    steps_per_scheduler_step=steps_per_scheduler_step,
     decayed=DECAYED,
+    make_scheduler=live.warm_restarts(T_0, T_MULT, eta_min),
+    steps_per_scheduler_step=steps_per_scheduler_step,
   )
 
 
