@@ -81,6 +81,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--reps", type=int, default=3)
   parser.add_argument("--smoke", action="store_true", help="tiny trees, one rep")
+  parser.add_argument("--trees", default="", help="comma-separated tree names (default: all)")
   parser.add_argument("--out", default=str(Path(__file__).resolve().parent.parent / "outputs"))
   args = parser.parse_args(argv)
   if args.smoke:
@@ -90,6 +91,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     trees = {"resnet50": U.resnet50_tree(), "gpt2": U.gpt2_tree()}
     trees |= {f"mlp_{n}": mlp_tree(n) for n in (100, 300, 1000)}
     reps = args.reps
+  if args.trees:
+    trees = {name: trees[name] for name in args.trees.split(",")}
   rows = []
   for tree_name, specs in trees.items():
     params, grads = U.make_arrays(specs)

@@ -5,6 +5,7 @@ PyTorch's or the corrected convention, AdamP/SGDP's radial projection, SGDR warm
 the paper's normalized weight decay, and the aliases built from them.
 """
 
+from decoupled_optax._step_scalars import StepScalarsState
 from decoupled_optax.aliases import (
   adamp,
   adamw,
@@ -28,6 +29,7 @@ from decoupled_optax.directions import (
 from decoupled_optax.fused import CPUKernelWarning, cpu_kernel_available, fused_scale_invariance
 from decoupled_optax.masks import make_weight_decay_mask, weight_decay_mask
 from decoupled_optax.projection import (
+  RadialProjectionState,
   RadialProjector,
   detect_scale_invariance,
   project_out_radial,
@@ -58,8 +60,10 @@ __all__ = [
   "AddDecoupledWeightDecayState",
   "CPUKernelWarning",
   "DiagnosticsState",
+  "StepScalarsState",
   "Direction",
   "MomentumDirection",
+  "RadialProjectionState",
   "RadialProjector",
   "RestartPosition",
   "PaperConventionSchedule",

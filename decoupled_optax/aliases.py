@@ -42,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from decoupled_optax._recording import record_step_scalars
+from decoupled_optax._step_scalars import keep_step_scalars
 from decoupled_optax._trees import check_real_params, check_same_structure, require_params
 from decoupled_optax._validation import (
   check_bool,
@@ -57,7 +57,6 @@ from decoupled_optax._validation import (
 from decoupled_optax.conventions import (
   PaperConventionSchedule,
   _value_at_step_zero,
-  conventions_already_judged,
   warn_if_schedule_looks_like_learning_rate,
   warn_if_torch_convention,
 )
@@ -276,15 +275,33 @@ _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
 
-def _rejects_torch_keywords(factory: Callable[_P, _R]) -> Callable[_P, _R]:
-  """``factory``, with a PyTorch keyword it does not take raising a TypeError naming ours.
+def _judge_conventions(bound: Mapping[str, Any]) -> None:
+  """The aliases' convention warnings, on the arguments the user passed (defaults applied)."""
+  if "learning_rate" not in bound:
+    return
+  if "schedule" in bound:
+    warn_if_schedule_looks_like_learning_rate(bound["schedule"], bound["learning_rate"])
+  if "weight_decay" in bound and bound.get("weight_decay_convention") in ("paper", "corrected"):
+    warn_if_torch_convention(bound["weight_decay"], bound["learning_rate"])
 
-  Other unknown keywords keep Python's own TypeError. ``functools.wraps`` keeps
-  the signature visible to ``inspect.signature`` (and so to
-  :func:`inject_hyperparams`).
+
+# The public factories' bodies, which do not judge their arguments, by public factory:
+# decoupled_optax.inject_hyperparams builds with these after judging once, at construction.
+_UNJUDGED_FACTORIES: dict[Callable[..., Any], Callable[..., Any]] = {}
+
+
+def _public_factory(factory: Callable[_P, _R], name: str | None = None) -> Callable[_P, _R]:
+  """``factory`` as users call it: it judges the conventions, and rejects PyTorch's keywords.
+
+  A PyTorch keyword it does not take raises a TypeError naming ours; other
+  unknown keywords keep Python's own TypeError. Once ``factory`` has built
+  the optimizer, the convention warnings judge the arguments given
+  (:mod:`decoupled_optax.conventions`). ``functools.wraps`` keeps the
+  signature visible to ``inspect.signature`` (and so to :func:`inject_hyperparams`).
   """
-  name = factory.__name__
-  parameters = inspect.signature(factory).parameters
+  name = name or factory.__name__
+  signature = inspect.signature(factory)
+  parameters = signature.parameters
   messages = dict(_TORCH_KEYWORDS)
   for keyword, (parameter, taken, not_taken) in _FACTORY_DEPENDENT.items():
     messages[keyword] = taken if parameter in parameters else not_taken
@@ -299,8 +316,14 @@ def _rejects_torch_keywords(factory: Callable[_P, _R]) -> Callable[_P, _R]:
     for keyword in kwargs:
       if keyword in foreign:
         raise TypeError(foreign[keyword])
-    return factory(*args, **kwargs)
+    built = factory(*args, **kwargs)
+    bound = signature.bind(*args, **kwargs)
+    bound.apply_defaults()
+    _judge_conventions(bound.arguments)
+    return built
 
+  wrapper.__name__ = wrapper.__qualname__ = name
+  _UNJUDGED_FACTORIES[wrapper] = factory
   return wrapper
 
 
@@ -308,26 +331,7 @@ def _value_at(value: Any, count: jax.Array) -> Any:
   return value(count) if callable(value) else value
 
 
-def _reporting_step_scalars(
-  inner: optax.GradientTransformationExtraArgs,
-  step_scalars: Callable[[jax.Array], dict[str, Any]],
-) -> optax.GradientTransformationExtraArgs:
-  """``inner``, which reports its step's scalars to :func:`decoupled_optax.with_diagnostics`."""
-
-  def update_fn(
-    updates: optax.Updates,
-    state: optax.OptState,
-    params: optax.Params | None = None,
-    **extra_args: Any,
-  ) -> tuple[optax.Updates, optax.OptState]:
-    record_step_scalars(step_scalars)
-    return inner.update(updates, state, params, **extra_args)
-
-  return optax.GradientTransformationExtraArgs(inner.init, update_fn)
-
-
-@_rejects_torch_keywords
-def decoupled_chain(
+def _decoupled_chain(
   direction: optax.GradientTransformation | Direction,
   *,
   learning_rate: optax.ScalarOrSchedule,
@@ -417,9 +421,6 @@ def decoupled_chain(
       "radial_projection must be None or a dict of keyword arguments of "
       f"detect_scale_invariance, got {describe(radial_projection)}."
     )
-  warn_if_schedule_looks_like_learning_rate(schedule, learning_rate)
-  if convention != "torch":
-    warn_if_torch_convention(weight_decay, learning_rate)
 
   eta = lambda count: 1.0 if schedule is None else _value_at(schedule, count)  # noqa: E731
 
@@ -445,16 +446,14 @@ def decoupled_chain(
       _scale_by_multiplier(schedule, -1.0),
     ]
 
-  def step_scalars(count: jax.Array) -> dict[str, Any]:
+  def step_scalars(count: jax.Array) -> tuple[Any, Any, Any]:
     learning_rate_applied = _value_at(learning_rate, count) * eta(count)
     decay_applied = decay_schedule(count) * eta(count)
     if convention == "torch":
       decay_applied = decay_applied * _value_at(learning_rate, count)
-    return {
-      "schedule": eta(count),
-      "learning_rate": learning_rate_applied,
-      "weight_decay": decay_applied,
-    }
+    return eta(count), learning_rate_applied, decay_applied
+
+  steps.append(keep_step_scalars(step_scalars))
 
   transform = direction.transform() if fusable else direction
   if radial_projection is None:
@@ -469,7 +468,10 @@ def decoupled_chain(
       chain = detect_scale_invariance(optax.chain(transform, tail), **options)
 
   # Under jit, the state follows the params' sharding (see decoupled_optax.sharding).
-  return keep_param_sharding(_reporting_step_scalars(chain, step_scalars))
+  return keep_param_sharding(chain)
+
+
+decoupled_chain = _public_factory(_decoupled_chain, "decoupled_chain")
 
 
 def _projected_decay(wd_ratio: Any) -> str:
@@ -498,7 +500,7 @@ def _projection_options(*values: Any) -> dict[str, Any]:
   return dict(zip(_PROJECTION_OPTIONS, values, strict=True))
 
 
-@_rejects_torch_keywords
+@_public_factory
 def adamw(
   learning_rate: optax.ScalarOrSchedule,
   weight_decay: optax.ScalarOrSchedule,
@@ -567,7 +569,7 @@ def adamw(
   """
   _require_convention("adamw", weight_decay_convention, weight_decay, learning_rate)
   # _scale_by_adam checks its arguments.
-  return decoupled_chain(
+  return _decoupled_chain(
     _scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nu_dtype, nesterov=nesterov),
     learning_rate=learning_rate,
     weight_decay=weight_decay,
@@ -586,7 +588,7 @@ def _momentum_direction(
   return MomentumDirection(momentum, nesterov, accumulator_dtype)
 
 
-@_rejects_torch_keywords
+@_public_factory
 def sgdw(
   learning_rate: optax.ScalarOrSchedule,
   momentum: float = 0.0,
@@ -643,7 +645,7 @@ def sgdw(
   check_unit_interval("momentum", momentum)
   check_bool("nesterov", nesterov)
   check_dtype("accumulator_dtype", accumulator_dtype)
-  return decoupled_chain(
+  return _decoupled_chain(
     _momentum_direction(momentum, nesterov, accumulator_dtype),
     learning_rate=learning_rate,
     weight_decay=weight_decay,
@@ -653,7 +655,7 @@ def sgdw(
   )
 
 
-@_rejects_torch_keywords
+@_public_factory
 def adamp(
   learning_rate: optax.ScalarOrSchedule,
   weight_decay: optax.ScalarOrSchedule,
@@ -754,7 +756,7 @@ def adamp(
     learning_rate,
     decay_note=f"adamp multiplies the decay {_projected_decay(wd_ratio)}.",
   )
-  return decoupled_chain(
+  return _decoupled_chain(
     AdamDirection(b1, b2, eps, nesterov, mu_dtype, nu_dtype),
     learning_rate=learning_rate,
     weight_decay=weight_decay,
@@ -767,7 +769,7 @@ def adamp(
   )
 
 
-@_rejects_torch_keywords
+@_public_factory
 def sgdp(
   learning_rate: optax.ScalarOrSchedule,
   momentum: float = 0.0,
@@ -847,7 +849,7 @@ def sgdp(
     f"above), and {_projected_decay(wd_ratio)}.",
   )
   check_bool("nesterov", nesterov)
-  return decoupled_chain(
+  return _decoupled_chain(
     _momentum_direction(momentum, nesterov, accumulator_dtype),
     learning_rate=learning_rate,
     weight_decay=weight_decay,
@@ -885,16 +887,6 @@ def _cast_like(new: Any, old: Any) -> Any:
     old,
     is_leaf=lambda x: x is None,
   )
-
-
-def _judge_conventions(bound: Mapping[str, Any]) -> None:
-  """The aliases' convention warnings, on the arguments the user passed (defaults applied)."""
-  if "learning_rate" not in bound:
-    return
-  if "schedule" in bound:
-    warn_if_schedule_looks_like_learning_rate(bound["schedule"], bound["learning_rate"])
-  if "weight_decay" in bound and bound.get("weight_decay_convention") in ("paper", "corrected"):
-    warn_if_torch_convention(bound["weight_decay"], bound["learning_rate"])
 
 
 def inject_hyperparams(
@@ -967,11 +959,11 @@ def inject_hyperparams(
   signature = inspect.signature(inner_factory)
   parameters = signature.parameters
   names = set(static_args) | {name for name in _STATIC_ARGUMENTS if name in parameters}
+  # Judged once, at construction: the injected values (arrays) are not judged again.
+  build = _UNJUDGED_FACTORIES.get(inner_factory, inner_factory)
 
   def injected(dtype: Any) -> Any:
-    return optax.inject_hyperparams(
-      inner_factory, static_args=tuple(sorted(names)), hyperparam_dtype=dtype
-    )
+    return optax.inject_hyperparams(build, static_args=tuple(sorted(names)), hyperparam_dtype=dtype)
 
   def dtype_for(params: Any) -> Any:
     if hyperparam_dtype is not None:
@@ -982,25 +974,22 @@ def inject_hyperparams(
   def factory(*args: Any, **kwargs: Any) -> optax.GradientTransformationExtraArgs:
     bound = signature.bind(*args, **kwargs)
     bound.apply_defaults()
-    _judge_conventions(bound.arguments)
-    # Built once here, so that bad arguments raise at construction, not at init.
-    with conventions_already_judged():
-      inner_factory(*args, **kwargs)
+    # Built once here, so that bad arguments raise at construction, not at init, and the
+    # conventions are judged once, on the values given (schedules as schedules).
+    inner_factory(*args, **kwargs)
     convention_left_out = bound.arguments.get("weight_decay_convention", "") is None
     if convention_left_out and _has_no_decay(bound.arguments.get("weight_decay")):
       # Injected, the decay is a (mutable) array, which needs a convention: the paper's.
       kwargs = {**kwargs, "weight_decay_convention": "paper"}
 
     def init_fn(params: optax.Params) -> Any:
-      with conventions_already_judged():
-        return injected(dtype_for(params))(*args, **kwargs).init(params)
+      return injected(dtype_for(params))(*args, **kwargs).init(params)
 
     def update_fn(
       updates: optax.Updates, state: Any, params: optax.Params | None = None, **extra_args: Any
     ) -> tuple[optax.Updates, Any]:
-      with conventions_already_judged():
-        tx = injected(dtype_for(params if params is not None else updates))(*args, **kwargs)
-        new_updates, new_state = tx.update(updates, state, params, **extra_args)
+      tx = injected(dtype_for(params if params is not None else updates))(*args, **kwargs)
+      new_updates, new_state = tx.update(updates, state, params, **extra_args)
       return _cast_like(new_updates, updates), _cast_like(new_state, state)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -22,13 +22,11 @@ is never judged.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import dataclasses
 import math
 import sys
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -50,8 +48,6 @@ _PROBE_STEPS = np.unique(
 # Frames of these packages are skipped, so a warning points at the user's line
 # even when optax.inject_hyperparams, jax or flax called the constructor.
 _LIBRARY_PACKAGES = ("decoupled_optax", "optax", "jax", "jaxlib", "flax", "contextlib")
-
-_judged = contextvars.ContextVar("decoupled_optax_conventions_judged", default=False)
 
 
 class WeightDecayConventionWarning(UserWarning):
@@ -94,16 +90,6 @@ def user_stacklevel() -> int:
   ):
     frame, level = frame.f_back, level + 1
   return level
-
-
-@contextlib.contextmanager
-def conventions_already_judged() -> Iterator[None]:
-  """Within it, the aliases do not judge their arguments again (they were judged outside)."""
-  token = _judged.set(True)
-  try:
-    yield
-  finally:
-    _judged.reset(token)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,7 +165,7 @@ def warn_if_torch_convention(weight_decay: Any, learning_rate: Any) -> None:
   decay schedule is judged by its value at step 0, except a
   :class:`PaperConventionSchedule`.
   """
-  if _judged.get() or isinstance(weight_decay, PaperConventionSchedule):
+  if isinstance(weight_decay, PaperConventionSchedule):
     return
   decay, rate = _value_at_step_zero(weight_decay), concrete_float(learning_rate)
   if decay is None or rate is None or decay == 0 or rate <= 0:
@@ -208,7 +194,7 @@ def warn_if_schedule_looks_like_learning_rate(schedule: Any, learning_rate: Any)
   (for a rate other than 1). A multiplier that warms up from 0 to 1 does not
   warn.
   """
-  if _judged.get() or schedule is None or _is_injected_value(schedule):
+  if schedule is None or _is_injected_value(schedule):
     return
   if callable(schedule):
     values = _evaluate(schedule, _PROBE_STEPS)

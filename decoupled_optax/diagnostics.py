@@ -8,8 +8,10 @@ AdamP's projection, which view was projected and the decay multiplier. The
 aliases also report the learning rate and the weight decay as applied.
 :func:`read_diagnostics` finds them in any state that holds the wrapper.
 
-The chains report what they know through :mod:`decoupled_optax._recording`;
-without the wrapper nothing is recorded or computed.
+The chains keep what they know in their own state: AdamP's decisions in
+:class:`decoupled_optax.RadialProjectionState`, the scalars as applied in the
+aliases' :class:`decoupled_optax.StepScalarsState`. The wrapper reads them
+from the state it wraps and computes only the norms, on the steps it logs.
 """
 
 from __future__ import annotations
@@ -22,15 +24,18 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import PartitionSpec
 
-from decoupled_optax._recording import NOT_PROJECTED, Recording, open_recording
+from decoupled_optax._step_scalars import StepScalarsState
 from decoupled_optax._trees import path_name, require_params
 from decoupled_optax._validation import check_transform, describe
 from decoupled_optax.projection import (
+  NOT_PROJECTED,
   AxisName,
+  RadialProjectionState,
   check_axis_name,
   leaf_axis_names,
   projected_channel_axes,
 )
+from decoupled_optax.sharding import varying_mesh_axes
 
 
 class DiagnosticsState(NamedTuple):
@@ -80,9 +85,9 @@ class DiagnosticsState(NamedTuple):
 
 
 def _merge_per_leaf(trees: list[Any], params: Any, fill: Any, dtype: Any) -> Any:
-  """One value per param leaf from the trees the chain(s) recorded (``fill`` where none did).
+  """One value per param leaf from the trees the chain(s) kept (``fill`` where none did).
 
-  Recorded trees have the params' structure, with ``None`` (or optax's
+  Kept trees have the params' structure, with ``None`` (or optax's
   ``MaskedNode``, under ``multi_transform``) where a chain did not see a leaf.
   A ``None`` param (``eqx.filter`` leaves them for non-array fields) may
   have any record, and stays ``None``.
@@ -150,13 +155,85 @@ def _mesh_axis_names(axis_name: AxisName, param_specs: Any) -> tuple[str, ...]:
   return tuple(dict.fromkeys(names))
 
 
+def _states_of_type(state: Any, kind: type) -> list[Any]:
+  is_kind = lambda x: isinstance(x, kind)  # noqa: E731
+  return [x for x in jax.tree.leaves(state, is_leaf=is_kind) if is_kind(x)]
+
+
+def _kept_decisions(inner_state: Any, params: Any) -> tuple[Any, Any]:
+  """AdamP's decisions of the last update, from the projections' states: ``(views, multipliers)``.
+
+  ``(None, None)`` if the chain runs no projection.
+  """
+  found = _states_of_type(inner_state, RadialProjectionState)
+  if not found:
+    return None, None
+  return (
+    _merge_per_leaf([s.projection for s in found], params, NOT_PROJECTED, jnp.int8),
+    _merge_per_leaf([s.weight_decay_multiplier for s in found], params, 1.0, jnp.float32),
+  )
+
+
+def _kept_scalars(inner_state: Any) -> dict[str, jax.Array]:
+  """The scalars the chains applied in the last update, from their :class:`StepScalarsState`."""
+  found = _states_of_type(inner_state, StepScalarsState)
+  scalars: dict[str, jax.Array] = {}
+  for i, kept in enumerate(found):
+    suffix = "" if len(found) == 1 else f"/{i}"
+    for key in ("schedule", "learning_rate", "weight_decay"):
+      scalars[key + suffix] = getattr(kept, key)
+  return scalars
+
+
+class _Norms(NamedTuple):
+  """The per-leaf quantities :func:`with_diagnostics` computes on the steps it logs."""
+
+  gradient_norm: Any
+  weight_norm: Any
+  update_norm: Any
+  relative_update: Any
+  angular_update: Any
+
+
+def _zero_norms(params: Any) -> _Norms:
+  zeros = jax.tree.map(lambda _: jnp.zeros([], jnp.float32), params)
+  weights = projected_channel_axes(params, jax.tree.structure(params))
+  flat_zeros = jax.tree.leaves(zeros)
+  angle = jax.tree.structure(params).unflatten(
+    [z if axes is not None else None for z, axes in zip(flat_zeros, weights, strict=True)]
+  )
+  return _Norms(zeros, zeros, zeros, zeros, angle)
+
+
+def _norms(grads: Any, updates: Any, params: Any, axes: list[tuple[str, ...]]) -> _Norms:
+  flat_params, treedef = jax.tree.flatten(params)
+  flat_grads, flat_updates = treedef.flatten_up_to(grads), treedef.flatten_up_to(updates)
+  per_leaf = [
+    _leaf_diagnostics(w, u, a) for w, u, a in zip(flat_params, flat_updates, axes, strict=True)
+  ]
+  weight_norm, update_norm, relative = (
+    treedef.unflatten([leaf[i] for leaf in per_leaf]) for i in range(3)
+  )
+  # The angle is the effective step of the weights AdamP may project (not biases, norms).
+  weights = projected_channel_axes(params, treedef)
+  angle = treedef.unflatten(
+    [leaf[3] if axes is not None else None for leaf, axes in zip(per_leaf, weights, strict=True)]
+  )
+  gradient_norm = treedef.unflatten(
+    [_gradient_norm(g, a) for g, a in zip(flat_grads, axes, strict=True)]
+  )
+  as_float32 = lambda tree: jax.tree.map(lambda x: x.astype(jnp.float32), tree)  # noqa: E731
+  return _Norms(*map(as_float32, (gradient_norm, weight_norm, update_norm, relative, angle)))
+
+
 def with_diagnostics(
   inner: optax.GradientTransformation,
   *,
+  every: int = 1,
   axis_name: AxisName = None,
   param_specs: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
-  r"""Wraps ``inner`` and records, at every update, what it did to each leaf.
+  r"""Wraps ``inner`` and records what it did to each leaf, every ``every`` updates.
 
   For each leaf, from the gradient :math:`g_t` and the params :math:`w_t` the
   update is given and the update :math:`\Delta w_t` it returns,
@@ -171,24 +248,27 @@ def with_diagnostics(
 
   the last for the weights (leaves with ``ndim > 1`` that are not biases or
   normalization parameters, see :func:`decoupled_optax.detect_scale_invariance`):
-  the effective step size of a
-  scale-invariant weight (Heo et al. 2021). In chains that run AdamP's
-  projection (:func:`decoupled_optax.adamp`, :func:`decoupled_optax.sgdp`,
-  :func:`decoupled_optax.detect_scale_invariance`) it also records which view
-  was projected and the decay multiplier; the aliases report the schedule
-  multiplier eta_t, the learning rate as applied and the weight decay as
-  applied per step (see :func:`decoupled_optax.adamw`). The wrapped
-  transform's updates and state are unchanged. Read them with
-  :func:`read_diagnostics`.
+  the effective step size of a scale-invariant weight (Heo et al. 2021).
 
-  The scalars are evaluated at the wrapper's count, the number of updates
-  it has seen. Put the wrapper inside ``optax.MultiSteps`` and
-  ``optax.apply_if_finite`` (not around them), so that each of its updates is
-  one update of the chain: around ``MultiSteps`` the chain runs inside a
-  ``lax.cond`` and reports nothing, and only the norms are recorded.
+  These norms are computed on the logging steps, those whose count ``t`` (the
+  number of updates before) has ``t % every == 0``, the first included; in
+  between the state keeps the last logged values. On a logging step the
+  update is computed a second time, inside a ``lax.cond``, for the norms, so
+  that the update the wrapper returns is the unwrapped one bit for bit and the
+  other steps cost what the unwrapped update costs.
+
+  What the chain knows is read, at every update, from the state it returns:
+  in chains that run AdamP's projection (:func:`decoupled_optax.adamp`,
+  :func:`decoupled_optax.sgdp`, :func:`decoupled_optax.project_out_radial`)
+  which view was projected and the decay multiplier; in the aliases'
+  chains the schedule multiplier eta_t, the learning rate and the weight decay
+  as applied (see :func:`decoupled_optax.decoupled_chain`). They describe the
+  chain's last update, also around ``optax.MultiSteps``, where that is the last
+  update the accumulated gradients made. Read everything with :func:`read_diagnostics`.
 
   Args:
     inner: any optax transform.
+    every: a Python int >= 1: the norms are computed on every ``every``-th update.
     axis_name: under ``shard_map`` with sharded params, the mapped axes that
       shard them, as for :func:`decoupled_optax.detect_scale_invariance`,
       so that the norms are global (psum). Not needed under ``jit``, where
@@ -198,14 +278,13 @@ def with_diagnostics(
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs` whose state is a
-    :class:`DiagnosticsState`. Its ``init`` traces ``inner.update`` once
-    (``jax.eval_shape``, nothing runs) to learn what the chain reports.
+    :class:`DiagnosticsState`.
 
   Example:
     >>> import jax.numpy as jnp
     >>> import decoupled_optax as dopt
     >>> tx = dopt.with_diagnostics(
-    ...     dopt.adamp(1e-3, weight_decay=1e-4, weight_decay_convention="paper"))
+    ...     dopt.adamp(1e-3, weight_decay=1e-4, weight_decay_convention="paper"), every=10)
     >>> params = {"kernel": jnp.ones((3, 4))}
     >>> # orthogonal to every output channel (column) of the kernel, as behind BatchNorm
     >>> grads = {"kernel": jnp.array([[1.0, -1, 0, 0], [0, 1, -1, 0], [-1, 0, 1, 0]])}
@@ -219,10 +298,24 @@ def with_diagnostics(
   applied).
   """
   check_transform("inner", inner)
+  if isinstance(every, bool) or not isinstance(every, int):
+    raise TypeError(f"every must be a Python int >= 1, got {describe(every)}.")
+  if every < 1:
+    raise ValueError(f"every must be a Python int >= 1, got {describe(every)}.")
   check_axis_name(axis_name)
   inner = optax.with_extra_args_support(inner)
+  named_axes = frozenset(_mesh_axis_names(axis_name, param_specs))
 
-  def leaf_axes(treedef: Any, flat: list[Any], params: Any) -> list[tuple[str, ...]]:
+  def leaf_axes(params: Any) -> list[tuple[str, ...]]:
+    flat, treedef = jax.tree.flatten(params)
+    for leaf in flat:
+      if varying_mesh_axes(leaf) - named_axes:
+        raise ValueError(
+          f"with_diagnostics: a param varies over the mesh axes "
+          f"{sorted(varying_mesh_axes(leaf) - named_axes)}, which the wrapper does not reduce "
+          "over; pass the same axis_name (and param_specs) to with_diagnostics as to the "
+          "optimizer."
+        )
     if axis_name is None and param_specs is None:
       return [()] * len(flat)
     names = leaf_axis_names(treedef, flat, params, axis_name, param_specs)
@@ -233,79 +326,17 @@ def with_diagnostics(
       for leaf, (reduce, channel) in zip(flat, names, strict=True)
     ]
 
-  def diagnose(
-    grads: Any, updates: Any, params: Any, count: jax.Array, recording: Recording
-  ) -> dict[str, Any]:
-    flat_params, treedef = jax.tree.flatten(params)
-    axes = leaf_axes(treedef, flat_params, params)
-    flat_grads, flat_updates = treedef.flatten_up_to(grads), treedef.flatten_up_to(updates)
-    per_leaf = [
-      _leaf_diagnostics(w, u, a) for w, u, a in zip(flat_params, flat_updates, axes, strict=True)
-    ]
-    weight_norm, update_norm, relative = (
-      treedef.unflatten([leaf[i] for leaf in per_leaf]) for i in range(3)
-    )
-    # The angle is the effective step of the weights AdamP may project (not biases, norms).
-    weights = projected_channel_axes(params, treedef)
-    angle = treedef.unflatten(
-      [leaf[3] if axes is not None else None for leaf, axes in zip(per_leaf, weights, strict=True)]
-    )
-    gradient_norm = treedef.unflatten(
-      [_gradient_norm(g, a) for g, a in zip(flat_grads, axes, strict=True)]
-    )
-    projection = multiplier = None
-    if recording.views:
-      projection = _merge_per_leaf(recording.views, params, NOT_PROJECTED, jnp.int8)
-      multiplier = _merge_per_leaf(recording.multipliers, params, 1.0, jnp.float32)
-    scalars: dict[str, jax.Array] = {}
-    for i, step_scalars in enumerate(recording.step_scalars):
-      suffix = "" if len(recording.step_scalars) == 1 else f"/{i}"
-      for key, value in step_scalars(count).items():
-        scalars[key + suffix] = jnp.asarray(value, jnp.float32)
-    return dict(
-      gradient_norm=gradient_norm,
-      weight_norm=weight_norm,
-      update_norm=update_norm,
-      relative_update=relative,
-      angular_update=angle,
-      projection=projection,
-      weight_decay_multiplier=multiplier,
-      scalars=scalars,
-    )
-
-  def recorded_update(
-    updates: Any, state: Any, params: Any, count: jax.Array, extra_args: dict[str, Any]
-  ) -> tuple[Any, Any, dict[str, Any]]:
-    with open_recording() as recording:
-      new_updates, new_state = inner.update(updates, state, params, **extra_args)
-      diagnostics = diagnose(updates, new_updates, params, count, recording)
-    return new_updates, new_state, diagnostics
-
-  def reported_structure(params: Any, inner_state: Any) -> Any:
-    """What the chain reports, from an abstract update: the state's structure at init.
-
-    The update may name mapped axes (``shard_map``); outside of them, they
-    are bound here with size 1, which changes no shape.
-    """
-    count = jnp.zeros([], jnp.int32)
-    abstract = lambda p, s: recorded_update(p, s, p, count, {})[2]  # noqa: E731
-    mesh_axes = _mesh_axis_names(axis_name, param_specs)
-    for name in mesh_axes:
-      abstract = jax.vmap(abstract, in_axes=None, axis_size=1, axis_name=name)
-    try:
-      shapes = jax.eval_shape(abstract, params, inner_state)
-    except NameError as error:
-      raise ValueError(
-        "with_diagnostics(tx).init traces tx.update once, and tx.update names a mapped axis "
-        f"that the wrapper does not know ({error}); pass the same axis_name (and "
-        "param_specs) to with_diagnostics as to the optimizer."
-      ) from error
-    return jax.tree.map(lambda s: jnp.zeros(s.shape[len(mesh_axes) :], s.dtype), shapes)
-
   def init_fn(params: optax.Params) -> DiagnosticsState:
     inner_state = inner.init(params)
-    zeros = reported_structure(params, inner_state)
-    return DiagnosticsState(inner_state=inner_state, count=jnp.zeros([], jnp.int32), **zeros)
+    projection, multiplier = _kept_decisions(inner_state, params)
+    return DiagnosticsState(
+      inner_state=inner_state,
+      count=jnp.zeros([], jnp.int32),
+      **_zero_norms(params)._asdict(),
+      projection=projection,
+      weight_decay_multiplier=multiplier,
+      scalars=_kept_scalars(inner_state),
+    )
 
   def update_fn(
     updates: optax.Updates,
@@ -318,22 +349,26 @@ def with_diagnostics(
         f"with_diagnostics: state must be the DiagnosticsState its init returned, got {describe(state)}."
       )
     params = require_params(params)
-    new_updates, inner_state, diagnostics = recorded_update(
-      updates, state.inner_state, params, state.count, extra_args
-    )
+    axes = leaf_axes(params)
+    new_updates, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
+
+    def logged(_: Any) -> _Norms:
+      # The update again, for the norms only: the one returned stays fusable
+      # into the parameter write, and identical to the unwrapped one.
+      recomputed, _ = inner.update(updates, state.inner_state, params, **extra_args)
+      return _norms(updates, recomputed, params, axes)
+
+    kept = _Norms(*(getattr(state, field) for field in _Norms._fields))
+    norms = jax.lax.cond(state.count % every == 0, logged, lambda _: kept, None)
+    projection, multiplier = _kept_decisions(inner_state, params)
     new_state = DiagnosticsState(
       inner_state=inner_state,
       count=jnp.asarray(optax.safe_increment(state.count)),
-      **diagnostics,
+      **norms._asdict(),
+      projection=projection,
+      weight_decay_multiplier=multiplier,
+      scalars=_kept_scalars(inner_state),
     )
-    if jax.tree.structure(new_state._replace(inner_state=None)) != jax.tree.structure(
-      state._replace(inner_state=None)
-    ):
-      raise ValueError(
-        "with_diagnostics: the wrapped chain reported different quantities than at init "
-        "(was the wrapper initialized with other params, or does the chain need extra "
-        "arguments at update?)."
-      )
     return new_updates, new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -17,7 +17,8 @@ where ``direction`` is a :class:`decoupled_optax.directions.Direction` (Adam,
 or optax's momentum ``trace``) and ``tail`` starts with
 :func:`decoupled_optax.project_out_radial`. The state is that chain's state,
 so checkpoints move between the two. The kernel runs for float32 leaves with
-``ndim > 1`` when the step is lowered for the CPU (chosen with
+``ndim > 1`` when the step is lowered for the CPU (in a process whose default
+backend is the CPU, the only platform it can lower for; elsewhere chosen with
 :func:`jax.lax.platform_dependent`) and, by default, when the process has a
 single CPU device; everything else (other dtypes and leaves, GPUs and TPUs,
 sharded CPU runs, a missing kernel) runs the generic chain.
@@ -28,7 +29,6 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -38,11 +38,6 @@ import optax
 from jax.core import ShapedArray
 
 from decoupled_optax._layout import normalized_axes
-from decoupled_optax._recording import (
-  is_recording,
-  record_scale_invariance,
-  recorded_in_nested_trace,
-)
 from decoupled_optax._trees import require_params
 from decoupled_optax._validation import check_bool, check_transform, describe
 from decoupled_optax.conventions import user_stacklevel
@@ -57,7 +52,6 @@ from decoupled_optax.projection import (
   detect_scale_invariance,
   leaf_axis_names,
   projected_channel_axes,
-  projection_views,
   projectors_of_leaves,
 )
 from decoupled_optax.weight_decay import WEIGHT_DECAY_MULTIPLIERS
@@ -442,10 +436,6 @@ def fused_scale_invariance(
       RADIAL_PROJECTORS: treedef.unflatten(projectors),
       WEIGHT_DECAY_MULTIPLIERS: treedef.unflatten(multipliers),
     }
-    if is_recording():  # as detect_scale_invariance does
-      record_scale_invariance(
-        projection_views(extra_args[RADIAL_PROJECTORS]), extra_args[WEIGHT_DECAY_MULTIPLIERS]
-      )
     updates, tail_state = tail.update(
       treedef.unflatten(flat_directions), tail_state, params, **extra_args
     )
@@ -455,17 +445,6 @@ def fused_scale_invariance(
   def generic_step(u: Any, s: Any, p: Any, extra: dict[str, Any]) -> tuple[Any, Any]:
     return generic.update(u, s, p, **extra)
 
-  def reporting(step: Callable[..., Any], report: bool) -> Callable[..., Any]:
-    """``step``, which also returns what it recorded for with_diagnostics when ``report``.
-
-    The branches of platform_dependent and the custom_jvp run in traces of
-    their own, where the wrapper's recording takes nothing: they record into
-    a recording of their own and return it (see decoupled_optax._recording).
-    """
-    if not report:
-      return step
-    return lambda *args: recorded_in_nested_trace(step, *args)
-
   def differentiable_fused_step(
     u: Any,
     s: Any,
@@ -473,7 +452,6 @@ def fused_scale_invariance(
     extra: dict[str, Any],
     fused: list[bool],
     flat_channel_axes: list[tuple[int, ...] | None],
-    report: bool,
   ) -> Any:
     """The fused update, whose derivatives (the FFI call has none) are the generic chain's.
 
@@ -484,9 +462,7 @@ def fused_scale_invariance(
     carry the hyperparameters' derivatives (meta-learning, hypergradients).
     """
     closed, constants = jax.closure_convert(
-      reporting(
-        lambda u, s, p, extra: fused_update(u, s, p, extra, fused, flat_channel_axes), report
-      ),
+      lambda u, s, p, extra: fused_update(u, s, p, extra, fused, flat_channel_axes),
       u,
       s,
       p,
@@ -497,9 +473,7 @@ def fused_scale_invariance(
 
     @step.defjvp
     def rule(primals: tuple[Any, ...], tangents: tuple[Any, ...]) -> Any:
-      generic_closed, generic_constants = jax.closure_convert(
-        reporting(generic_step, report), *primals[1:]
-      )
+      generic_closed, generic_constants = jax.closure_convert(generic_step, *primals[1:])
       if any(id(c) not in position for c in generic_constants):
         raise NotImplementedError(
           "decoupled_optax: the generic chain closes over values the fused CPU step does "
@@ -532,26 +506,20 @@ def fused_scale_invariance(
     ]
     if not any(fused):
       return generic.update(updates, state, params, **extra_args)
-    # The branches return what they recorded (see reporting); it is recorded here.
-    report = is_recording()
-    outputs = jax.lax.platform_dependent(
+    fused_step = functools.partial(
+      differentiable_fused_step, fused=fused, flat_channel_axes=flat_channel_axes
+    )
+    if _default_backend_is_cpu():
+      # A process whose default backend is the CPU has no other platform to
+      # lower for: trace the fused branch alone (platform_dependent traces both).
+      return fused_step(updates, state, params, extra_args)
+    return jax.lax.platform_dependent(
       updates,
       state,
       params,
       extra_args,
-      cpu=functools.partial(
-        differentiable_fused_step,
-        fused=fused,
-        flat_channel_axes=flat_channel_axes,
-        report=report,
-      ),
-      default=reporting(generic_step, report),
+      cpu=fused_step,
+      default=generic_step,
     )
-    if not report:
-      return outputs
-    result, (views, multipliers) = outputs
-    for v, m in zip(views, multipliers, strict=True):
-      record_scale_invariance(v, m)
-    return result
 
   return optax.GradientTransformationExtraArgs(generic.init, update_fn)

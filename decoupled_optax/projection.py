@@ -38,13 +38,6 @@ import optax
 from jax.sharding import PartitionSpec
 
 from decoupled_optax._layout import LeafRole, leaf_roles, normalized_axes
-from decoupled_optax._recording import (
-  CHANNEL_VIEW,
-  NOT_PROJECTED,
-  WHOLE_VIEW,
-  is_recording,
-  record_scale_invariance,
-)
 from decoupled_optax._trees import (
   check_real_params,
   check_same_structure,
@@ -63,6 +56,9 @@ from decoupled_optax.weight_decay import WEIGHT_DECAY_MULTIPLIERS
 RADIAL_PROJECTORS = "radial_projectors"
 
 AxisName = str | Sequence[str] | None
+
+# AdamP's decision per leaf, as RadialProjectionState keeps it.
+NOT_PROJECTED, CHANNEL_VIEW, WHOLE_VIEW = 0, 1, 2
 
 
 class RadialProjector(NamedTuple):
@@ -671,12 +667,49 @@ def scale_invariance(
   return projectors, multipliers
 
 
-def projection_views(projectors: Any) -> Any:
-  """Per leaf, the view projected (0, 1, 2; int8); 0 for leaves never projected."""
-  return jax.tree.map(
-    lambda p: jnp.zeros([], jnp.int8) if p is None else p.view,
-    projectors,
-    is_leaf=lambda x: x is None or isinstance(x, RadialProjector),
+class RadialProjectionState(NamedTuple):
+  """State of :func:`project_out_radial`: AdamP's decisions of the last update, per leaf.
+
+  :func:`decoupled_optax.with_diagnostics` reads them from here.
+
+  Attributes:
+    projection: the view projected: 0 none, 1 the channel view, 2 the whole
+      tensor (int8); 0 before the first update and for leaves never projected.
+    weight_decay_multiplier: ``wd_ratio`` where a view was projected, else 1 (float32).
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> import decoupled_optax as dopt
+    >>> tx = dopt.detect_scale_invariance(
+    ...     optax.chain(dopt.project_out_radial(), optax.scale(-0.1)))
+    >>> w = {"kernel": jnp.eye(2)}
+    >>> g = {"kernel": jnp.array([[0.0, 1.0], [-1.0, 0.0]])}  # orthogonal to w
+    >>> _, state = tx.update(g, tx.init(w), w)
+    >>> int(state[0].projection["kernel"]), round(float(state[0].weight_decay_multiplier["kernel"]), 6)
+    (1, 0.1)
+  """
+
+  projection: Any
+  weight_decay_multiplier: Any
+
+
+def _decisions(params: Any, projectors: Any, multipliers: Any) -> RadialProjectionState:
+  """The state that keeps one update's decisions (None where a param is None)."""
+  return RadialProjectionState(
+    jax.tree.map(
+      lambda w, p: None if w is None else jnp.zeros([], jnp.int8) if p is None else p.view,
+      params,
+      projectors,
+      is_leaf=lambda x: x is None,
+    ),
+    jax.tree.map(
+      lambda w, m: (
+        None if w is None else jnp.ones([], jnp.float32) if m is None else m.astype(jnp.float32)
+      ),
+      params,
+      multipliers,
+      is_leaf=lambda x: x is None,
+    ),
   )
 
 
@@ -812,8 +845,6 @@ def detect_scale_invariance(
     )
     extra_args[RADIAL_PROJECTORS] = projectors
     extra_args[WEIGHT_DECAY_MULTIPLIERS] = multipliers
-    if is_recording():
-      record_scale_invariance(projection_views(projectors), multipliers)
     return inner.update(updates, state, params, **extra_args)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -838,7 +869,8 @@ def project_out_radial() -> optax.GradientTransformationExtraArgs:
   it may come before or after a scaling by the learning rate.
 
   Returns:
-    A stateless :class:`optax.GradientTransformationExtraArgs`.
+    An :class:`optax.GradientTransformationExtraArgs` whose state, a
+    :class:`RadialProjectionState`, keeps the last update's decisions.
 
   Example:
     >>> import jax.numpy as jnp, optax
@@ -860,16 +892,19 @@ def project_out_radial() -> optax.GradientTransformationExtraArgs:
   Reference: `Heo et al., ICLR 2021 <https://arxiv.org/abs/2006.08217>`_, Algorithm 1 (the projection Pi).
   """
 
-  def init_fn(params: optax.Params) -> optax.EmptyState:
-    del params
-    return optax.EmptyState()
+  def init_fn(params: optax.Params) -> RadialProjectionState:
+    return RadialProjectionState(
+      jax.tree.map(lambda _: jnp.zeros([], jnp.int8), params),
+      jax.tree.map(lambda _: jnp.ones([], jnp.float32), params),
+    )
 
   def update_fn(
     updates: optax.Updates,
     state: optax.OptState,
     params: optax.Params | None = None,
     **extra_args: Any,
-  ) -> tuple[optax.Updates, optax.OptState]:
+  ) -> tuple[optax.Updates, RadialProjectionState]:
+    del state
     # The projectors of a single bare leaf are the tree None: test the key, not the value.
     if RADIAL_PROJECTORS not in extra_args:
       raise ValueError(
@@ -877,7 +912,7 @@ def project_out_radial() -> optax.GradientTransformationExtraArgs:
         "chain in decoupled_optax.detect_scale_invariance(...)."
       )
     projectors = extra_args[RADIAL_PROJECTORS]
-    require_params(params)
+    params = require_params(params)
     updates = jax.tree.map(
       lambda u, w, projector: u if projector is None else _project_leaf(u, w, projector),
       updates,
@@ -885,6 +920,9 @@ def project_out_radial() -> optax.GradientTransformationExtraArgs:
       projectors,
       is_leaf=lambda x: x is None,
     )
-    return updates, state
+    multipliers = extra_args.get(WEIGHT_DECAY_MULTIPLIERS)
+    if multipliers is None:  # projectors given by hand, without the detection's multipliers
+      multipliers = jax.tree.map(lambda _: jnp.ones([]), params)
+    return updates, _decisions(params, projectors, multipliers)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -12,6 +12,7 @@ import numpy as np
 import optax
 import pytest
 from _reference import SHAPES, init_params, loss_jax, make_targets
+from _trees import assert_trees_close
 
 import decoupled_optax as dopt
 
@@ -270,17 +271,57 @@ def test_read_diagnostics_through_a_flax_train_state_and_an_nnx_optimizer():
     assert "angular_update/kernel" in d and "angular_update/bias" not in d
 
 
-def test_outside_multisteps_the_chain_reports_nothing_but_nothing_leaks():
-  # Around MultiSteps the chain runs in a lax.cond: only the norms are recorded.
+def test_around_multisteps_the_chain_state_tells_its_last_update():
   tx = dopt.with_diagnostics(
     optax.MultiSteps(dopt.adamp(1e-3, 1e-5, weight_decay_convention="paper"), every_k_schedule=2)
   )
   params = {"w": jnp.ones((2, 3))}
+  grads = {"w": jnp.array([[1.0, 2.0, 3.0], [-1.0, -2.0, -3.0]])}  # orthogonal to each column
   state = tx.init(params)
-  _, state = jax.jit(tx.update)({"w": jnp.ones((2, 3))}, state, params)
+  step = jax.jit(tx.update)
+  _, state = step(grads, state, params)  # accumulated: the chain has not updated yet
   d = dopt.read_diagnostics(state)
-  assert "learning_rate" not in d and "projection/w" not in d
-  assert "weight_norm/w" in d
+  assert float(d["learning_rate"]) == 0.0 and int(d["projection/w"]) == 0
+  _, state = step(grads, state, params)
+  d = dopt.read_diagnostics(state)
+  assert float(d["learning_rate"]) == pytest.approx(1e-3, rel=1e-6) and int(d["projection/w"]) == 1
+  assert int(d["count"]) == 2 and float(d["weight_norm/w"]) == pytest.approx(math.sqrt(6))
+
+
+@PATHS
+@pytest.mark.parametrize("every", [1, 3])
+def test_the_jitted_updates_are_bit_identical_and_the_norms_follow_every(cpu_kernel, every):
+  plain = dopt.adamp(1e-2, 1e-3, cpu_kernel=cpu_kernel, weight_decay_convention="paper")
+  wrapped = dopt.with_diagnostics(plain, every=every)
+
+  def train_step(tx):
+    def step(params, state, g):
+      updates, state = tx.update(g, state, params)
+      return optax.apply_updates(params, updates), state, updates
+
+    return jax.jit(step)
+
+  params = _params()
+  targets = make_targets(7)
+  plain_step, wrapped_step = train_step(plain), train_step(wrapped)
+  plain_state, wrapped_state = plain.init(params), wrapped.init(params)
+  for t in range(7):
+    g = _grads(params, targets[t])
+    new_params, plain_state, u_plain = plain_step(params, plain_state, g)
+    _, wrapped_state, u_wrapped = wrapped_step(params, wrapped_state, g)
+    assert_trees_close(u_wrapped, u_plain)  # not a bit apart
+    d = dopt.read_diagnostics(wrapped_state)
+    norm = float(np.linalg.norm(np.asarray(u_plain["conv"], np.float64)))
+    if t % every == 0:
+      logged_norm = norm
+    assert float(d["update_norm/conv"]) == pytest.approx(logged_norm, rel=1e-5)
+    params = new_params
+
+
+def test_every_must_be_a_positive_int():
+  for bad, error in ((0, ValueError), (-1, ValueError), (1.5, TypeError), (True, TypeError)):
+    with pytest.raises(error, match="every must be a Python int >= 1"):
+      dopt.with_diagnostics(optax.sgd(0.1), every=bad)
 
 
 def test_works_under_vmap_and_grad():
@@ -345,16 +386,18 @@ def test_the_state_structure_is_stable_under_scan():
   assert int(dopt.read_diagnostics(state)["count"]) == 5
 
 
-def test_mapped_axes_of_the_chain_must_be_given_to_the_wrapper_too():
+def test_params_sharded_over_axes_the_wrapper_does_not_name_raise():
+  from jax.sharding import PartitionSpec as P
+
+  mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("x",))
+  tx = dopt.with_diagnostics(dopt.adamp(1e-3, 1e-5, axis_name="x", weight_decay_convention="paper"))
   params = {"w": jnp.ones((2, 3))}
-  with pytest.raises(ValueError, match="pass the same axis_name"):
-    dopt.with_diagnostics(
-      dopt.adamp(1e-3, 1e-5, axis_name="x", weight_decay_convention="paper")
-    ).init(params)
-  tx = dopt.with_diagnostics(
-    dopt.adamp(1e-3, 1e-5, axis_name="x", weight_decay_convention="paper"), axis_name="x"
+  state = tx.init(params)
+  step = jax.shard_map(
+    lambda p, s: tx.update(p, s, p), mesh=mesh, in_specs=(P(None, "x"), P()), out_specs=P()
   )
-  assert "projection/w" in dopt.read_diagnostics(tx.init(params))
+  with pytest.raises(ValueError, match="pass the same axis_name"):
+    jax.jit(step)(params, state)
 
 
 @PATHS

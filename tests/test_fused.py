@@ -241,14 +241,31 @@ def test_checkpoints_move_between_the_paths():
 
 
 @pytest.mark.parametrize("platform", ["cuda", "rocm", "tpu"])
-def test_accelerators_get_the_generic_chain(platform):
-  """The kernel is registered for the CPU only; lowering elsewhere must not reference it."""
+def test_accelerators_get_the_generic_chain(platform, monkeypatch):
+  """The kernel is registered for the CPU only; lowering elsewhere must not reference it.
+
+  In a process with an accelerator (simulated: its default backend is not the
+  CPU) the step chooses per platform; in a CPU-only process it traces the
+  fused step alone, and cpu_kernel=False keeps it off every platform.
+  """
   params, grads = _tree()
+  monkeypatch.setattr(fused, "_default_backend_is_cpu", lambda: False)
   tx = dopt.adamp(1e-3, 1e-4, cpu_kernel=True, weight_decay_convention="paper")
   traced = jax.jit(lambda p, s, g: tx.update(g, s, p)).trace(params, tx.init(params), grads)
   text = traced.lower(lowering_platforms=(platform,)).as_text()
   assert "decoupled_optax_first_pass" not in text
   assert "decoupled_optax_first_pass" in traced.lower(lowering_platforms=("cpu",)).as_text()
+  monkeypatch.undo()
+  generic = dopt.adamp(1e-3, 1e-4, cpu_kernel=False, weight_decay_convention="paper")
+  traced = jax.jit(lambda p, s, g: generic.update(g, s, p)).trace(params, tx.init(params), grads)
+  assert "decoupled_optax_first_pass" not in traced.lower(lowering_platforms=(platform,)).as_text()
+
+
+def test_a_cpu_only_process_traces_the_fused_step_alone():
+  params, grads = _tree()
+  tx = dopt.adamp(1e-3, 1e-4, cpu_kernel=True, weight_decay_convention="paper")
+  jaxpr = jax.make_jaxpr(lambda p, s, g: tx.update(g, s, p))(params, tx.init(params), grads)
+  assert "platform_index" not in str(jaxpr) and "decoupled_optax_first_pass" in str(jaxpr)
 
 
 def test_a_kernel_that_cannot_run_falls_back_with_a_warning(monkeypatch):

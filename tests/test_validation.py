@@ -185,7 +185,11 @@ TABLE = {
   ),
   "with_diagnostics": (
     dict(inner=optax.sgd(0.1)),
-    dict(inner=TRANSFORM, axis_name=AXIS_NAME),
+    dict(
+      inner=TRANSFORM,
+      axis_name=AXIS_NAME,
+      every=[(0, V), (-1, V), (1.5, T), (True, T), (None, T), ("10", T)],
+    ),
   ),
   "read_diagnostics": (
     dict(state=dopt.with_diagnostics(optax.sgd(0.1)).init(PARAMS)),
@@ -296,6 +300,8 @@ NOT_CONSTRUCTORS = {
   "RadialProjector",
   "RestartPosition",
   "DiagnosticsState",
+  "StepScalarsState",
+  "RadialProjectionState",
   "CPUKernelWarning",
   "ScheduleConventionWarning",
   "WeightDecayConventionWarning",

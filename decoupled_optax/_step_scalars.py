@@ -1,0 +1,73 @@
+"""The step's scalars as a chain applies them, kept in the chain's state.
+
+:func:`decoupled_optax.decoupled_chain` ends with :func:`keep_step_scalars`,
+whose state holds, after every update, the schedule multiplier eta_t, the
+learning rate and the weight decay as that update applied them.
+:func:`decoupled_optax.with_diagnostics` reads them from there, wherever the
+chain sits in the state it wraps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+class StepScalarsState(NamedTuple):
+  """The last update's scalars as applied (float32), and the number of updates so far.
+
+  Attributes:
+    count: the number of updates so far.
+    schedule: eta_t, the schedule multiplier of the last update.
+    learning_rate: the learning rate it applied, alpha_t * eta_t.
+    weight_decay: the fraction of each decayed weight it removed (before
+      AdamP's ``wd_ratio``).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import decoupled_optax as dopt
+    >>> tx = dopt.adamw(1e-3, 1e-4, weight_decay_convention="paper")
+    >>> params = {"w": jnp.ones(2)}
+    >>> _, state = tx.update({"w": jnp.ones(2)}, tx.init(params), params)
+    >>> kept = state[-1]  # the chain's last transform
+    >>> int(kept.count), round(float(kept.weight_decay), 9)
+    (1, 0.0001)
+  """
+
+  count: jax.Array  # pyright: ignore[reportIncompatibleMethodOverride]  (optax's name)
+  schedule: jax.Array
+  learning_rate: jax.Array
+  weight_decay: jax.Array
+
+
+StepScalars = Callable[[jax.Array], tuple[Any, Any, Any]]
+
+
+def keep_step_scalars(step_scalars: StepScalars) -> optax.GradientTransformation:
+  """Passes the updates through and keeps ``step_scalars(count)`` in its state.
+
+  Args:
+    step_scalars: from the number of updates before this one, ``(eta_t,
+      learning rate as applied, weight decay as applied)``.
+
+  Returns:
+    An :class:`optax.GradientTransformation` whose state is a :class:`StepScalarsState`.
+  """
+
+  def init_fn(params: optax.Params) -> StepScalarsState:
+    del params
+    zero = jnp.zeros([], jnp.float32)
+    return StepScalarsState(jnp.zeros([], jnp.int32), zero, zero, zero)
+
+  def update_fn(
+    updates: optax.Updates, state: StepScalarsState, params: optax.Params | None = None
+  ) -> tuple[optax.Updates, StepScalarsState]:
+    del params
+    values = (jnp.asarray(x, jnp.float32) for x in step_scalars(state.count))
+    return updates, StepScalarsState(jnp.asarray(optax.safe_increment(state.count)), *values)
+
+  return optax.GradientTransformation(init_fn, update_fn)  # pyright: ignore[reportArgumentType]
