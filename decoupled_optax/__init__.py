@@ -10,7 +10,6 @@ from decoupled_optax.aliases import (
   adamp,
   adamw,
   decoupled_chain,
-  inject_hyperparams,
   sgdp,
   sgdw,
 )
@@ -27,6 +26,7 @@ from decoupled_optax.directions import (
   scale_by_adamp_nesterov,
 )
 from decoupled_optax.fused import CPUKernelWarning, cpu_kernel_available, fused_scale_invariance
+from decoupled_optax.hyperparams import inject_hyperparams
 from decoupled_optax.masks import make_weight_decay_mask, weight_decay_mask
 from decoupled_optax.projection import (
   RadialProjectionState,

@@ -33,15 +33,19 @@ that names this library's spelling.
 
 from __future__ import annotations
 
-import functools
-import inspect
-from collections.abc import Callable, Mapping
-from typing import Any, Literal, ParamSpec, TypeVar
+from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from decoupled_optax._public_factories import public_factory
+from decoupled_optax._required_convention import (
+  WeightDecayConvention,
+  projected_decay,
+  require_convention,
+)
 from decoupled_optax._step_scalars import keep_step_scalars
 from decoupled_optax._trees import check_real_params, check_same_structure, require_params
 from decoupled_optax._validation import (
@@ -51,14 +55,7 @@ from decoupled_optax._validation import (
   check_number,
   check_transform,
   check_unit_interval,
-  concrete_float,
   describe,
-)
-from decoupled_optax.conventions import (
-  PaperConventionSchedule,
-  _value_at_step_zero,
-  warn_if_schedule_looks_like_learning_rate,
-  warn_if_torch_convention,
 )
 from decoupled_optax.directions import (
   AdamDirection,
@@ -119,212 +116,6 @@ def _scale_by_multiplier(
   if callable(schedule):
     return optax.scale_by_schedule(lambda count: sign * schedule(count))
   return optax.scale(sign * schedule)
-
-
-WeightDecayConvention = Literal["paper", "torch", "corrected"]
-_CONVENTIONS = ("paper", "torch", "corrected")
-
-
-def _format(value: float) -> str:
-  return f"{value:g}"
-
-
-def _decay_meanings(
-  caller: str,
-  weight_decay: Any,
-  learning_rate: Any,
-  decay_factor: Any,
-  decay_note: str,
-) -> str:
-  """What ``weight_decay`` removes per step (at eta_t = 1) in each convention, for the error."""
-  decay, rate = _value_at_step_zero(weight_decay), _value_at_step_zero(learning_rate)
-  factor = concrete_float(decay_factor)
-  symbol = "lambda"
-  if callable(weight_decay):
-    given = "weight_decay is a schedule" + (
-      "" if decay is None else f" (weight_decay(0) = {_format(decay)})"
-    )
-    symbol = "lambda_t"
-  elif decay is None:
-    given = "weight_decay is traced (inside jit or optax.inject_hyperparams): it may be nonzero"
-  else:
-    given = f"weight_decay={_format(decay)}"
-  rate_text = "learning_rate" + ("(t)" if callable(learning_rate) else "")
-  if rate is not None:
-    given += f" with learning_rate{'(0)' if callable(learning_rate) else ''}={_format(rate)}"
-  if factor is not None and factor != 1:
-    symbol = f"{_format(factor)} * {symbol}"
-  paper = symbol
-  torch = f"{rate_text} * {symbol}"
-  if decay is not None and factor is not None:
-    paper += f" = {_format(factor * decay)}"
-    if rate is not None:
-      torch += f" = {_format(rate * factor * decay)}"
-  lines = [
-    f"{caller}(): {given}, and no weight_decay_convention. The same numbers mean decays "
-    "1 / learning_rate apart in the paper's and PyTorch's conventions, so the convention "
-    "must be stated. The fraction of each decayed weight removed per step, at schedule "
-    "eta_t = 1:",
-    f'  weight_decay_convention="paper":     {paper}  '
-    "(Loshchilov & Hutter's AdamW/SGDW, MosaicML Composer)",
-    f'  weight_decay_convention="torch":     {torch}  '
-    "(torch.optim.AdamW/SGD, optax.adamw, timm, Keras, the official adamp package)",
-    f'  weight_decay_convention="corrected": {paper} at eta_t = 1, times eta_t^2 as the '
-    "schedule decays  (AdamC/SGDC, Defazio 2025)",
-  ]
-  if decay_note:
-    lines.append(decay_note)
-  lines.append(
-    f"Pass the one the value was written for, e.g. {caller}(..., "
-    'weight_decay_convention="torch") for a value taken from PyTorch, optax or timm.'
-  )
-  return "\n".join(lines)
-
-
-def _has_no_decay(weight_decay: Any) -> bool:
-  """Whether ``weight_decay`` is a concrete 0: a number, not a schedule nor a traced value."""
-  return not callable(weight_decay) and concrete_float(weight_decay) == 0
-
-
-def _require_convention(
-  caller: str,
-  weight_decay_convention: str | None,
-  weight_decay: Any,
-  learning_rate: Any,
-  *,
-  decay_factor: Any = 1.0,
-  decay_note: str = "",
-) -> str:
-  """The convention to build with; raises if a nonzero decay comes without one.
-
-  Without decay every convention gives the same update: ``"torch"`` is used
-  when ``learning_rate`` is a schedule (the one convention that takes one),
-  ``"paper"`` otherwise.
-  """
-  if weight_decay_convention is not None and weight_decay_convention not in _CONVENTIONS:
-    raise ValueError(
-      f"weight_decay_convention must be one of {_CONVENTIONS}, got {describe(weight_decay_convention)}."
-    )
-  check_non_negative("weight_decay", weight_decay, schedule=True)
-  if isinstance(weight_decay, PaperConventionSchedule) and weight_decay_convention == "torch":
-    raise ValueError(
-      f"{caller}: weight_decay is a PaperConventionSchedule (the paper's lambda_t, not "
-      "multiplied by the learning rate), but weight_decay_convention='torch' would multiply it "
-      "by the learning rate; pass weight_decay_convention='paper' (or 'corrected')."
-    )
-  if weight_decay_convention is not None:
-    return weight_decay_convention
-  if _has_no_decay(weight_decay):
-    return "torch" if callable(learning_rate) else "paper"
-  raise ValueError(_decay_meanings(caller, weight_decay, learning_rate, decay_factor, decay_note))
-
-
-# PyTorch's optimizer keywords that this library spells differently or does not have.
-_TORCH_KEYWORDS: dict[str, str] = {
-  "lr": "takes learning_rate, not PyTorch's lr: pass learning_rate=... (or it first, by position).",
-  "params": (
-    "takes no params: the parameters are given to the optimizer's init and update, not to its "
-    "construction: tx = {name}(...); state = tx.init(params); "
-    "updates, state = tx.update(grads, state, params)."
-  ),
-  "amsgrad": (
-    "has no amsgrad: drop amsgrad=False; for AMSGrad use "
-    "decoupled_chain(optax.scale_by_amsgrad(), ...)."
-  ),
-  "scale_weight_decay_by_lr": (
-    'no longer takes scale_weight_decay_by_lr: pass weight_decay_convention="torch" for True, '
-    'weight_decay_convention="paper" for False.'
-  ),
-  "maximize": "has no maximize: negate the loss (or the gradients) instead.",
-  "foreach": "has no foreach, a PyTorch implementation switch: drop it (XLA compiles the update).",
-  "fused": (
-    "has no fused, a PyTorch implementation switch: drop it (XLA compiles the update; AdamP and "
-    "SGDP take cpu_kernel for their fused CPU kernel)."
-  ),
-  "capturable": "has no capturable, a PyTorch CUDA-graph switch: drop it (jit the update instead).",
-  "differentiable": (
-    "has no differentiable, a PyTorch autograd switch: drop it (JAX differentiates through "
-    "any update)."
-  ),
-}
-
-# Messages that depend on the factory: (a parameter, the message where the factory
-# takes it, the message where it does not).
-_FACTORY_DEPENDENT: dict[str, tuple[str, str, str]] = {
-  "betas": (
-    "b1",
-    "takes b1 and b2, not PyTorch's betas: betas=(0.9, 0.999) is b1=0.9, b2=0.999.",
-    "has no betas: they are Adam's moment decays, b1 and b2 of adamw and adamp, or of "
-    "optax.scale_by_adam(b1=..., b2=...) as decoupled_chain's direction.",
-  ),
-  "dampening": (
-    "momentum",
-    "has no dampening: its momentum buffer is PyTorch's with dampening=0 (PyTorch's default); "
-    "drop the keyword.",
-    "has no dampening, a keyword of PyTorch's SGD: drop it.",
-  ),
-  "momentum": (
-    "b1",
-    "has no momentum: Adam's momentum is the first-moment decay b1 (PyTorch's betas[0]).",
-    "has no momentum: give it to the direction, e.g. optax.trace(decay=0.9) or "
-    "decoupled_optax.MomentumDirection(0.9).",
-  ),
-}
-
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
-
-
-def _judge_conventions(bound: Mapping[str, Any]) -> None:
-  """The aliases' convention warnings, on the arguments the user passed (defaults applied)."""
-  if "learning_rate" not in bound:
-    return
-  if "schedule" in bound:
-    warn_if_schedule_looks_like_learning_rate(bound["schedule"], bound["learning_rate"])
-  if "weight_decay" in bound and bound.get("weight_decay_convention") in ("paper", "corrected"):
-    warn_if_torch_convention(bound["weight_decay"], bound["learning_rate"])
-
-
-# The public factories' bodies, which do not judge their arguments, by public factory:
-# decoupled_optax.inject_hyperparams builds with these after judging once, at construction.
-_UNJUDGED_FACTORIES: dict[Callable[..., Any], Callable[..., Any]] = {}
-
-
-def _public_factory(factory: Callable[_P, _R], name: str | None = None) -> Callable[_P, _R]:
-  """``factory`` as users call it: it judges the conventions, and rejects PyTorch's keywords.
-
-  A PyTorch keyword it does not take raises a TypeError naming ours; other
-  unknown keywords keep Python's own TypeError. Once ``factory`` has built
-  the optimizer, the convention warnings judge the arguments given
-  (:mod:`decoupled_optax.conventions`). ``functools.wraps`` keeps the
-  signature visible to ``inspect.signature`` (and so to :func:`inject_hyperparams`).
-  """
-  name = name or factory.__name__
-  signature = inspect.signature(factory)
-  parameters = signature.parameters
-  messages = dict(_TORCH_KEYWORDS)
-  for keyword, (parameter, taken, not_taken) in _FACTORY_DEPENDENT.items():
-    messages[keyword] = taken if parameter in parameters else not_taken
-  foreign = {
-    keyword: f"{name}() {message.format(name=name)}"
-    for keyword, message in messages.items()
-    if keyword not in parameters
-  }
-
-  @functools.wraps(factory)
-  def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-    for keyword in kwargs:
-      if keyword in foreign:
-        raise TypeError(foreign[keyword])
-    built = factory(*args, **kwargs)
-    bound = signature.bind(*args, **kwargs)
-    bound.apply_defaults()
-    _judge_conventions(bound.arguments)
-    return built
-
-  wrapper.__name__ = wrapper.__qualname__ = name
-  _UNJUDGED_FACTORIES[wrapper] = factory
-  return wrapper
 
 
 def _value_at(value: Any, count: jax.Array) -> Any:
@@ -400,7 +191,7 @@ def _decoupled_chain(
   fusable = isinstance(direction, Direction)
   if not fusable:
     check_transform("direction", direction)
-  convention = _require_convention(
+  convention = require_convention(
     "decoupled_chain",
     weight_decay_convention,
     weight_decay,
@@ -471,15 +262,7 @@ def _decoupled_chain(
   return keep_param_sharding(chain)
 
 
-decoupled_chain = _public_factory(_decoupled_chain, "decoupled_chain")
-
-
-def _projected_decay(wd_ratio: Any) -> str:
-  """For the missing-convention error: AdamP's and SGDP's factor on projected weights."""
-  ratio = concrete_float(wd_ratio)
-  return (
-    f"by {'wd_ratio' if ratio is None else f'wd_ratio={_format(ratio)}'} on the weights it projects"
-  )
+decoupled_chain = public_factory(_decoupled_chain, "decoupled_chain")
 
 
 # AdamP's and SGDP's projection keywords, in the order _projection_options takes them.
@@ -500,7 +283,7 @@ def _projection_options(*values: Any) -> dict[str, Any]:
   return dict(zip(_PROJECTION_OPTIONS, values, strict=True))
 
 
-@_public_factory
+@public_factory
 def adamw(
   learning_rate: optax.ScalarOrSchedule,
   weight_decay: optax.ScalarOrSchedule,
@@ -567,7 +350,7 @@ def adamw(
   Reference: `Loshchilov & Hutter, ICLR 2019 <https://arxiv.org/abs/1711.05101>`_, "Decoupled Weight Decay
   Regularization".
   """
-  _require_convention("adamw", weight_decay_convention, weight_decay, learning_rate)
+  require_convention("adamw", weight_decay_convention, weight_decay, learning_rate)
   # _scale_by_adam checks its arguments.
   return _decoupled_chain(
     _scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nu_dtype, nesterov=nesterov),
@@ -588,7 +371,7 @@ def _momentum_direction(
   return MomentumDirection(momentum, nesterov, accumulator_dtype)
 
 
-@_public_factory
+@public_factory
 def sgdw(
   learning_rate: optax.ScalarOrSchedule,
   momentum: float = 0.0,
@@ -641,7 +424,7 @@ def sgdw(
   Reference: `Loshchilov & Hutter, ICLR 2019 <https://arxiv.org/abs/1711.05101>`_, "Decoupled Weight Decay
   Regularization".
   """
-  _require_convention("sgdw", weight_decay_convention, weight_decay, learning_rate)
+  require_convention("sgdw", weight_decay_convention, weight_decay, learning_rate)
   check_unit_interval("momentum", momentum)
   check_bool("nesterov", nesterov)
   check_dtype("accumulator_dtype", accumulator_dtype)
@@ -655,7 +438,7 @@ def sgdw(
   )
 
 
-@_public_factory
+@public_factory
 def adamp(
   learning_rate: optax.ScalarOrSchedule,
   weight_decay: optax.ScalarOrSchedule,
@@ -749,12 +532,12 @@ def adamp(
   Reference: `Heo et al., ICLR 2021 <https://arxiv.org/abs/2006.08217>`_, "AdamP: Slowing Down
   the Slowdown for Momentum Optimizers on Scale-invariant Weights".
   """
-  _require_convention(
+  require_convention(
     "adamp",
     weight_decay_convention,
     weight_decay,
     learning_rate,
-    decay_note=f"adamp multiplies the decay {_projected_decay(wd_ratio)}.",
+    decay_note=f"adamp multiplies the decay {projected_decay(wd_ratio)}.",
   )
   return _decoupled_chain(
     AdamDirection(b1, b2, eps, nesterov, mu_dtype, nu_dtype),
@@ -769,7 +552,7 @@ def adamp(
   )
 
 
-@_public_factory
+@public_factory
 def sgdp(
   learning_rate: optax.ScalarOrSchedule,
   momentum: float = 0.0,
@@ -839,14 +622,14 @@ def sgdp(
   `adamp <https://github.com/clovaai/AdamP>`_ package 0.3.0, ``SGDP``.
   """
   check_unit_interval("momentum", momentum)
-  _require_convention(
+  require_convention(
     "sgdp",
     weight_decay_convention,
     weight_decay,
     learning_rate,
     decay_factor=1.0 / (1.0 - momentum),
     decay_note="sgdp multiplies the decay by the official 1 / (1 - momentum) (included "
-    f"above), and {_projected_decay(wd_ratio)}.",
+    f"above), and {projected_decay(wd_ratio)}.",
   )
   check_bool("nesterov", nesterov)
   return _decoupled_chain(
@@ -861,137 +644,3 @@ def sgdp(
       delta, wd_ratio, eps, channel_axis, projection_mask, axis_name, param_specs, cpu_kernel
     ),
   )
-
-
-# Arguments that must stay Python values: optax would trace an int channel axis,
-# and evaluate a callable mask, or a dtype such as jnp.bfloat16 (a class, so
-# callable), as if it were a schedule.
-_STATIC_ARGUMENTS = (
-  "mask",
-  "channel_axis",
-  "projection_mask",
-  "mu_dtype",
-  "nu_dtype",
-  "accumulator_dtype",
-  "axis_name",
-  "cpu_kernel",
-  "weight_decay_convention",
-)
-
-
-def _cast_like(new: Any, old: Any) -> Any:
-  """``new`` with the dtypes of ``old``, leaf for leaf (same structure)."""
-  return jax.tree.map(
-    lambda n, o: n.astype(o.dtype) if hasattr(n, "astype") and hasattr(o, "dtype") else n,
-    new,
-    old,
-    is_leaf=lambda x: x is None,
-  )
-
-
-def inject_hyperparams(
-  inner_factory: Callable[..., optax.GradientTransformation],
-  static_args: str | tuple[str, ...] = (),
-  hyperparam_dtype: Any | None = None,
-) -> Any:
-  """``optax.inject_hyperparams`` that keeps ``mask`` and ``channel_axis`` static, and dtypes exact.
-
-  optax treats every callable argument as a schedule unless it is listed in
-  ``static_args``: a callable mask would be evaluated on the step count and
-  weight decay silently turned off. It also turns integer arguments into
-  traced arrays, which the projection's ``channel_axis`` cannot be. This adds
-  ``mask``, ``channel_axis``, ``projection_mask``, ``axis_name``, ``cpu_kernel``,
-  the moments' dtypes (``mu_dtype``, ``nu_dtype``, ``accumulator_dtype``) and
-  ``weight_decay_convention`` to ``static_args`` when the factory takes them;
-  learning rate, weight decay, schedule and the other numeric hyperparameters
-  are injected as usual.
-
-  The weight decay's convention is required as in the aliases: a nonzero
-  ``weight_decay`` (a number or a schedule) without
-  ``weight_decay_convention`` raises the alias's ``ValueError`` here, at
-  construction. Inside, the injected ``weight_decay`` is an array whose value
-  may change (``state.hyperparams["weight_decay"]``), so the factory is
-  called with the convention: the one given, or ``"paper"`` when none was
-  given and ``weight_decay`` was 0 (or omitted). A decay set later through
-  ``state.hyperparams`` is then applied in the paper's convention: to change
-  it later, pass ``weight_decay_convention`` at construction. (Under
-  ``optax.inject_hyperparams`` itself the aliases only see arrays: without a
-  convention they raise on a nonzero decay, and under ``jit``, where the value
-  is traced, on any decay, even an omitted one.)
-
-  Two differences from optax, for low-precision params:
-
-  * By default the hyperparameters are stored in the params' widest float
-    dtype but at least float32: optax stores them in the params' dtype, so
-    with bfloat16 params the default ``b2 = 0.999`` becomes exactly 1.
-  * The state and the updates keep their dtypes across steps. float32
-    hyperparameters would otherwise promote bfloat16 moments to float32 after
-    the first step, which breaks ``lax.scan`` over steps and checkpoint
-    restores.
-
-  The convention warnings (:mod:`decoupled_optax.conventions`) judge the
-  values passed here, with schedules as schedules.
-
-  Args:
-    inner_factory: an optimizer factory, e.g. :func:`decoupled_optax.adamw`.
-    static_args: names of further arguments that stay Python values.
-    hyperparam_dtype: the dtype of the injected float hyperparameters; None
-      for the params' widest float dtype, at least float32.
-
-  Returns:
-    A factory with ``inner_factory``'s arguments that returns an
-    :class:`optax.GradientTransformationExtraArgs` whose state is
-    ``optax.InjectStatefulHyperparamsState``.
-
-  Example:
-    >>> import decoupled_optax as dopt
-    >>> tx = dopt.inject_hyperparams(dopt.adamp)(
-    ...     learning_rate=1e-3, weight_decay=1e-4, mask=lambda p: {"w": True},
-    ...     weight_decay_convention="paper")
-  """
-  if not callable(inner_factory):
-    raise TypeError(f"inner_factory must be an optimizer factory, got {describe(inner_factory)}.")
-  if isinstance(static_args, str):
-    static_args = (static_args,)
-  if not isinstance(static_args, (tuple, list)) or not all(isinstance(n, str) for n in static_args):
-    raise TypeError(f"static_args must be a name or a tuple of names, got {describe(static_args)}.")
-  check_dtype("hyperparam_dtype", hyperparam_dtype)
-  signature = inspect.signature(inner_factory)
-  parameters = signature.parameters
-  names = set(static_args) | {name for name in _STATIC_ARGUMENTS if name in parameters}
-  # Judged once, at construction: the injected values (arrays) are not judged again.
-  build = _UNJUDGED_FACTORIES.get(inner_factory, inner_factory)
-
-  def injected(dtype: Any) -> Any:
-    return optax.inject_hyperparams(build, static_args=tuple(sorted(names)), hyperparam_dtype=dtype)
-
-  def dtype_for(params: Any) -> Any:
-    if hyperparam_dtype is not None:
-      return hyperparam_dtype
-    return jnp.promote_types(optax.tree.dtype(params, "highest"), jnp.float32)
-
-  @functools.wraps(inner_factory)
-  def factory(*args: Any, **kwargs: Any) -> optax.GradientTransformationExtraArgs:
-    bound = signature.bind(*args, **kwargs)
-    bound.apply_defaults()
-    # Built once here, so that bad arguments raise at construction, not at init, and the
-    # conventions are judged once, on the values given (schedules as schedules).
-    inner_factory(*args, **kwargs)
-    convention_left_out = bound.arguments.get("weight_decay_convention", "") is None
-    if convention_left_out and _has_no_decay(bound.arguments.get("weight_decay")):
-      # Injected, the decay is a (mutable) array, which needs a convention: the paper's.
-      kwargs = {**kwargs, "weight_decay_convention": "paper"}
-
-    def init_fn(params: optax.Params) -> Any:
-      return injected(dtype_for(params))(*args, **kwargs).init(params)
-
-    def update_fn(
-      updates: optax.Updates, state: Any, params: optax.Params | None = None, **extra_args: Any
-    ) -> tuple[optax.Updates, Any]:
-      tx = injected(dtype_for(params if params is not None else updates))(*args, **kwargs)
-      new_updates, new_state = tx.update(updates, state, params, **extra_args)
-      return _cast_like(new_updates, updates), _cast_like(new_state, state)
-
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-  return factory
