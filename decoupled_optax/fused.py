@@ -43,18 +43,15 @@ from decoupled_optax._validation import check_bool, check_transform, describe
 from decoupled_optax.conventions import user_stacklevel
 from decoupled_optax.directions import AdamDirection, Direction, MomentumDirection
 from decoupled_optax.projection import (
-  RADIAL_PROJECTORS,
   AxisName,
   ChannelAxis,
   ChannelStatistics,
   ProjectionMask,
   check_update_inputs,
   detect_scale_invariance,
-  leaf_axis_names,
   projected_channel_axes,
-  projectors_of_leaves,
+  projection_extra_args,
 )
-from decoupled_optax.weight_decay import WEIGHT_DECAY_MULTIPLIERS
 
 _TARGET_PREFIX = "decoupled_optax_first_pass_"
 
@@ -422,19 +419,18 @@ def fused_scale_invariance(
       for new, moment in zip(flat_new_moments, moments, strict=True):
         new[i] = moment
 
-    projectors, multipliers = projectors_of_leaves(
-      flat_grads,
-      flat_params,
-      leaf_axis_names(treedef, flat_grads, params, axis_name, param_specs, flat_channel_axes),
-      flat_channel_axes,
-      known_statistics=known_statistics,
-      batch_leaves=True,
-      **detection,
-    )
     extra_args = {
       **extra_args,
-      RADIAL_PROJECTORS: treedef.unflatten(projectors),
-      WEIGHT_DECAY_MULTIPLIERS: treedef.unflatten(multipliers),
+      **projection_extra_args(
+        updates,
+        params,
+        **detection,
+        **layout_options,
+        axis_name=axis_name,
+        param_specs=param_specs,
+        flat_channel_axes=flat_channel_axes,
+        known_statistics=known_statistics,
+      ),
     }
     updates, tail_state = tail.update(
       treedef.unflatten(flat_directions), tail_state, params, **extra_args

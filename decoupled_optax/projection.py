@@ -643,28 +643,68 @@ def scale_invariance(
     projection_mask=projection_mask,
   )
   check_update_inputs(grads, params)
+  extra_args = projection_extra_args(
+    grads,
+    params,
+    delta=delta,
+    wd_ratio=wd_ratio,
+    eps=eps,
+    channel_axis=channel_axis,
+    projection_mask=projection_mask,
+    axis_name=axis_name,
+    param_specs=param_specs,
+  )
+  return extra_args[RADIAL_PROJECTORS], extra_args[WEIGHT_DECAY_MULTIPLIERS]
+
+
+def projection_extra_args(
+  grads: Any,
+  params: Any,
+  *,
+  delta: Any,
+  wd_ratio: Any,
+  eps: Any,
+  channel_axis: ChannelAxis,
+  projection_mask: ProjectionMask,
+  axis_name: AxisName,
+  param_specs: Any,
+  flat_channel_axes: list[tuple[int, ...] | None] | None = None,
+  known_statistics: dict[int, ChannelStatistics] | None = None,
+) -> dict[str, Any]:
+  """The one decision of both paths: the extra args AdamP's test gives the chain it wraps.
+
+  ``{RADIAL_PROJECTORS: projectors, WEIGHT_DECAY_MULTIPLIERS: multipliers}``,
+  trees with the structure of ``grads``. The statistics of each projected
+  leaf are ``known_statistics[i]`` where the fused CPU pass took them (by
+  flat leaf index; then the leaves' small per-channel math is batched), and
+  are taken here otherwise. The inputs are not checked again (the caller did).
+  """
   treedef = jax.tree.structure(grads, is_leaf=_is_none)
   flat_grads = treedef.flatten_up_to(grads)
   flat_params = treedef.flatten_up_to(params)
-  flat_axes = projected_channel_axes(
-    params, treedef, channel_axis=channel_axis, projection_mask=projection_mask
+  if flat_channel_axes is None:
+    flat_channel_axes = projected_channel_axes(
+      params, treedef, channel_axis=channel_axis, projection_mask=projection_mask
+    )
+  flat_names = leaf_axis_names(
+    treedef, flat_grads, params, axis_name, param_specs, flat_channel_axes
   )
-  flat_names = leaf_axis_names(treedef, flat_grads, params, axis_name, param_specs, flat_axes)
-  check_mesh_axes_named(params, flat_names, flat_axes, axis_name)
+  check_mesh_axes_named(params, flat_names, flat_channel_axes, axis_name)
   flat_projectors, flat_multipliers = projectors_of_leaves(
     flat_grads,
     flat_params,
     flat_names,
-    flat_axes,
-    known_statistics={},
-    batch_leaves=False,
+    flat_channel_axes,
+    known_statistics=known_statistics or {},
+    batch_leaves=bool(known_statistics),
     delta=delta,
     wd_ratio=wd_ratio,
     eps=eps,
   )
-  projectors = treedef.unflatten(flat_projectors)
-  multipliers = treedef.unflatten(flat_multipliers)
-  return projectors, multipliers
+  return {
+    RADIAL_PROJECTORS: treedef.unflatten(flat_projectors),
+    WEIGHT_DECAY_MULTIPLIERS: treedef.unflatten(flat_multipliers),
+  }
 
 
 class RadialProjectionState(NamedTuple):
@@ -832,19 +872,20 @@ def detect_scale_invariance(
     **extra_args: Any,
   ) -> tuple[optax.Updates, optax.OptState]:
     params = require_params(params)
-    projectors, multipliers = scale_invariance(
-      updates,
-      params,
-      delta=delta,
-      wd_ratio=wd_ratio,
-      eps=eps,
-      channel_axis=channel_axis,
-      projection_mask=projection_mask,
-      axis_name=axis_name,
-      param_specs=param_specs,
+    check_update_inputs(updates, params)
+    extra_args.update(
+      projection_extra_args(
+        updates,
+        params,
+        delta=delta,
+        wd_ratio=wd_ratio,
+        eps=eps,
+        channel_axis=channel_axis,
+        projection_mask=projection_mask,
+        axis_name=axis_name,
+        param_specs=param_specs,
+      )
     )
-    extra_args[RADIAL_PROJECTORS] = projectors
-    extra_args[WEIGHT_DECAY_MULTIPLIERS] = multipliers
     return inner.update(updates, state, params, **extra_args)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
