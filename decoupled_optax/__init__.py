@@ -29,6 +29,7 @@ from decoupled_optax.fused import CPUKernelWarning, cpu_kernel_available, fused_
 from decoupled_optax.hyperparams import inject_hyperparams
 from decoupled_optax.masks import make_weight_decay_mask, weight_decay_mask
 from decoupled_optax.projection import (
+  LeafDecision,
   RadialProjectionState,
   RadialProjector,
   detect_scale_invariance,
@@ -63,6 +64,7 @@ __all__ = [
   "StepScalarsState",
   "Direction",
   "MomentumDirection",
+  "LeafDecision",
   "RadialProjectionState",
   "RadialProjector",
   "RestartPosition",

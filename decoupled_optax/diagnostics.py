@@ -84,27 +84,6 @@ class DiagnosticsState(NamedTuple):
   scalars: dict[str, jax.Array]
 
 
-def _merge_per_leaf(trees: list[Any], params: Any, fill: Any, dtype: Any) -> Any:
-  """One value per param leaf from the trees the chain(s) kept (``fill`` where none did).
-
-  Kept trees have the params' structure, with ``None`` (or optax's
-  ``MaskedNode``, under ``multi_transform``) where a chain did not see a leaf.
-  A ``None`` param (``eqx.filter`` leaves them for non-array fields) may
-  have any record, and stays ``None``.
-  """
-  flat_params, treedef = jax.tree.flatten(params, is_leaf=lambda x: x is None)
-  flat_merged = [None if p is None else jnp.full([], fill, dtype) for p in flat_params]
-  for tree in trees:
-    flat = treedef.flatten_up_to(tree)
-    flat_merged = [
-      m
-      if m is None or v is None or isinstance(v, optax.MaskedNode)
-      else jnp.asarray(v).astype(dtype)
-      for m, v in zip(flat_merged, flat, strict=True)
-    ]
-  return treedef.unflatten(flat_merged)
-
-
 def _at_least_float32(x: jax.Array) -> jax.Array:
   return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
@@ -168,10 +147,19 @@ def _kept_decisions(inner_state: Any, params: Any) -> tuple[Any, Any]:
   found = _states_of_type(inner_state, RadialProjectionState)
   if not found:
     return None, None
-  return (
-    _merge_per_leaf([s.projection for s in found], params, NOT_PROJECTED, jnp.int8),
-    _merge_per_leaf([s.weight_decay_multiplier for s in found], params, 1.0, jnp.float32),
-  )
+  flat_params, treedef = jax.tree.flatten(params, is_leaf=lambda x: x is None)
+  views = [None if p is None else jnp.full([], NOT_PROJECTED, jnp.int8) for p in flat_params]
+  multipliers = [None if p is None else jnp.ones([], jnp.float32) for p in flat_params]
+  for kept in found:
+    if len(kept.decisions) != len(flat_params):
+      raise ValueError(
+        "with_diagnostics: a projection in the chain saw other params than the wrapper "
+        f"({len(kept.decisions)} leaves against {len(flat_params)})."
+      )
+    for i, decision in enumerate(kept.decisions):
+      if decision is not None and flat_params[i] is not None:
+        views[i], multipliers[i] = decision.view, decision.weight_decay_multiplier
+  return treedef.unflatten(views), treedef.unflatten(multipliers)
 
 
 def _kept_scalars(inner_state: Any) -> dict[str, jax.Array]:

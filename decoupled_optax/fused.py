@@ -29,6 +29,7 @@ from __future__ import annotations
 import functools
 import math
 import warnings
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -373,101 +374,143 @@ def fused_scale_invariance(
   )
   if not _uses_kernel(direction, cpu_kernel):
     return generic
-  tail = optax.with_extra_args_support(tail)
+  chain = _FusedChain(
+    direction,
+    direction_transform,
+    optax.with_extra_args_support(tail),
+    generic,
+    dict(**detection, **layout_options, axis_name=axis_name, param_specs=param_specs),
+  )
 
-  def fused_update(
+  def update_fn(
     updates: optax.Updates,
-    state: tuple[Any, Any],
-    params: optax.Params,
-    extra_args: dict[str, Any],
-    fused: list[bool],
-    flat_channel_axes: list[tuple[int, ...] | None],
-  ) -> tuple[optax.Updates, tuple[Any, Any]]:
-    direction_state, tail_state = state
-    treedef, flat_grads, flat_params, flat_moments = _flat_leaves(
-      direction, updates, direction_state, params
-    )
-    without_fused = lambda flat: treedef.unflatten(  # noqa: E731
-      [None if f else x for f, x in zip(fused, flat, strict=True)]
-    )
+    state: Any,
+    params: optax.Params | None = None,
+    **extra_args: Any,
+  ) -> tuple[optax.Updates, Any]:
+    return _dispatch(chain, updates, state, params, extra_args)
 
-    # optax's own update of the direction for the leaves the kernel does not take...
-    directions, new_direction_state = direction_transform.update(
-      without_fused(flat_grads),
-      direction.with_moments(
-        direction_state, [without_fused(m) for m in zip(*flat_moments, strict=True)]
-      ),
+  return optax.GradientTransformationExtraArgs(generic.init, update_fn)
+
+
+class _FusedChain(NamedTuple):
+  """What the fused step is made of, built once by :func:`fused_scale_invariance`."""
+
+  direction: Direction
+  direction_transform: optax.GradientTransformation
+  tail: optax.GradientTransformationExtraArgs
+  generic: optax.GradientTransformationExtraArgs
+  projection: dict[str, Any]  # detect_scale_invariance's keywords
+
+
+class _FirstPass(NamedTuple):
+  """The directions and moments of every leaf, and the statistics the kernel took."""
+
+  directions: list[Any]
+  direction_state: Any
+  moments: list[list[Any]]
+  known_statistics: dict[int, ChannelStatistics]
+
+
+def _first_pass(
+  chain: _FusedChain,
+  leaves: _FlatLeaves,
+  direction_state: Any,
+  params: Any,
+  fused: list[bool],
+  flat_channel_axes: list[tuple[int, ...] | None],
+) -> _FirstPass:
+  """The kernel for the leaves it takes; optax's own direction update for the others."""
+  direction, treedef = chain.direction, leaves.treedef
+  without_fused = lambda flat: treedef.unflatten(  # noqa: E731
+    [None if f else x for f, x in zip(fused, flat, strict=True)]
+  )
+  directions, new_direction_state = chain.direction_transform.update(
+    without_fused(leaves.grads),
+    direction.with_moments(
+      direction_state, [without_fused(m) for m in zip(*leaves.moments, strict=True)]
+    ),
+    params,
+  )
+  flat_directions = treedef.flatten_up_to(directions)
+  flat_new_moments = [
+    list(treedef.flatten_up_to(m)) for m in direction.moments(new_direction_state)
+  ]
+  scalars = direction.kernel_scalars(new_direction_state)  # this step's
+  known_statistics = {}
+  for i in (i for i, f in enumerate(fused) if f):
+    moments, flat_directions[i], statistics = _kernel_call(
+      direction,
+      scalars,
+      leaves.grads[i],
+      leaves.params[i],
+      leaves.moments[i],
+      flat_channel_axes[i],  # type: ignore[arg-type]
+    )
+    known_statistics[i] = ChannelStatistics(*statistics)
+    for new, moment in zip(flat_new_moments, moments, strict=True):
+      new[i] = moment
+  return _FirstPass(flat_directions, new_direction_state, flat_new_moments, known_statistics)
+
+
+def _fused_update(
+  chain: _FusedChain,
+  updates: Any,
+  state: tuple[Any, Any],
+  params: Any,
+  extra_args: dict[str, Any],
+  fused: list[bool],
+  flat_channel_axes: list[tuple[int, ...] | None],
+) -> tuple[Any, tuple[Any, Any]]:
+  """The first pass, then the one projection decision, then the tail of the chain."""
+  direction_state, tail_state = state
+  leaves = _flat_leaves(chain.direction, updates, direction_state, params)
+  first = _first_pass(chain, leaves, direction_state, params, fused, flat_channel_axes)
+  extra_args = {
+    **extra_args,
+    **projection_extra_args(
+      updates,
       params,
-    )
-    flat_directions = treedef.flatten_up_to(directions)
-    flat_new_moments = [
-      list(treedef.flatten_up_to(m)) for m in direction.moments(new_direction_state)
-    ]
-    # ... and the kernel for the others, with this step's scalars.
-    scalars = direction.kernel_scalars(new_direction_state)
-    known_statistics = {}
-    for i in (i for i, f in enumerate(fused) if f):
-      moments, flat_directions[i], statistics = _kernel_call(
-        direction,
-        scalars,
-        flat_grads[i],
-        flat_params[i],
-        flat_moments[i],
-        flat_channel_axes[i],  # type: ignore[arg-type]
-      )
-      known_statistics[i] = ChannelStatistics(*statistics)
-      for new, moment in zip(flat_new_moments, moments, strict=True):
-        new[i] = moment
+      **chain.projection,
+      flat_channel_axes=flat_channel_axes,
+      known_statistics=first.known_statistics,
+    ),
+  }
+  treedef = leaves.treedef
+  updates, tail_state = chain.tail.update(
+    treedef.unflatten(first.directions), tail_state, params, **extra_args
+  )
+  new_moments = [treedef.unflatten(m) for m in first.moments]
+  return updates, (chain.direction.with_moments(first.direction_state, new_moments), tail_state)
 
-    extra_args = {
-      **extra_args,
-      **projection_extra_args(
-        updates,
-        params,
-        **detection,
-        **layout_options,
-        axis_name=axis_name,
-        param_specs=param_specs,
-        flat_channel_axes=flat_channel_axes,
-        known_statistics=known_statistics,
-      ),
-    }
-    updates, tail_state = tail.update(
-      treedef.unflatten(flat_directions), tail_state, params, **extra_args
-    )
-    new_moments = [treedef.unflatten(m) for m in flat_new_moments]
-    return updates, (direction.with_moments(new_direction_state, new_moments), tail_state)
+
+def _with_generic_derivatives(
+  chain: _FusedChain, fused: list[bool], flat_channel_axes: list[tuple[int, ...] | None]
+) -> Callable[..., Any]:
+  """The fused update, whose derivatives (the FFI call has none) are the generic chain's.
+
+  Neither a custom_jvp function nor its rule may close over tracers (such as
+  the hyperparameters that inject_hyperparams traces), so both are
+  closure-converted. The generic chain closes over the same values; the rule
+  finds them among the fused step's by identity, and their tangents carry the
+  hyperparameters' derivatives (meta-learning, hypergradients).
+  """
 
   def generic_step(u: Any, s: Any, p: Any, extra: dict[str, Any]) -> tuple[Any, Any]:
-    return generic.update(u, s, p, **extra)
+    return chain.generic.update(u, s, p, **extra)
 
-  def differentiable_fused_step(
-    u: Any,
-    s: Any,
-    p: Any,
-    extra: dict[str, Any],
-    fused: list[bool],
-    flat_channel_axes: list[tuple[int, ...] | None],
-  ) -> Any:
-    """The fused update, whose derivatives (the FFI call has none) are the generic chain's.
-
-    Neither a custom_jvp function nor its rule may close over tracers (such
-    as the hyperparameters that inject_hyperparams traces), so both are
-    closure-converted. The generic chain closes over the same values; the
-    rule finds them among the fused step's by identity, and their tangents
-    carry the hyperparameters' derivatives (meta-learning, hypergradients).
-    """
+  def step(u: Any, s: Any, p: Any, extra: dict[str, Any]) -> Any:
     closed, constants = jax.closure_convert(
-      lambda u, s, p, extra: fused_update(u, s, p, extra, fused, flat_channel_axes),
+      lambda u, s, p, extra: _fused_update(chain, u, s, p, extra, fused, flat_channel_axes),
       u,
       s,
       p,
       extra,
     )
     position = {id(c): i for i, c in enumerate(constants)}
-    step = jax.custom_jvp(lambda constants, *args: closed(*args, *constants))
+    differentiable = jax.custom_jvp(lambda constants, *args: closed(*args, *constants))
 
-    @step.defjvp
+    @differentiable.defjvp
     def rule(primals: tuple[Any, ...], tangents: tuple[Any, ...]) -> Any:
       generic_closed, generic_constants = jax.closure_convert(generic_step, *primals[1:])
       if any(id(c) not in position for c in generic_constants):
@@ -482,40 +525,52 @@ def fused_scale_invariance(
         (*tangents[1:], *(tangents[0][i] for i in index)),
       )
 
-    return step(tuple(constants), u, s, p, extra)
+    return differentiable(tuple(constants), u, s, p, extra)
 
-  def update_fn(
-    updates: optax.Updates,
-    state: Any,
-    params: optax.Params | None = None,
-    **extra_args: Any,
-  ) -> tuple[optax.Updates, Any]:
-    check_update_inputs(updates, params)
-    params = require_params(params)
-    # Decided here, on the caller's types: the branches of platform_dependent
-    # are traced with new arguments.
-    leaves = _flat_leaves(direction, updates, state[0], params)
-    flat_channel_axes = projected_channel_axes(params, leaves.treedef, **layout_options)
-    fused = [
-      _kernel_takes(*leaf)
-      for leaf in zip(leaves.grads, leaves.params, leaves.moments, flat_channel_axes, strict=True)
-    ]
-    if not any(fused):
-      return generic.update(updates, state, params, **extra_args)
-    fused_step = functools.partial(
-      differentiable_fused_step, fused=fused, flat_channel_axes=flat_channel_axes
-    )
-    if _default_backend_is_cpu():
-      # A process whose default backend is the CPU has no other platform to
-      # lower for: trace the fused branch alone (platform_dependent traces both).
-      return fused_step(updates, state, params, extra_args)
-    return jax.lax.platform_dependent(
-      updates,
-      state,
-      params,
-      extra_args,
-      cpu=fused_step,
-      default=generic_step,
-    )
+  return step
 
-  return optax.GradientTransformationExtraArgs(generic.init, update_fn)
+
+def _dispatch(
+  chain: _FusedChain, updates: Any, state: Any, params: Any, extra_args: dict[str, Any]
+) -> tuple[Any, Any]:
+  """Which leaves the kernel takes, and which path runs: fused, generic, or per platform."""
+  check_update_inputs(updates, params)
+  fused, flat_channel_axes = _fused_leaves(chain, updates, state, params)
+  if not any(fused):
+    return chain.generic.update(updates, state, params, **extra_args)
+  fused_step = _with_generic_derivatives(chain, fused, flat_channel_axes)
+  if _default_backend_is_cpu():
+    # A process whose default backend is the CPU has no other platform to
+    # lower for: trace the fused step alone (platform_dependent traces both).
+    return fused_step(updates, state, params, extra_args)
+  return jax.lax.platform_dependent(
+    updates,
+    state,
+    params,
+    extra_args,
+    cpu=fused_step,
+    default=lambda u, s, p, extra: chain.generic.update(u, s, p, **extra),
+  )
+
+
+def _fused_leaves(
+  chain: _FusedChain, updates: Any, state: Any, params: Any
+) -> tuple[list[bool], list[tuple[int, ...] | None]]:
+  """Per leaf, whether the kernel takes it, and its channel axes.
+
+  Decided on the caller's types: the branches of platform_dependent are traced
+  with new arguments.
+  """
+  params = require_params(params)
+  leaves = _flat_leaves(chain.direction, updates, state[0], params)
+  flat_channel_axes = projected_channel_axes(
+    params,
+    leaves.treedef,
+    channel_axis=chain.projection["channel_axis"],
+    projection_mask=chain.projection["projection_mask"],
+  )
+  fused = [
+    _kernel_takes(*leaf)
+    for leaf in zip(leaves.grads, leaves.params, leaves.moments, flat_channel_axes, strict=True)
+  ]
+  return fused, flat_channel_axes

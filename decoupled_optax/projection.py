@@ -50,7 +50,7 @@ from decoupled_optax._validation import (
   check_transform,
   describe,
 )
-from decoupled_optax.sharding import check_mesh_axes_named
+from decoupled_optax.sharding import check_mesh_axes_named, varying_mesh_axes
 from decoupled_optax.weight_decay import WEIGHT_DECAY_MULTIPLIERS
 
 RADIAL_PROJECTORS = "radial_projectors"
@@ -707,15 +707,41 @@ def projection_extra_args(
   }
 
 
+class LeafDecision(NamedTuple):
+  """AdamP's decision on one leaf in the last update (kept in :class:`RadialProjectionState`).
+
+  Attributes:
+    view: the view projected: 0 none, 1 the channel view, 2 the whole tensor
+      (int8); 0 before the first update and for leaves never projected.
+    weight_decay_multiplier: ``wd_ratio`` where a view was projected, else 1 (float32).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import decoupled_optax as dopt
+    >>> decision = dopt.LeafDecision(jnp.int8(1), jnp.float32(0.1))  # the channel view
+    >>> int(decision.view)
+    1
+  """
+
+  view: jax.Array
+  weight_decay_multiplier: jax.Array
+
+
 class RadialProjectionState(NamedTuple):
   """State of :func:`project_out_radial`: AdamP's decisions of the last update, per leaf.
 
-  :func:`decoupled_optax.with_diagnostics` reads them from here.
+  :func:`decoupled_optax.with_diagnostics` reads them from here. With
+  per-shard statistics on purpose (``axis_name=()`` under ``shard_map``) the
+  state keeps the largest view and the smallest multiplier over the shards,
+  so that it stays replicated.
 
   Attributes:
-    projection: the view projected: 0 none, 1 the channel view, 2 the whole
-      tensor (int8); 0 before the first update and for leaves never projected.
-    weight_decay_multiplier: ``wd_ratio`` where a view was projected, else 1 (float32).
+    decisions: a tuple with, per param leaf in flattening order (a None param
+      and one masked out by ``optax.masked`` count as a leaf), a
+      :class:`LeafDecision`, or None where the param is None or masked out.
+      A flat tuple, not a tree with the params' structure, so that sharding
+      recipes (``optax.tree_map_params``, flax's logical partitioning) leave it
+      replicated.
 
   Example:
     >>> import jax.numpy as jnp, optax
@@ -725,31 +751,45 @@ class RadialProjectionState(NamedTuple):
     >>> w = {"kernel": jnp.eye(2)}
     >>> g = {"kernel": jnp.array([[0.0, 1.0], [-1.0, 0.0]])}  # orthogonal to w
     >>> _, state = tx.update(g, tx.init(w), w)
-    >>> int(state[0].projection["kernel"]), round(float(state[0].weight_decay_multiplier["kernel"]), 6)
+    >>> (decision,) = state[0].decisions  # one leaf
+    >>> int(decision.view), round(float(decision.weight_decay_multiplier), 6)
     (1, 0.1)
   """
 
-  projection: Any
-  weight_decay_multiplier: Any
+  decisions: Any
+
+
+def _replicated(x: jax.Array, reduce: Any) -> jax.Array:
+  """``x`` reduced over the mesh axes it varies over (per-shard statistics), else itself."""
+  axes = tuple(sorted(varying_mesh_axes(x)))
+  return reduce(x, axes) if axes else x
+
+
+def _is_placeholder(x: Any) -> bool:
+  """A leaf position without an array: a None param, or one that ``optax.masked`` masked out."""
+  return x is None or isinstance(x, optax.MaskedNode)
+
+
+def _leaf_decision(param: Any, projector: Any, multiplier: Any) -> LeafDecision | None:
+  if _is_placeholder(param):
+    return None
+  view = jnp.zeros([], jnp.int8) if projector is None else projector.view
+  multiplier = jnp.ones([], jnp.float32) if multiplier is None else multiplier.astype(jnp.float32)
+  return LeafDecision(_replicated(view, jax.lax.pmax), _replicated(multiplier, jax.lax.pmin))
 
 
 def _decisions(params: Any, projectors: Any, multipliers: Any) -> RadialProjectionState:
-  """The state that keeps one update's decisions (None where a param is None)."""
+  """The state that keeps one update's decisions, one entry per leaf of ``params``."""
+  flat_params, treedef = jax.tree.flatten(params, is_leaf=_is_placeholder)
   return RadialProjectionState(
-    jax.tree.map(
-      lambda w, p: None if w is None else jnp.zeros([], jnp.int8) if p is None else p.view,
-      params,
-      projectors,
-      is_leaf=lambda x: x is None,
-    ),
-    jax.tree.map(
-      lambda w, m: (
-        None if w is None else jnp.ones([], jnp.float32) if m is None else m.astype(jnp.float32)
-      ),
-      params,
-      multipliers,
-      is_leaf=lambda x: x is None,
-    ),
+    tuple(
+      map(
+        _leaf_decision,
+        flat_params,
+        treedef.flatten_up_to(projectors),
+        treedef.flatten_up_to(multipliers),
+      )
+    )
   )
 
 
@@ -934,10 +974,8 @@ def project_out_radial() -> optax.GradientTransformationExtraArgs:
   """
 
   def init_fn(params: optax.Params) -> RadialProjectionState:
-    return RadialProjectionState(
-      jax.tree.map(lambda _: jnp.zeros([], jnp.int8), params),
-      jax.tree.map(lambda _: jnp.ones([], jnp.float32), params),
-    )
+    flat_params = jax.tree.leaves(params, is_leaf=_is_placeholder)
+    return RadialProjectionState(tuple(_leaf_decision(p, None, None) for p in flat_params))
 
   def update_fn(
     updates: optax.Updates,

@@ -302,6 +302,7 @@ NOT_CONSTRUCTORS = {
   "DiagnosticsState",
   "StepScalarsState",
   "RadialProjectionState",
+  "LeafDecision",
   "CPUKernelWarning",
   "ScheduleConventionWarning",
   "WeightDecayConventionWarning",
