@@ -185,14 +185,19 @@ class _Norms(NamedTuple):
   angular_update: Any
 
 
-def _zero_norms(params: Any) -> _Norms:
-  zeros = jax.tree.map(lambda _: jnp.zeros([], jnp.float32), params)
-  weights = projected_channel_axes(params, jax.tree.structure(params))
-  flat_zeros = jax.tree.leaves(zeros)
-  angle = jax.tree.structure(params).unflatten(
-    [z if axes is not None else None for z, axes in zip(flat_zeros, weights, strict=True)]
+def _for_weights(params: Any, treedef: Any, flat_values: list[Any]) -> Any:
+  """The values of the weights AdamP may project (not biases, norms), None elsewhere."""
+  weights = projected_channel_axes(params, treedef)
+  return treedef.unflatten(
+    [value if axes is not None else None for value, axes in zip(flat_values, weights, strict=True)]
   )
-  return _Norms(zeros, zeros, zeros, zeros, angle)
+
+
+def _zero_norms(params: Any) -> _Norms:
+  flat_params, treedef = jax.tree.flatten(params)
+  flat_zeros = [jnp.zeros([], jnp.float32) for _ in flat_params]
+  zeros = treedef.unflatten(flat_zeros)
+  return _Norms(zeros, zeros, zeros, zeros, _for_weights(params, treedef, flat_zeros))
 
 
 def _norms(grads: Any, updates: Any, params: Any, axes: list[tuple[str, ...]]) -> _Norms:
@@ -205,10 +210,7 @@ def _norms(grads: Any, updates: Any, params: Any, axes: list[tuple[str, ...]]) -
     treedef.unflatten([leaf[i] for leaf in per_leaf]) for i in range(3)
   )
   # The angle is the effective step of the weights AdamP may project (not biases, norms).
-  weights = projected_channel_axes(params, treedef)
-  angle = treedef.unflatten(
-    [leaf[3] if axes is not None else None for leaf, axes in zip(per_leaf, weights, strict=True)]
-  )
+  angle = _for_weights(params, treedef, [leaf[3] for leaf in per_leaf])
   gradient_norm = treedef.unflatten(
     [_gradient_norm(g, a) for g, a in zip(flat_grads, axes, strict=True)]
   )

@@ -900,6 +900,15 @@ def detect_scale_invariance(
     projection_mask=projection_mask,
   )
   inner = optax.with_extra_args_support(inner)
+  options: dict[str, Any] = dict(
+    delta=delta,
+    wd_ratio=wd_ratio,
+    eps=eps,
+    channel_axis=channel_axis,
+    projection_mask=projection_mask,
+    axis_name=axis_name,
+    param_specs=param_specs,
+  )
 
   def init_fn(params: optax.Params) -> optax.OptState:
     check_real_params(params, allow_complex=False, transform="the radial projection")
@@ -913,19 +922,7 @@ def detect_scale_invariance(
   ) -> tuple[optax.Updates, optax.OptState]:
     params = require_params(params)
     check_update_inputs(updates, params)
-    extra_args.update(
-      projection_extra_args(
-        updates,
-        params,
-        delta=delta,
-        wd_ratio=wd_ratio,
-        eps=eps,
-        channel_axis=channel_axis,
-        projection_mask=projection_mask,
-        axis_name=axis_name,
-        param_specs=param_specs,
-      )
-    )
+    extra_args.update(projection_extra_args(updates, params, **options))
     return inner.update(updates, state, params, **extra_args)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
