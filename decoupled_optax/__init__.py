@@ -5,6 +5,7 @@ PyTorch's or the corrected convention, AdamP/SGDP's radial projection, SGDR warm
 the paper's normalized weight decay, and the aliases built from them.
 """
 
+from decoupled_optax._projection_options import RadialProjection
 from decoupled_optax._step_scalars import StepScalarsState
 from decoupled_optax.aliases import (
   adamp,
@@ -65,6 +66,7 @@ __all__ = [
   "Direction",
   "MomentumDirection",
   "LeafDecision",
+  "RadialProjection",
   "RadialProjectionState",
   "RadialProjector",
   "RestartPosition",

@@ -33,13 +33,19 @@ that names this library's spelling.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from decoupled_optax._projection_options import (
+  AxisName,
+  ChannelAxis,
+  ProjectionMask,
+  RadialProjection,
+  check_projection,
+)
 from decoupled_optax._public_factories import public_factory
 from decoupled_optax._required_convention import (
   WeightDecayConvention,
@@ -55,7 +61,6 @@ from decoupled_optax._validation import (
   check_number,
   check_transform,
   check_unit_interval,
-  describe,
 )
 from decoupled_optax.directions import (
   AdamDirection,
@@ -64,13 +69,7 @@ from decoupled_optax.directions import (
   _scale_by_adam,
 )
 from decoupled_optax.fused import fused_scale_invariance
-from decoupled_optax.projection import (
-  AxisName,
-  ChannelAxis,
-  ProjectionMask,
-  detect_scale_invariance,
-  project_out_radial,
-)
+from decoupled_optax.projection import detect_scale_invariance, project_out_radial
 from decoupled_optax.sharding import keep_param_sharding
 from decoupled_optax.weight_decay import (
   MaskOrFn,
@@ -131,7 +130,7 @@ def _decoupled_chain(
   mask: MaskOrFn = None,
   weight_decay_convention: WeightDecayConvention | None = None,
   weight_decay_factor: Any = 1.0,
-  radial_projection: Mapping[str, Any] | None = None,
+  radial_projection: RadialProjection | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Direction, optional radial projection, and decoupled decay, in any of the three conventions.
 
@@ -167,8 +166,9 @@ def _decoupled_chain(
     weight_decay_factor: a constant that multiplies ``weight_decay`` (SGDP's
       official ``1 / (1 - momentum)``). The convention warning judges the
       ``weight_decay`` the user gave, before this factor.
-    radial_projection: AdamP/SGDP's projection. When given, these keyword
-      arguments go to :func:`decoupled_optax.fused_scale_invariance` (for an
+    radial_projection: AdamP/SGDP's projection, a
+      :class:`decoupled_optax.RadialProjection`. When given, it goes to
+      :func:`decoupled_optax.fused_scale_invariance` (for an
       :class:`decoupled_optax.AdamDirection` or
       :class:`decoupled_optax.MomentumDirection`) or
       :func:`decoupled_optax.detect_scale_invariance` (any other direction),
@@ -207,11 +207,8 @@ def _decoupled_chain(
   check_number("schedule", schedule, low=0.0, schedule=True, optional=True)
   check_mask_argument(mask)
   check_non_negative("weight_decay_factor", weight_decay_factor)
-  if radial_projection is not None and not isinstance(radial_projection, Mapping):
-    raise TypeError(
-      "radial_projection must be None or a dict of keyword arguments of "
-      f"detect_scale_invariance, got {describe(radial_projection)}."
-    )
+  if radial_projection is not None:
+    radial_projection = check_projection(radial_projection, "radial_projection")
 
   eta = lambda count: 1.0 if schedule is None else _value_at(schedule, count)  # noqa: E731
 
@@ -253,34 +250,15 @@ def _decoupled_chain(
     # One state structure for both paths: (direction, (projection, decay, ...)).
     tail = optax.chain(project_out_radial(), *steps)
     if fusable:
-      chain = fused_scale_invariance(direction, tail, **radial_projection)
+      chain = fused_scale_invariance(direction, tail, radial_projection)
     else:
-      options = {k: v for k, v in radial_projection.items() if k != "cpu_kernel"}
-      chain = detect_scale_invariance(optax.chain(transform, tail), **options)
+      chain = detect_scale_invariance(optax.chain(transform, tail), radial_projection)
 
   # Under jit, the state follows the params' sharding (see decoupled_optax.sharding).
   return keep_param_sharding(chain)
 
 
 decoupled_chain = public_factory(_decoupled_chain, "decoupled_chain")
-
-
-# AdamP's and SGDP's projection keywords, in the order _projection_options takes them.
-_PROJECTION_OPTIONS = (
-  "delta",
-  "wd_ratio",
-  "eps",
-  "channel_axis",
-  "projection_mask",
-  "axis_name",
-  "param_specs",
-  "cpu_kernel",
-)
-
-
-def _projection_options(*values: Any) -> dict[str, Any]:
-  """AdamP's and SGDP's ``radial_projection`` for :func:`decoupled_chain`, by position."""
-  return dict(zip(_PROJECTION_OPTIONS, values, strict=True))
 
 
 @public_factory
@@ -546,8 +524,15 @@ def adamp(
     schedule=schedule,
     mask=mask,
     weight_decay_convention=weight_decay_convention,
-    radial_projection=_projection_options(
-      delta, wd_ratio, eps, channel_axis, projection_mask, axis_name, param_specs, cpu_kernel
+    radial_projection=RadialProjection(
+      delta=delta,
+      wd_ratio=wd_ratio,
+      eps=eps,
+      channel_axis=channel_axis,
+      projection_mask=projection_mask,
+      axis_name=axis_name,
+      param_specs=param_specs,
+      cpu_kernel=cpu_kernel,
     ),
   )
 
@@ -640,7 +625,14 @@ def sgdp(
     schedule=schedule,
     mask=mask,
     weight_decay_convention=weight_decay_convention,
-    radial_projection=_projection_options(
-      delta, wd_ratio, eps, channel_axis, projection_mask, axis_name, param_specs, cpu_kernel
+    radial_projection=RadialProjection(
+      delta=delta,
+      wd_ratio=wd_ratio,
+      eps=eps,
+      channel_axis=channel_axis,
+      projection_mask=projection_mask,
+      axis_name=axis_name,
+      param_specs=param_specs,
+      cpu_kernel=cpu_kernel,
     ),
   )

@@ -24,14 +24,13 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import PartitionSpec
 
+from decoupled_optax._projection_options import AxisName, check_axis_name
 from decoupled_optax._step_scalars import StepScalarsState
 from decoupled_optax._trees import path_name, require_params
 from decoupled_optax._validation import check_transform, describe
 from decoupled_optax.projection import (
   NOT_PROJECTED,
-  AxisName,
   RadialProjectionState,
-  check_axis_name,
   leaf_axis_names,
   projected_channel_axes,
 )

@@ -26,6 +26,7 @@ sharded CPU runs, a missing kernel) runs the generic chain.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import warnings
@@ -39,17 +40,16 @@ import optax
 from jax.core import ShapedArray
 
 from decoupled_optax._layout import normalized_axes
+from decoupled_optax._projection_options import RadialProjection, check_projection
 from decoupled_optax._trees import require_params
-from decoupled_optax._validation import check_bool, check_transform, describe
+from decoupled_optax._validation import check_transform, describe
 from decoupled_optax.conventions import user_stacklevel
 from decoupled_optax.directions import AdamDirection, Direction, MomentumDirection
 from decoupled_optax.projection import (
-  AxisName,
-  ChannelAxis,
   ChannelStatistics,
-  ProjectionMask,
   check_update_inputs,
   detect_scale_invariance,
+  detected_update,
   projected_channel_axes,
   projection_extra_args,
 )
@@ -294,15 +294,7 @@ def _kernel_takes(
 def fused_scale_invariance(
   direction: Direction,
   tail: optax.GradientTransformation,
-  *,
-  delta: float = 0.1,
-  wd_ratio: float = 0.1,
-  eps: float = 1e-8,
-  channel_axis: ChannelAxis = None,
-  projection_mask: ProjectionMask = None,
-  axis_name: AxisName = None,
-  param_specs: Any = None,
-  cpu_kernel: bool | None = None,
+  projection: RadialProjection | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""``detect_scale_invariance(chain(direction.transform(), tail))``, fused on the CPU.
 
@@ -320,18 +312,10 @@ def fused_scale_invariance(
       :class:`decoupled_optax.MomentumDirection`.
     tail: the rest of the chain, starting with
       :func:`decoupled_optax.project_out_radial`.
-    delta: threshold of the cosine test, as in
-      :func:`decoupled_optax.detect_scale_invariance`.
-    wd_ratio: multiplies the weight decay of projected leaves, as there.
-    eps: guards the norms, as there.
-    channel_axis: the output-channel axes (None: read from the model), as there.
-    projection_mask: which leaves may be projected (None: weights, never
-      biases or normalization parameters), as there.
-    axis_name: the mapped axis name(s) that shard the params inside
-      ``shard_map``/``pmap``, as there.
-    param_specs: which mesh axes shard which dims of each param, as there.
-    cpu_kernel: whether the CPU runs the kernel. None (default): when the
-      process sees a single CPU device, the usual CPU setup. With several
+    projection: the test's options, a :class:`decoupled_optax.RadialProjection`,
+      as in :func:`decoupled_optax.detect_scale_invariance`. Its
+      ``cpu_kernel``: whether the CPU runs the kernel. None (default): when
+      the process sees a single CPU device, the usual CPU setup. With several
       CPU devices (``--xla_force_host_platform_device_count``, multi-host
       CPU clusters) GSPMD may shard values whose types do not say so, and
       would gather them for the kernel and return its results replicated, so
@@ -361,25 +345,18 @@ def fused_scale_invariance(
       f"direction must be an AdamDirection or a MomentumDirection, got {describe(direction)}."
     )
   check_transform("tail", tail)
-  check_bool("cpu_kernel", cpu_kernel, optional=True)
-  detection: dict[str, Any] = dict(delta=delta, wd_ratio=wd_ratio, eps=eps)
-  layout_options: dict[str, Any] = dict(channel_axis=channel_axis, projection_mask=projection_mask)
+  projection = check_projection(projection)
   direction_transform = direction.transform()
-  generic = detect_scale_invariance(
-    optax.chain(direction_transform, tail),
-    **detection,
-    **layout_options,
-    axis_name=axis_name,
-    param_specs=param_specs,
-  )
-  if not _uses_kernel(direction, cpu_kernel):
+  inner = optax.with_extra_args_support(optax.chain(direction_transform, tail))
+  generic = detect_scale_invariance(inner, dataclasses.replace(projection, cpu_kernel=None))
+  if not _uses_kernel(direction, projection.cpu_kernel):
     return generic
   chain = _FusedChain(
     direction,
     direction_transform,
     optax.with_extra_args_support(tail),
-    generic,
-    dict(**detection, **layout_options, axis_name=axis_name, param_specs=param_specs),
+    inner,
+    projection,
   )
 
   def update_fn(
@@ -399,8 +376,12 @@ class _FusedChain(NamedTuple):
   direction: Direction
   direction_transform: optax.GradientTransformation
   tail: optax.GradientTransformationExtraArgs
-  generic: optax.GradientTransformationExtraArgs
-  projection: dict[str, Any]  # detect_scale_invariance's keywords
+  inner: optax.GradientTransformationExtraArgs  # chain(direction_transform, tail)
+  projection: RadialProjection
+
+  def generic_update(self, updates: Any, state: Any, params: Any, extra_args: Any) -> Any:
+    """The generic chain's update (detect_scale_invariance's) on checked inputs."""
+    return detected_update(self.inner, self.projection, updates, state, params, extra_args)
 
 
 class _FirstPass(NamedTuple):
@@ -471,7 +452,7 @@ def _fused_update(
     **projection_extra_args(
       updates,
       params,
-      **chain.projection,
+      chain.projection,
       flat_channel_axes=flat_channel_axes,
       known_statistics=first.known_statistics,
     ),
@@ -497,7 +478,7 @@ def _with_generic_derivatives(
   """
 
   def generic_step(u: Any, s: Any, p: Any, extra: dict[str, Any]) -> tuple[Any, Any]:
-    return chain.generic.update(u, s, p, **extra)
+    return chain.generic_update(u, s, p, extra)
 
   def step(u: Any, s: Any, p: Any, extra: dict[str, Any]) -> Any:
     closed, constants = jax.closure_convert(
@@ -537,7 +518,7 @@ def _dispatch(
   check_update_inputs(updates, params)
   fused, flat_channel_axes = _fused_leaves(chain, updates, state, params)
   if not any(fused):
-    return chain.generic.update(updates, state, params, **extra_args)
+    return chain.generic_update(updates, state, params, extra_args)
   fused_step = _with_generic_derivatives(chain, fused, flat_channel_axes)
   if _default_backend_is_cpu():
     # A process whose default backend is the CPU has no other platform to
@@ -549,7 +530,7 @@ def _dispatch(
     params,
     extra_args,
     cpu=fused_step,
-    default=lambda u, s, p, extra: chain.generic.update(u, s, p, **extra),
+    default=chain.generic_update,
   )
 
 
@@ -566,8 +547,8 @@ def _fused_leaves(
   flat_channel_axes = projected_channel_axes(
     params,
     leaves.treedef,
-    channel_axis=chain.projection["channel_axis"],
-    projection_mask=chain.projection["projection_mask"],
+    channel_axis=chain.projection.channel_axis,
+    projection_mask=chain.projection.projection_mask,
   )
   fused = [
     _kernel_takes(*leaf)

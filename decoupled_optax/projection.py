@@ -38,6 +38,13 @@ import optax
 from jax.sharding import PartitionSpec
 
 from decoupled_optax._layout import LeafRole, leaf_roles, normalized_axes
+from decoupled_optax._projection_options import (
+  AxisName,
+  RadialProjection,
+  _is_axes,
+  _is_mask_value,
+  check_projection,
+)
 from decoupled_optax._trees import (
   check_real_params,
   check_same_structure,
@@ -45,8 +52,6 @@ from decoupled_optax._trees import (
   require_params,
 )
 from decoupled_optax._validation import (
-  check_non_negative,
-  check_positive,
   check_transform,
   describe,
 )
@@ -54,8 +59,6 @@ from decoupled_optax.sharding import check_mesh_axes_named, varying_mesh_axes
 from decoupled_optax.weight_decay import WEIGHT_DECAY_MULTIPLIERS
 
 RADIAL_PROJECTORS = "radial_projectors"
-
-AxisName = str | Sequence[str] | None
 
 # AdamP's decision per leaf, as RadialProjectionState keeps it.
 NOT_PROJECTED, CHANNEL_VIEW, WHOLE_VIEW = 0, 1, 2
@@ -325,7 +328,7 @@ def _projectors_from_statistics(
   return results
 
 
-def projectors_of_leaves(
+def _projectors_of_leaves(
   flat_grads: Sequence[Any],
   flat_params: Sequence[Any],
   flat_names: Sequence[tuple[AxisName, AxisName]],
@@ -333,9 +336,7 @@ def projectors_of_leaves(
   *,
   known_statistics: dict[int, ChannelStatistics],
   batch_leaves: bool,
-  delta: Any,
-  wd_ratio: Any,
-  eps: Any,
+  projection: RadialProjection,
 ) -> tuple[list[RadialProjector | None], list[jax.Array | None]]:
   """AdamP's test on flattened leaves: per leaf ``(projector, decay multiplier)``.
 
@@ -358,7 +359,7 @@ def projectors_of_leaves(
       propagates the stacked (replicated) statistics back into the updates
       and may return the params replicated, so only the single-device fused
       path batches.
-    delta, wd_ratio, eps: as in :func:`detect_scale_invariance`.
+    projection: the test's options.
   """
   projectors: list[RadialProjector | None] = [None] * len(flat_params)
   multipliers: list[jax.Array | None] = [
@@ -389,9 +390,9 @@ def projectors_of_leaves(
     results = _projectors_from_statistics(
       [flat_statistics[i] for i in indices],
       [flat_params[i].shape for i in indices],
-      delta=delta,
-      wd_ratio=wd_ratio,
-      eps=eps,
+      delta=projection.delta,
+      wd_ratio=projection.wd_ratio,
+      eps=projection.eps,
       channel_axes=[flat_channel_axes[i] for i in indices],  # type: ignore[misc]
       axis_name=names[0],
       channel_axis_name=names[1],
@@ -432,15 +433,6 @@ def leaf_axis_names(
       )
     flat_names.append(names)
   return flat_names
-
-
-def _is_axes(x: Any) -> bool:
-  """A per-leaf channel-axis value: an int, a tuple of ints, or None (inferred)."""
-  if x is None or (isinstance(x, (int, np.integer)) and not isinstance(x, bool)):
-    return True
-  return isinstance(x, tuple) and all(
-    isinstance(a, (int, np.integer)) and not isinstance(a, bool) for a in x
-  )
 
 
 def _per_leaf(option: Any, params: Any, treedef: Any, is_value: Any, what: str) -> list[Any]:
@@ -536,88 +528,19 @@ def check_update_inputs(grads: Any, params: Any) -> None:
   check_real_params(params, allow_complex=False, transform="the radial projection")
 
 
-def _is_mask_value(x: Any) -> bool:
-  return isinstance(x, (bool, np.bool_))
-
-
-def check_projection_arguments(
-  *,
-  delta: Any,
-  wd_ratio: Any,
-  eps: Any,
-  channel_axis: Any,
-  axis_name: Any,
-  projection_mask: Any = None,
-) -> None:
-  """The projection's hyperparameters, shared by every constructor that takes them."""
-  check_positive("delta", delta)
-  check_non_negative("wd_ratio", wd_ratio)
-  check_non_negative("eps", eps)
-  if not callable(channel_axis) and not all(
-    _is_axes(x) for x in jax.tree.leaves(channel_axis, is_leaf=_is_axes)
-  ):
-    raise TypeError(
-      "channel_axis must be None (read from the model), a Python int or tuple of ints, a tree "
-      f"of them per leaf, or a function of the params, got {describe(channel_axis)}. Under "
-      "optax.inject_hyperparams pass static_args=('channel_axis',), or use "
-      "decoupled_optax.inject_hyperparams, which does it for you."
-    )
-  if not callable(projection_mask) and not all(
-    _is_mask_value(x) for x in jax.tree.leaves(projection_mask)
-  ):
-    raise TypeError(
-      "projection_mask must be None (weights, never biases or normalization parameters), a "
-      "Python bool, a tree of Python bools per leaf, or a function of the params that returns "
-      f"one, got {describe(projection_mask)}. Under optax.inject_hyperparams pass "
-      "static_args=('projection_mask',), or use decoupled_optax.inject_hyperparams."
-    )
-  check_axis_name(axis_name)
-
-
-def check_axis_name(axis_name: Any) -> None:
-  """``axis_name`` is None, a mesh axis name, or a sequence of names."""
-  names = (axis_name,) if isinstance(axis_name, str) or axis_name is None else axis_name
-  if not isinstance(names, (tuple, list)) or not all(
-    isinstance(n, str) or (n is None and axis_name is None) for n in names
-  ):
-    raise TypeError(
-      f"axis_name must be None, a mesh axis name or a sequence of them, got {describe(axis_name)}."
-    )
-
-
-ChannelAxis = Any
-"""None (read from the model), an int or tuple of ints, a tree of them per leaf, or a function."""
-
-ProjectionMask = Any
-"""None (weights, not biases or norm parameters), a bool, a tree of bools, or a function."""
-
-
 def scale_invariance(
   grads: optax.Updates,
   params: optax.Params,
-  *,
-  delta: float = 0.1,
-  wd_ratio: float = 0.1,
-  eps: float = 1e-8,
-  channel_axis: ChannelAxis = None,
-  projection_mask: ProjectionMask = None,
-  axis_name: AxisName = None,
-  param_specs: Any = None,
+  projection: RadialProjection | None = None,
 ) -> tuple[Any, Any]:
   """Runs AdamP's scale-invariance test on every leaf.
 
   Args:
     grads: the raw gradients, with the structure of ``params``.
     params: the params.
-    delta: the cosine threshold's scale; a view is scale invariant when its largest
-      ``|cos(g, w)|`` is below ``delta / sqrt(view dimension)``.
-    wd_ratio: the decay multiplier of scale-invariant leaves.
-    eps: added to the norms in the cosine.
-    channel_axis: the output-channel axis or axes, as in :func:`detect_scale_invariance`
-      (None: read from the model).
-    projection_mask: which leaves are tested, as in :func:`detect_scale_invariance`.
-    axis_name: the mapped axes the statistics are summed over under ``shard_map``/``pmap``.
-    param_specs: the params' partition specs under ``shard_map``.
+    projection: the test's options (threshold ``delta``, ``wd_ratio``,
+      ``eps``, channel axes, mask, mesh axes), a
+      :class:`decoupled_optax.RadialProjection`.
 
   Returns:
     ``(projectors, multipliers)``: trees with the structure of ``params``.
@@ -630,44 +553,23 @@ def scale_invariance(
     >>> import decoupled_optax as dopt
     >>> w = {"kernel": jnp.eye(2), "bias": jnp.ones((2, 2))}
     >>> g = {"kernel": jnp.array([[0.0, 1.0], [-1.0, 0.0]]), "bias": jnp.ones((2, 2))}
-    >>> projectors, multipliers = dopt.scale_invariance(g, w, wd_ratio=0.1)
+    >>> projectors, multipliers = dopt.scale_invariance(g, w, dopt.RadialProjection(wd_ratio=0.1))
     >>> projectors["bias"] is None, round(float(multipliers["kernel"]), 3)  # a bias: never
     (True, 0.1)
+
+  Reference: `Heo et al., ICLR 2021 <https://arxiv.org/abs/2006.08217>`_, Algorithm 1.
   """
-  check_projection_arguments(
-    delta=delta,
-    wd_ratio=wd_ratio,
-    eps=eps,
-    channel_axis=channel_axis,
-    axis_name=axis_name,
-    projection_mask=projection_mask,
-  )
+  projection = check_projection(projection)
   check_update_inputs(grads, params)
-  extra_args = projection_extra_args(
-    grads,
-    params,
-    delta=delta,
-    wd_ratio=wd_ratio,
-    eps=eps,
-    channel_axis=channel_axis,
-    projection_mask=projection_mask,
-    axis_name=axis_name,
-    param_specs=param_specs,
-  )
+  extra_args = projection_extra_args(grads, params, projection)
   return extra_args[RADIAL_PROJECTORS], extra_args[WEIGHT_DECAY_MULTIPLIERS]
 
 
 def projection_extra_args(
   grads: Any,
   params: Any,
+  projection: RadialProjection,
   *,
-  delta: Any,
-  wd_ratio: Any,
-  eps: Any,
-  channel_axis: ChannelAxis,
-  projection_mask: ProjectionMask,
-  axis_name: AxisName,
-  param_specs: Any,
   flat_channel_axes: list[tuple[int, ...] | None] | None = None,
   known_statistics: dict[int, ChannelStatistics] | None = None,
 ) -> dict[str, Any]:
@@ -684,22 +586,24 @@ def projection_extra_args(
   flat_params = treedef.flatten_up_to(params)
   if flat_channel_axes is None:
     flat_channel_axes = projected_channel_axes(
-      params, treedef, channel_axis=channel_axis, projection_mask=projection_mask
+      params,
+      treedef,
+      channel_axis=projection.channel_axis,
+      projection_mask=projection.projection_mask,
     )
+  axis_name = projection.axis_name
   flat_names = leaf_axis_names(
-    treedef, flat_grads, params, axis_name, param_specs, flat_channel_axes
+    treedef, flat_grads, params, axis_name, projection.param_specs, flat_channel_axes
   )
   check_mesh_axes_named(params, flat_names, flat_channel_axes, axis_name)
-  flat_projectors, flat_multipliers = projectors_of_leaves(
+  flat_projectors, flat_multipliers = _projectors_of_leaves(
     flat_grads,
     flat_params,
     flat_names,
     flat_channel_axes,
     known_statistics=known_statistics or {},
     batch_leaves=bool(known_statistics),
-    delta=delta,
-    wd_ratio=wd_ratio,
-    eps=eps,
+    projection=projection,
   )
   return {
     RADIAL_PROJECTORS: treedef.unflatten(flat_projectors),
@@ -795,14 +699,7 @@ def _decisions(params: Any, projectors: Any, multipliers: Any) -> RadialProjecti
 
 def detect_scale_invariance(
   inner: optax.GradientTransformation,
-  *,
-  delta: float = 0.1,
-  wd_ratio: float = 0.1,
-  eps: float = 1e-8,
-  channel_axis: ChannelAxis = None,
-  projection_mask: ProjectionMask = None,
-  axis_name: AxisName = None,
-  param_specs: Any = None,
+  projection: RadialProjection | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Wraps ``inner`` and tells its transforms which leaves are scale invariant.
 
@@ -822,45 +719,50 @@ def detect_scale_invariance(
 
   Args:
     inner: the chain to wrap; it sees the same updates, state and params.
-    delta: threshold of the cosine test, > 0 (official default 0.1).
-    wd_ratio: >= 0, multiplies the weight decay of projected leaves.
-    eps: guards the norms, as in the official code.
-    channel_axis: the output-channel axes. None (default): read from the
-      model. Equinox layers (``eqx.filter``'s module tree) store PyTorch's
-      layout, output channel on axis 0; Flax linen and NNX ``kernel``\ s put
-      it last (all the dims their module's ``bias`` has: a
-      ``MultiHeadDotProductAttention`` query kernel ``(in, heads, head_dim)``
-      has one row per ``(head, dim)``, as PyTorch's ``(heads * head_dim, in)``
-      weight); embeddings have one row per token (axis 0). Where the tree
-      does not say (a bare dict of arrays, a custom module's own field), the
-      last axis. An int or a tuple of ints overrides it for every leaf (0
-      for PyTorch-layout arrays in a bare dict); a tree of them (None: read
-      from the model), or a function of the params returning one, sets it
-      per leaf.
-    projection_mask: which leaves may be projected. None (default): every
-      leaf but biases and normalization parameters (Flax's ``bias`` and
-      ``scale``, Equinox's ``bias`` fields and its norm layers' parameters),
-      which the official code never projects because PyTorch keeps them 1-D.
-      ``True`` is the official rule taken literally: every leaf with ``ndim
-      > 1``, biases included. A tree of bools (a prefix of the params) or a
-      function of the params returning one, as optax's masks. 0-d, 1-D and
-      empty leaves are never projected.
-    axis_name: under ``shard_map`` or ``pmap`` with params sharded across
-      devices, the mapped axis name(s) that shard them. Without
-      ``param_specs``, every leaf with ``ndim > 1`` must be sharded over all
-      of these axes along its non-channel dims (e.g. FSDP on the input dim):
-      the per-channel sums are psum'd over them. Leave it None for data
-      parallelism with replicated params (``pmap`` with pmean'd gradients,
-      ``shard_map`` with ``P()`` in_specs), and under ``jit`` with
-      ``NamedSharding``, where GSPMD makes every reduction global by itself.
-      ``()`` (no axes) computes the statistics per shard, on purpose.
-    param_specs: under ``shard_map``, which mesh axes shard which dims of
-      each param: a tree of :class:`jax.sharding.PartitionSpec` with the
-      params' structure or a prefix of it (None for replicated), e.g. the
-      params' ``in_specs`` of ``shard_map``. Axes sharding the non-channel
-      dims reduce the per-channel sums (psum); axes sharding the channel dim
-      reduce the max over channels (pmax) and the whole-tensor sums (psum).
-      If ``axis_name`` is also given, the specs may only name its axes.
+    projection: the test's options, a :class:`decoupled_optax.RadialProjection`
+      (defaults: the official ``delta=0.1``, ``wd_ratio=0.1``, ``eps=1e-8``):
+
+      * ``delta``: threshold of the cosine test, > 0.
+      * ``wd_ratio``: >= 0, multiplies the weight decay of projected leaves.
+      * ``eps``: guards the norms, as in the official code.
+      * ``channel_axis``: the output-channel axes. None (default): read from
+        the model. Equinox layers (``eqx.filter``'s module tree) store
+        PyTorch's layout, output channel on axis 0; Flax linen and NNX
+        ``kernel``\ s put it last (all the dims their module's ``bias`` has: a
+        ``MultiHeadDotProductAttention`` query kernel ``(in, heads, head_dim)``
+        has one row per ``(head, dim)``, as PyTorch's ``(heads * head_dim, in)``
+        weight); embeddings have one row per token (axis 0). Where the tree
+        does not say (a bare dict of arrays, a custom module's own field), the
+        last axis. An int or a tuple of ints overrides it for every leaf (0
+        for PyTorch-layout arrays in a bare dict); a tree of them (None: read
+        from the model), or a function of the params returning one, sets it
+        per leaf.
+      * ``projection_mask``: which leaves may be projected. None (default):
+        every leaf but biases and normalization parameters (Flax's ``bias``
+        and ``scale``, Equinox's ``bias`` fields and its norm layers'
+        parameters), which the official code never projects because PyTorch
+        keeps them 1-D. ``True`` is the official rule taken literally: every
+        leaf with ``ndim > 1``, biases included. A tree of bools (a prefix of
+        the params) or a function of the params returning one, as optax's
+        masks. 0-d, 1-D and empty leaves are never projected.
+      * ``axis_name``: under ``shard_map`` or ``pmap`` with params sharded
+        across devices, the mapped axis name(s) that shard them. Without
+        ``param_specs``, every leaf with ``ndim > 1`` must be sharded over all
+        of these axes along its non-channel dims (e.g. FSDP on the input dim):
+        the per-channel sums are psum'd over them. Leave it None for data
+        parallelism with replicated params (``pmap`` with pmean'd gradients,
+        ``shard_map`` with ``P()`` in_specs), and under ``jit`` with
+        ``NamedSharding``, where GSPMD makes every reduction global by itself.
+        ``()`` (no axes) computes the statistics per shard, on purpose.
+      * ``param_specs``: under ``shard_map``, which mesh axes shard which dims
+        of each param: a tree of :class:`jax.sharding.PartitionSpec` with the
+        params' structure or a prefix of it (None for replicated), e.g. the
+        params' ``in_specs`` of ``shard_map``. Axes sharding the non-channel
+        dims reduce the per-channel sums (psum); axes sharding the channel dim
+        reduce the max over channels (pmax) and the whole-tensor sums (psum).
+        If ``axis_name`` is also given, the specs may only name its axes.
+      * ``cpu_kernel``: must be None or False here; the fused kernel runs
+        only in :func:`decoupled_optax.fused_scale_invariance`.
 
   With ``axis_name`` and ``param_specs``, the result equals the
   single-device one (up to rounding). Inside ``shard_map``, a projected
@@ -880,7 +782,8 @@ def detect_scale_invariance(
     >>> import jax.numpy as jnp, optax
     >>> import decoupled_optax as dopt
     >>> sgdp = dopt.detect_scale_invariance(optax.chain(
-    ...     optax.trace(0.9), dopt.project_out_radial(), optax.scale(-0.1)))
+    ...     optax.trace(0.9), dopt.project_out_radial(), optax.scale(-0.1)),
+    ...     dopt.RadialProjection(delta=0.1, wd_ratio=0.1))
     >>> w = {"kernel": jnp.eye(2)}
     >>> g = {"kernel": jnp.array([[0.0, 1.0], [-1.0, 0.0]])}  # orthogonal to w
     >>> u, _ = sgdp.update(g, sgdp.init(w), w)
@@ -891,24 +794,14 @@ def detect_scale_invariance(
   `adamp <https://github.com/clovaai/AdamP>`_ package.
   """
   check_transform("inner", inner)
-  check_projection_arguments(
-    delta=delta,
-    wd_ratio=wd_ratio,
-    eps=eps,
-    channel_axis=channel_axis,
-    axis_name=axis_name,
-    projection_mask=projection_mask,
-  )
+  projection = check_projection(projection)
+  if projection.cpu_kernel:
+    raise ValueError(
+      "projection.cpu_kernel must be None or False in detect_scale_invariance, got True: the "
+      "fused CPU kernel runs only in decoupled_optax.fused_scale_invariance, with an "
+      "AdamDirection or a MomentumDirection."
+    )
   inner = optax.with_extra_args_support(inner)
-  options: dict[str, Any] = dict(
-    delta=delta,
-    wd_ratio=wd_ratio,
-    eps=eps,
-    channel_axis=channel_axis,
-    projection_mask=projection_mask,
-    axis_name=axis_name,
-    param_specs=param_specs,
-  )
 
   def init_fn(params: optax.Params) -> optax.OptState:
     check_real_params(params, allow_complex=False, transform="the radial projection")
@@ -922,10 +815,22 @@ def detect_scale_invariance(
   ) -> tuple[optax.Updates, optax.OptState]:
     params = require_params(params)
     check_update_inputs(updates, params)
-    extra_args.update(projection_extra_args(updates, params, **options))
-    return inner.update(updates, state, params, **extra_args)
+    return detected_update(inner, projection, updates, state, params, extra_args)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def detected_update(
+  inner: optax.GradientTransformationExtraArgs,
+  projection: RadialProjection,
+  updates: Any,
+  state: Any,
+  params: Any,
+  extra_args: dict[str, Any],
+) -> tuple[Any, Any]:
+  """:func:`detect_scale_invariance`'s update on inputs the caller checked."""
+  extra_args = {**extra_args, **projection_extra_args(updates, params, projection)}
+  return inner.update(updates, state, params, **extra_args)
 
 
 def _project_leaf(update: jax.Array, param: jax.Array, projector: RadialProjector) -> jax.Array:

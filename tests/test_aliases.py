@@ -74,7 +74,9 @@ def test_problem_exercises_every_projection_path():
   """Without this the AdamP/SGDP comparisons could pass without ever projecting."""
   params = jax.tree.map(jnp.asarray, init_params())
   grads = grad_jax(params, make_targets(1)[0])
-  projectors, multipliers = dopt.scale_invariance(grads, params, wd_ratio=0.1)
+  projectors, multipliers = dopt.scale_invariance(
+    grads, params, dopt.RadialProjection(wd_ratio=0.1)
+  )
   conv, dense, kernel = projectors["conv"], projectors["dense"], projectors["kernel"]
   # conv: per output channel (HWIO's last axis).
   assert conv.reduce_axes == (0, 1, 2)

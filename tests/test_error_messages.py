@@ -117,7 +117,7 @@ NNX_TRANSFORMS = [
   (
     "detect_scale_invariance",
     lambda **k: dopt.detect_scale_invariance(
-      optax.chain(optax.scale_by_adam(), dopt.project_out_radial()), **k
+      optax.chain(optax.scale_by_adam(), dopt.project_out_radial()), dopt.RadialProjection(**k)
     ),
   ),
 ]

@@ -297,7 +297,7 @@ def _official_gpt_views(live, steps: int = GPT_STEPS) -> np.ndarray:
 
 def _gpt_disagreements(official: np.ndarray, **options) -> int:
   """How many of our decisions along ``_gpt_run`` differ from the official ones."""
-  decide = jax.jit(lambda g, p: dopt.scale_invariance(g, p, **options)[0])
+  decide = jax.jit(lambda g, p: dopt.scale_invariance(g, p, dopt.RadialProjection(**options))[0])
   disagreements = 0
   for (params, grads), theirs in zip(_gpt_run(len(official)), official, strict=True):
     projectors = jax.tree.leaves(
@@ -357,16 +357,18 @@ def test_bare_trees_keep_the_last_axis_and_explicit_axes_override():
   default, _ = dopt.scale_invariance(grads, params)
   assert default["w"].channel_weight.shape == (1, 4)  # one row per column: the last axis
   for axis in (0, {"w": 0}, lambda p: {"w": (0,)}):
-    projector = dopt.scale_invariance(grads, params, channel_axis=axis)[0]["w"]
+    projector = dopt.scale_invariance(grads, params, dopt.RadialProjection(channel_axis=axis))[0][
+      "w"
+    ]
     assert projector.channel_weight.shape == (3, 1)
 
 
 def test_bad_channel_axes_name_the_leaf():
   params = {"w": jnp.ones((3, 4))}
   with pytest.raises(ValueError, match="got 2, but the leaf 'w' has shape"):
-    dopt.scale_invariance(params, params, channel_axis=2)
+    dopt.scale_invariance(params, params, dopt.RadialProjection(channel_axis=2))
   with pytest.raises(ValueError, match="channel_axis must be one value"):
-    dopt.scale_invariance(params, params, channel_axis={"v": 0})
+    dopt.scale_invariance(params, params, dopt.RadialProjection(channel_axis={"v": 0}))
   with pytest.raises(TypeError, match="channel_axis must be None"):
     dopt.adamp(1e-3, 0.0, channel_axis=1.5)
   with pytest.raises(TypeError, match="projection_mask must be None"):

@@ -59,7 +59,9 @@ def _case(kind, shape, seed):
 
 def _ours(w, g, perturb, channel_axis):
   params, grads, updates = ({"k": jnp.asarray(x)} for x in (w, g, perturb))
-  projectors, multipliers = dopt.scale_invariance(grads, params, channel_axis=channel_axis)
+  projectors, multipliers = dopt.scale_invariance(
+    grads, params, dopt.RadialProjection(channel_axis=channel_axis)
+  )
   tx = dopt.project_out_radial()
   out, _ = tx.update(updates, tx.init(params), params, radial_projectors=projectors)
   return np.asarray(out["k"]), float(multipliers["k"])
@@ -122,7 +124,7 @@ def test_projection_composes_with_any_direction():
     optax.chain(
       optax.scale_by_lion(), dopt.project_out_radial(), dopt.add_decoupled_weight_decay(1e-2)
     ),
-    wd_ratio=0.25,
+    dopt.RadialProjection(wd_ratio=0.25),
   )
   out, _ = tx.update(grads, tx.init(params), params)
   direction, _ = optax.scale_by_lion().update(grads, optax.scale_by_lion().init(params))

@@ -115,7 +115,8 @@ PROJECTING = [
   (
     "detect_scale_invariance",
     lambda **k: dopt.detect_scale_invariance(
-      optax.chain(optax.scale_by_adam(), dopt.project_out_radial(), optax.scale(-1e-3)), **k
+      optax.chain(optax.scale_by_adam(), dopt.project_out_radial(), optax.scale(-1e-3)),
+      dopt.RadialProjection(**k),
     ),
   ),
 ]

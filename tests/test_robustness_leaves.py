@@ -29,7 +29,7 @@ def _chain_with_projection(**options: Any) -> optax.GradientTransformation:
       dopt.add_decoupled_weight_decay(1e-4),
       optax.scale(-1e-3),
     ),
-    **options,
+    dopt.RadialProjection(**options),
   )
 
 
@@ -37,7 +37,7 @@ def _fused(direction: dopt.Direction, cpu_kernel: bool) -> optax.GradientTransfo
   tail = optax.chain(
     dopt.project_out_radial(), dopt.add_decoupled_weight_decay(1e-4), optax.scale(-1e-2)
   )
-  return dopt.fused_scale_invariance(direction, tail, cpu_kernel=cpu_kernel)
+  return dopt.fused_scale_invariance(direction, tail, dopt.RadialProjection(cpu_kernel=cpu_kernel))
 
 
 TRANSFORMS: list[tuple[str, Callable[[], optax.GradientTransformation]]] = [
@@ -79,7 +79,7 @@ TRANSFORMS: list[tuple[str, Callable[[], optax.GradientTransformation]]] = [
       optax.scale_by_rms(),
       learning_rate=1e-3,
       weight_decay=1e-5,
-      radial_projection=dict(wd_ratio=0.5),
+      radial_projection=dopt.RadialProjection(wd_ratio=0.5),
       weight_decay_convention="torch",
     ),
   ),

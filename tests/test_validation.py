@@ -45,6 +45,7 @@ SCHEDULE = [(-1.0, V), (NAN, V), (INF, V), ("1", T), ([1.0], T)]
 CHANNEL_AXIS = [(1.5, T), ("0", T), (jnp.int32(0), T), (True, T), ({"dense": 0.5}, T)]
 AXIS_NAME = [(3, T), (("x", 3), T)]
 PROJECTION_MASK = [("bias", T), (0.5, T), ({"dense": 1}, T)]
+PROJECTION = [({"delta": 0.1}, T), (3, T)]  # a RadialProjection or None
 TRANSFORM = [(None, T), ("adam", T), (lambda g: g, T)]
 COUNT = [(0, V), (-1, V), (2.5, V), (INF, V), ("8", T), (None, T)]  # integers >= 1
 
@@ -138,34 +139,36 @@ TABLE = {
       mask=MASK,
       weight_decay_convention=CONVENTION,
       weight_decay_factor=NON_NEGATIVE,
-      radial_projection=[("delta=0.1", T), (3, T)],
+      radial_projection=PROJECTION,
     ),
   ),
   "add_decoupled_weight_decay": (
     dict(weight_decay=1e-4),
     dict(weight_decay=NON_NEGATIVE_OR_SCHEDULE, mask=MASK),
   ),
-  "detect_scale_invariance": (
-    dict(inner=optax.scale_by_adam()),
+  "RadialProjection": (
+    dict(),
     dict(
-      inner=TRANSFORM,
       delta=POSITIVE,
       wd_ratio=NON_NEGATIVE,
       eps=NON_NEGATIVE,
       channel_axis=CHANNEL_AXIS,
       projection_mask=PROJECTION_MASK,
       axis_name=AXIS_NAME,
+      cpu_kernel=OPTIONAL_BOOL,
+    ),
+  ),
+  "detect_scale_invariance": (
+    dict(inner=optax.scale_by_adam()),
+    dict(
+      inner=TRANSFORM,
+      projection=PROJECTION + [(dopt.RadialProjection(cpu_kernel=True), V)],
     ),
   ),
   "scale_invariance": (
     dict(grads=PARAMS, params=PARAMS),
     dict(
-      delta=POSITIVE,
-      wd_ratio=NON_NEGATIVE,
-      eps=NON_NEGATIVE,
-      channel_axis=CHANNEL_AXIS,
-      projection_mask=PROJECTION_MASK,
-      axis_name=AXIS_NAME,
+      projection=PROJECTION,
       grads=[({"dense": {"kernel": jnp.ones((1, 3)), "bias": jnp.zeros(3)}}, V), ([1.0], V)],
     ),
   ),
@@ -174,13 +177,7 @@ TABLE = {
     dict(
       direction=[(optax.scale_by_adam(), T), (None, T)],
       tail=TRANSFORM,
-      delta=POSITIVE,
-      wd_ratio=NON_NEGATIVE,
-      eps=NON_NEGATIVE,
-      channel_axis=CHANNEL_AXIS,
-      projection_mask=PROJECTION_MASK,
-      axis_name=AXIS_NAME,
-      cpu_kernel=OPTIONAL_BOOL,
+      projection=PROJECTION,
     ),
   ),
   "with_diagnostics": (
@@ -278,10 +275,8 @@ NOT_IN_TABLE = {
   ("restart_position", "count"),  # a step count, any integer type (tests/test_schedules.py)
   ("adamp", "param_specs"),  # PartitionSpec trees, checked against the params at the update
   ("sgdp", "param_specs"),
-  ("detect_scale_invariance", "param_specs"),
-  ("scale_invariance", "param_specs"),
+  ("RadialProjection", "param_specs"),
   ("scale_invariance", "params"),  # the params, against which grads are checked
-  ("fused_scale_invariance", "param_specs"),
   ("weight_decay_mask", "params"),  # any pytree; a scalar raises (tests/test_masks.py)
   ("state_shardings", "params"),
   ("state_shardings", "shardings"),

@@ -389,6 +389,10 @@ def test_shard_map_axis_name_alone_for_non_channel_sharding():
 def test_param_specs_validation():
   grads = params = {"w": jnp.ones((4, 8))}
   with pytest.raises(ValueError, match="not in axis_name"):
-    dopt.scale_invariance(grads, params, axis_name="x", param_specs={"w": P("y", None)})
+    dopt.scale_invariance(
+      grads, params, dopt.RadialProjection(axis_name="x", param_specs={"w": P("y", None)})
+    )
   with pytest.raises(ValueError, match="more entries"):
-    dopt.scale_invariance(grads, params, param_specs={"w": P("x", None, None)})
+    dopt.scale_invariance(
+      grads, params, dopt.RadialProjection(param_specs={"w": P("x", None, None)})
+    )
