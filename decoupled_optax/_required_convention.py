@@ -7,7 +7,10 @@ that shows what the value means in each (see :mod:`decoupled_optax.aliases`).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Literal
+
+import optax
 
 from decoupled_optax._validation import check_non_negative, concrete_float, describe
 from decoupled_optax.conventions import PaperConventionSchedule, _value_at_step_zero
@@ -77,6 +80,74 @@ def has_no_decay(weight_decay: Any) -> bool:
   return not callable(weight_decay) and concrete_float(weight_decay) == 0
 
 
+def _scale_by_multiplier(
+  schedule: optax.ScalarOrSchedule | None, sign: float
+) -> optax.GradientTransformation:
+  """Scales by ``sign * schedule(t)``: the paper's eta_t, with the descent sign if asked."""
+  if schedule is None:
+    return optax.identity() if sign == 1 else optax.scale(sign)
+  if callable(schedule):
+    return optax.scale_by_schedule(lambda count: sign * schedule(count))
+  return optax.scale(sign * schedule)
+
+
+@dataclasses.dataclass(frozen=True)
+class Convention:
+  r"""What a weight-decay convention means: its chain's steps and the scalars it applies.
+
+  With :math:`d_t` the direction, :math:`\alpha` the learning rate,
+  :math:`\eta_t` the schedule multiplier and :math:`\lambda` the decay,
+  paper: :math:`-\eta_t(\alpha d_t + \lambda\theta)`; torch:
+  :math:`-\alpha_t\eta_t(d_t + \lambda\theta)`; corrected:
+  :math:`-\eta_t(\alpha d_t + \lambda\eta_t\theta)`.
+
+  Attributes:
+    name: ``"paper"``, ``"torch"`` or ``"corrected"``.
+    decay_times_learning_rate: the decay is applied after the learning rate
+      scales it (torch), so ``learning_rate`` may be a schedule.
+    decay_follows_schedule: the decay takes eta_t once more (corrected).
+  """
+
+  name: WeightDecayConvention
+  decay_times_learning_rate: bool
+  decay_follows_schedule: bool
+
+  def decay_coefficient(self, decay: Any, eta: Any) -> Any:
+    """The decay's coefficient before the chain's multiplier eta_t."""
+    return decay * eta if self.decay_follows_schedule else decay
+
+  def steps(
+    self,
+    decay: optax.GradientTransformation,
+    learning_rate: optax.ScalarOrSchedule,
+    schedule: optax.ScalarOrSchedule | None,
+  ) -> list[optax.GradientTransformation]:
+    """The steps after the direction: the decay, the learning rate and eta_t, in order."""
+    if self.decay_times_learning_rate:  # -alpha_t eta_t (d + lambda theta)
+      return [
+        decay,
+        optax.scale_by_learning_rate(learning_rate),
+        _scale_by_multiplier(schedule, 1.0),
+      ]
+    # -eta_t (alpha d + lambda [eta_t] theta)
+    return [
+      optax.scale_by_learning_rate(learning_rate, flip_sign=False),
+      decay,
+      _scale_by_multiplier(schedule, -1.0),
+    ]
+
+  def applied_decay(self, decay_coefficient: Any, eta: Any, learning_rate: Any) -> Any:
+    """The fraction of a decayed weight removed per step, as the chain applies it."""
+    applied = decay_coefficient * eta
+    return applied * learning_rate if self.decay_times_learning_rate else applied
+
+
+PAPER = Convention("paper", decay_times_learning_rate=False, decay_follows_schedule=False)
+TORCH = Convention("torch", decay_times_learning_rate=True, decay_follows_schedule=False)
+CORRECTED = Convention("corrected", decay_times_learning_rate=False, decay_follows_schedule=True)
+_BY_NAME = {c.name: c for c in (PAPER, TORCH, CORRECTED)}
+
+
 def require_convention(
   caller: str,
   weight_decay_convention: str | None,
@@ -85,7 +156,7 @@ def require_convention(
   *,
   decay_factor: Any = 1.0,
   decay_note: str = "",
-) -> str:
+) -> Convention:
   """The convention to build with; raises if a nonzero decay comes without one.
 
   Without decay every convention gives the same update: ``"torch"`` is used
@@ -104,9 +175,9 @@ def require_convention(
       "by the learning rate; pass weight_decay_convention='paper' (or 'corrected')."
     )
   if weight_decay_convention is not None:
-    return weight_decay_convention
+    return _BY_NAME[weight_decay_convention]
   if has_no_decay(weight_decay):
-    return "torch" if callable(learning_rate) else "paper"
+    return TORCH if callable(learning_rate) else PAPER
   raise ValueError(_decay_meanings(caller, weight_decay, learning_rate, decay_factor, decay_note))
 
 

@@ -106,17 +106,6 @@ def _checked_inputs(inner: optax.GradientTransformation) -> optax.GradientTransf
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
-def _scale_by_multiplier(
-  schedule: optax.ScalarOrSchedule | None, sign: float
-) -> optax.GradientTransformation:
-  """Scales by ``sign * schedule(t)``: the paper's eta_t, with the descent sign if asked."""
-  if schedule is None:
-    return optax.identity() if sign == 1 else optax.scale(sign)
-  if callable(schedule):
-    return optax.scale_by_schedule(lambda count: sign * schedule(count))
-  return optax.scale(sign * schedule)
-
-
 def _value_at(value: Any, count: jax.Array) -> Any:
   return value(count) if callable(value) else value
 
@@ -198,12 +187,12 @@ def _decoupled_chain(
     learning_rate,
     decay_factor=weight_decay_factor,
   )
-  if callable(learning_rate) and convention != "torch":
+  if callable(learning_rate) and not convention.decay_times_learning_rate:
     raise ValueError(
-      f"learning_rate must be a scalar in the {convention!r} convention; pass the schedule as "
-      "schedule=... (the multiplier eta_t), or use weight_decay_convention='torch'."
+      f"learning_rate must be a scalar in the {convention.name!r} convention; pass the schedule "
+      "as schedule=... (the multiplier eta_t), or use weight_decay_convention='torch'."
     )
-  check_non_negative("learning_rate", learning_rate, schedule=convention == "torch")
+  check_non_negative("learning_rate", learning_rate, schedule=convention.decay_times_learning_rate)
   check_number("schedule", schedule, low=0.0, schedule=True, optional=True)
   check_mask_argument(mask)
   check_non_negative("weight_decay_factor", weight_decay_factor)
@@ -212,34 +201,26 @@ def _decoupled_chain(
 
   eta = lambda count: 1.0 if schedule is None else _value_at(schedule, count)  # noqa: E731
 
-  def decay_schedule(count: Any) -> Any:
+  def decay_coefficient(count: Any) -> Any:
     """The decay coefficient of the parameters before the multiplier eta_t."""
     decay = weight_decay_factor * _value_at(weight_decay, count)
-    return decay * eta(count) if convention == "corrected" else decay
+    return convention.decay_coefficient(decay, eta(count))
 
-  scheduled_decay = callable(weight_decay) or (convention == "corrected" and callable(schedule))
-  decay = add_decoupled_weight_decay(
-    decay_schedule if scheduled_decay else decay_schedule(jnp.zeros([], jnp.int32)), mask
+  scheduled_decay = callable(weight_decay) or (
+    convention.decay_follows_schedule and callable(schedule)
   )
-  if convention == "torch":  # -alpha_t eta_t (d + lambda theta)
-    steps = [
-      decay,
-      optax.scale_by_learning_rate(learning_rate),
-      _scale_by_multiplier(schedule, 1.0),
-    ]
-  else:  # -eta_t (alpha d + lambda [eta_t] theta)
-    steps = [
-      optax.scale_by_learning_rate(learning_rate, flip_sign=False),
-      decay,
-      _scale_by_multiplier(schedule, -1.0),
-    ]
+  decay = add_decoupled_weight_decay(
+    decay_coefficient if scheduled_decay else decay_coefficient(jnp.zeros([], jnp.int32)), mask
+  )
+  steps = convention.steps(decay, learning_rate, schedule)
 
   def step_scalars(count: jax.Array) -> tuple[Any, Any, Any]:
-    learning_rate_applied = _value_at(learning_rate, count) * eta(count)
-    decay_applied = decay_schedule(count) * eta(count)
-    if convention == "torch":
-      decay_applied = decay_applied * _value_at(learning_rate, count)
-    return eta(count), learning_rate_applied, decay_applied
+    rate = _value_at(learning_rate, count)
+    return (
+      eta(count),
+      rate * eta(count),
+      convention.applied_decay(decay_coefficient(count), eta(count), rate),
+    )
 
   steps.append(keep_step_scalars(step_scalars))
 
