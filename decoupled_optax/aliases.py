@@ -571,7 +571,9 @@ def sgdp(
     weight_decay_convention: ``"paper"``, ``"torch"`` or ``"corrected"``; see
       :func:`decoupled_chain` for the math. Required unless ``weight_decay``
       is 0: without it a nonzero decay raises a ``ValueError``.
-    cpu_kernel: as in :func:`adamp`, for the momentum buffer.
+    cpu_kernel: as in :func:`adamp`, for the momentum buffer. Without
+      momentum (``momentum=0``, no Nesterov) there is no buffer to fuse and
+      the generic chain runs whatever it says.
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs`.
@@ -598,8 +600,12 @@ def sgdp(
     f"above), and {projected_decay(wd_ratio)}.",
   )
   check_bool("nesterov", nesterov)
+  check_bool("cpu_kernel", cpu_kernel, optional=True)
+  direction = _momentum_direction(momentum, nesterov, accumulator_dtype)
+  if not isinstance(direction, MomentumDirection):
+    cpu_kernel = None  # no buffer, so nothing for the kernel to fuse
   return _decoupled_chain(
-    _momentum_direction(momentum, nesterov, accumulator_dtype),
+    direction,
     learning_rate=learning_rate,
     weight_decay=weight_decay,
     weight_decay_factor=1.0 / (1.0 - momentum),

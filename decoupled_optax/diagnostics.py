@@ -146,9 +146,7 @@ def _kept_decisions(inner_state: Any, params: Any) -> tuple[Any, Any]:
   found = _states_of_type(inner_state, RadialProjectionState)
   if not found:
     return None, None
-  placeholder = lambda x: x is None or isinstance(x, optax.MaskedNode)  # noqa: E731
-  flat_params, treedef = jax.tree.flatten(params, is_leaf=placeholder)
-  flat_params = [None if placeholder(p) else p for p in flat_params]
+  flat_params, treedef = RadialProjectionState.leaf_positions(params)
   views = [None if p is None else jnp.full([], NOT_PROJECTED, jnp.int8) for p in flat_params]
   multipliers = [None if p is None else jnp.ones([], jnp.float32) for p in flat_params]
   for kept in found:

@@ -82,10 +82,6 @@ class RadialProjector(NamedTuple):
     channel_axis_name: mapped axes that shard the channel dim: the
       whole-tensor sum of the per-channel sums is psum'd over them; None if
       none (static).
-    known_coefficient: ``c`` itself, shaped like ``channel_weight``, when
-      the detection already knew ``w.u`` (the fused CPU pass of AdamP/SGDP
-      computes it with the other statistics); None otherwise, and
-      :func:`project_out_radial` reduces ``w.u`` itself.
     view: the view found scale invariant: 0 none, 1 the channel view, 2 the
       whole tensor (int8 scalar), for :func:`decoupled_optax.with_diagnostics`.
 
@@ -109,13 +105,10 @@ class RadialProjector(NamedTuple):
   reduce_axes: tuple[int, ...]
   axis_name: AxisName
   channel_axis_name: AxisName = None
-  known_coefficient: jax.Array | None = None
   view: jax.Array | None = None
 
   def coefficient(self, update: jax.Array, param: jax.Array) -> jax.Array:
     """``c`` per channel, shaped to broadcast against the leaf (inputs in the statistics dtype)."""
-    if self.known_coefficient is not None:
-      return self.known_coefficient
     w_dot_u = _global_sum(
       jnp.sum(param * update, axis=self.reduce_axes, keepdims=True), self.axis_name
     )
@@ -123,6 +116,27 @@ class RadialProjector(NamedTuple):
     w_dot_u = jax.lax.optimization_barrier(w_dot_u)
     w_dot_u_total = _global_sum(jnp.sum(w_dot_u), self.channel_axis_name)
     return self.channel_weight * w_dot_u + self.whole_weight * w_dot_u_total
+
+
+class _KnownCoefficientProjector(NamedTuple):
+  """A projector whose coefficient the detection knew: the fused CPU pass took ``w.u`` with the
+  other statistics, so :func:`project_out_radial` reduces nothing.
+
+  Attributes:
+    known_coefficient: ``c`` per channel, shaped to broadcast against the leaf.
+    view: as in :class:`RadialProjector`.
+  """
+
+  known_coefficient: jax.Array
+  view: jax.Array
+
+  def coefficient(self, update: jax.Array, param: jax.Array) -> jax.Array:
+    del update, param
+    return self.known_coefficient
+
+
+# What project_out_radial receives per projected leaf.
+_Projector = RadialProjector | _KnownCoefficientProjector
 
 
 class ChannelStatistics(NamedTuple):
@@ -242,7 +256,7 @@ def _projectors_from_statistics(
   channel_axes: Sequence[tuple[int, ...]],
   axis_name: AxisName,
   channel_axis_name: AxisName = None,
-) -> list[tuple[RadialProjector, jax.Array]]:
+) -> list[tuple[_Projector, jax.Array]]:
   """The official ``_projection`` test of several leaves from their per-channel statistics.
 
   The leaves' small per-channel math runs batched, padded to the widest
@@ -315,14 +329,17 @@ def _projectors_from_statistics(
   for i, (shape, width, axes) in enumerate(zip(shapes, widths, channel_axes, strict=True)):
     broadcast_shape = [n if a in axes else 1 for a, n in enumerate(shape)]
     per_channel = lambda x, i=i, width=width, shape=broadcast_shape: x[i, :width].reshape(shape)  # noqa: E731
-    projector = RadialProjector(
-      per_channel(channel_weight),
-      whole_weight[i],
-      _reduce_axes(len(shape), axes),
-      axis_name,
-      channel_axis_name,
-      None if coefficients is None else per_channel(coefficients),
-      views[i],
+    projector = (
+      RadialProjector(
+        per_channel(channel_weight),
+        whole_weight[i],
+        _reduce_axes(len(shape), axes),
+        axis_name,
+        channel_axis_name,
+        views[i],
+      )
+      if coefficients is None
+      else _KnownCoefficientProjector(per_channel(coefficients), views[i])
     )
     results.append((projector, multipliers[i]))
   return results
@@ -337,7 +354,7 @@ def _projectors_of_leaves(
   known_statistics: dict[int, ChannelStatistics],
   batch_leaves: bool,
   projection: RadialProjection,
-) -> tuple[list[RadialProjector | None], list[jax.Array | None]]:
+) -> tuple[list[_Projector | None], list[jax.Array | None]]:
   """AdamP's test on flattened leaves: per leaf ``(projector, decay multiplier)``.
 
   The one place both paths decide and build the projection. Leaves that are
@@ -361,7 +378,7 @@ def _projectors_of_leaves(
       path batches.
     projection: the test's options.
   """
-  projectors: list[RadialProjector | None] = [None] * len(flat_params)
+  projectors: list[_Projector | None] = [None] * len(flat_params)
   multipliers: list[jax.Array | None] = [
     None if g is None else jnp.ones([], _statistics_dtype(p.dtype))
     for g, p in zip(flat_grads, flat_params, strict=True)
@@ -662,6 +679,12 @@ class RadialProjectionState(NamedTuple):
 
   decisions: Any
 
+  @staticmethod
+  def leaf_positions(params: Any) -> tuple[list[Any], Any]:
+    """``(flat params, treedef)`` with one entry per position of ``decisions``; None where it is None."""
+    flat_params, treedef = jax.tree.flatten(params, is_leaf=_is_placeholder)
+    return [None if _is_placeholder(p) else p for p in flat_params], treedef
+
 
 def _replicated(x: jax.Array, reduce: Any) -> jax.Array:
   """``x`` reduced over the mesh axes it varies over (per-shard statistics), else itself."""
@@ -675,7 +698,7 @@ def _is_placeholder(x: Any) -> bool:
 
 
 def _leaf_decision(param: Any, projector: Any, multiplier: Any) -> LeafDecision | None:
-  if _is_placeholder(param):
+  if param is None:
     return None
   view = jnp.zeros([], jnp.int8) if projector is None else projector.view
   multiplier = jnp.ones([], jnp.float32) if multiplier is None else multiplier.astype(jnp.float32)
@@ -684,7 +707,7 @@ def _leaf_decision(param: Any, projector: Any, multiplier: Any) -> LeafDecision 
 
 def _decisions(params: Any, projectors: Any, multipliers: Any) -> RadialProjectionState:
   """The state that keeps one update's decisions, one entry per leaf of ``params``."""
-  flat_params, treedef = jax.tree.flatten(params, is_leaf=_is_placeholder)
+  flat_params, treedef = RadialProjectionState.leaf_positions(params)
   return RadialProjectionState(
     tuple(
       map(
@@ -833,7 +856,7 @@ def detected_update(
   return inner.update(updates, state, params, **extra_args)
 
 
-def _project_leaf(update: jax.Array, param: jax.Array, projector: RadialProjector) -> jax.Array:
+def _project_leaf(update: jax.Array, param: jax.Array, projector: _Projector) -> jax.Array:
   dtype = _statistics_dtype(update.dtype)
   u, w = update.astype(dtype), param.astype(dtype)
   return (u - w * projector.coefficient(u, w)).astype(update.dtype)
@@ -876,7 +899,7 @@ def project_out_radial() -> optax.GradientTransformationExtraArgs:
   """
 
   def init_fn(params: optax.Params) -> RadialProjectionState:
-    flat_params = jax.tree.leaves(params, is_leaf=_is_placeholder)
+    flat_params, _ = RadialProjectionState.leaf_positions(params)
     return RadialProjectionState(tuple(_leaf_decision(p, None, None) for p in flat_params))
 
   def update_fn(
