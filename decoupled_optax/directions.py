@@ -272,6 +272,12 @@ class Direction(abc.ABC):
   def from_moments(self, scalars: Any, grad: jax.Array, moments: Sequence[jax.Array]) -> jax.Array:
     """The direction from the updated moments: the same float32 formula as the kernel's."""
 
+  @abc.abstractmethod
+  def updated_moments(
+    self, scalars: Any, grad: jax.Array, moments: Sequence[jax.Array]
+  ) -> tuple[jax.Array, ...]:
+    """The kernel's moment update in jnp: its derivative rule (the FFI call has none)."""
+
 
 def _float32(x: Any) -> jax.Array:
   return jnp.asarray(x, jnp.float32)
@@ -368,6 +374,15 @@ class AdamDirection(Direction):
       jnp.sqrt(nu * scalars.inverse_bias_correction2) + scalars.eps
     )
 
+  def updated_moments(
+    self, scalars: AdamKernelScalars, grad: jax.Array, moments: Sequence[jax.Array]
+  ) -> tuple[jax.Array, ...]:
+    mu, nu = moments
+    return (
+      scalars.b1 * mu + scalars.one_minus_b1 * grad,
+      scalars.b2 * nu + scalars.one_minus_b2 * grad * grad,
+    )
+
 
 @final
 @dataclasses.dataclass(frozen=True)
@@ -415,3 +430,9 @@ class MomentumDirection(Direction):
   ) -> jax.Array:
     (trace,) = moments
     return grad + scalars.decay * trace if self.nesterov else trace
+
+  def updated_moments(
+    self, scalars: MomentumKernelScalars, grad: jax.Array, moments: Sequence[jax.Array]
+  ) -> tuple[jax.Array, ...]:
+    (trace,) = moments
+    return (grad + scalars.decay * trace,)

@@ -30,7 +30,6 @@ import dataclasses
 import functools
 import math
 import warnings
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
@@ -219,9 +218,26 @@ def _contiguous(axes: tuple[int, ...]) -> bool:
   return axes == tuple(range(axes[0], axes[0] + len(axes)))
 
 
+def _reference_first_pass(
+  direction: Direction,
+  scalars: Any,
+  layout: _Layout,
+  grad: jax.Array,
+  param: jax.Array,
+  moments: tuple[jax.Array, ...],
+) -> tuple[tuple[jax.Array, ...], jax.Array]:
+  """The kernel's results in jnp, ``(new moments, statistics (4, channels))``: its derivatives."""
+  new_moments = direction.updated_moments(scalars, grad, moments)
+  update = direction.from_moments(scalars, grad, new_moments)
+  as_rows = lambda x: x.reshape(layout)  # noqa: E731
+  g, w, u = as_rows(grad), as_rows(param), as_rows(update)
+  statistics = [jnp.sum(a * b, axis=(0, 2)) for a, b in ((g, w), (g, g), (w, w), (w, u))]
+  return tuple(new_moments), jnp.stack(statistics)
+
+
 def _kernel_call(
   direction: Direction,
-  scalars: NamedTuple,
+  scalars: Any,
   grad: jax.typing.ArrayLike,
   param: jax.typing.ArrayLike,
   moments: tuple[jax.typing.ArrayLike, ...],
@@ -231,20 +247,39 @@ def _kernel_call(
 
   The direction is recomputed from the new moments with the kernel's formula
   (:meth:`Direction.from_moments`), so XLA fuses it into the final update.
+  The FFI call has no derivatives: its rule is the JVP of the same
+  computation in jnp (:meth:`Direction.updated_moments`), so gradients,
+  hypergradients and forward-mode derivatives flow through the fused step.
   """
   grad, param = jnp.asarray(grad), jnp.asarray(param)
   layout = _layout(param.shape, channel_axes)
   moment_shapes = [jax.ShapeDtypeStruct(param.shape, jnp.float32) for _ in moments]
-  operands = (grad, param, *moments, jnp.stack(scalars))
-  *new_moments, statistics = jax.ffi.ffi_call(
-    _TARGET_PREFIX + direction.kind,
-    (*moment_shapes, jax.ShapeDtypeStruct((4, layout.channels), jnp.float32)),
-    # The moments are updated in place: operand 2 + k (after grad and param)
-    # is result k.
-    input_output_aliases={2 + k: k for k in range(len(moments))},
-    vmap_method="sequential",
-  )(*operands, nesterov=direction.nesterov, **layout._asdict())
-  return tuple(new_moments), direction.from_moments(scalars, grad, new_moments), statistics
+  rebuild = type(scalars)
+
+  @jax.custom_jvp
+  def first_pass(
+    grad: jax.Array, param: jax.Array, moments: tuple[jax.Array, ...], stacked: jax.Array
+  ) -> tuple[tuple[jax.Array, ...], jax.Array]:
+    *new_moments, statistics = jax.ffi.ffi_call(
+      _TARGET_PREFIX + direction.kind,
+      (*moment_shapes, jax.ShapeDtypeStruct((4, layout.channels), jnp.float32)),
+      # The moments are updated in place: operand 2 + k (after grad and param)
+      # is result k.
+      input_output_aliases={2 + k: k for k in range(len(moments))},
+      vmap_method="sequential",
+    )(grad, param, *moments, stacked, nesterov=direction.nesterov, **layout._asdict())
+    return tuple(new_moments), statistics
+
+  @first_pass.defjvp
+  def first_pass_jvp(primals: tuple[Any, ...], tangents: tuple[Any, ...]) -> Any:
+    reference = lambda g, w, m, s: _reference_first_pass(  # noqa: E731
+      direction, rebuild(*s), layout, g, w, m
+    )
+    _, out_tangents = jax.jvp(reference, primals, tangents)
+    return first_pass(*primals), out_tangents
+
+  new_moments, statistics = first_pass(grad, param, tuple(moments), jnp.stack(scalars))
+  return new_moments, direction.from_moments(scalars, grad, new_moments), statistics
 
 
 def _plain_type(x: jax.Array) -> bool:
@@ -465,52 +500,6 @@ def _fused_update(
   return updates, (chain.direction.with_moments(first.direction_state, new_moments), tail_state)
 
 
-def _with_generic_derivatives(
-  chain: _FusedChain, fused: list[bool], flat_channel_axes: list[tuple[int, ...] | None]
-) -> Callable[..., Any]:
-  """The fused update, whose derivatives (the FFI call has none) are the generic chain's.
-
-  Neither a custom_jvp function nor its rule may close over tracers (such as
-  the hyperparameters that inject_hyperparams traces), so both are
-  closure-converted. The generic chain closes over the same values; the rule
-  finds them among the fused step's by identity, and their tangents carry the
-  hyperparameters' derivatives (meta-learning, hypergradients).
-  """
-
-  def generic_step(u: Any, s: Any, p: Any, extra: dict[str, Any]) -> tuple[Any, Any]:
-    return chain.generic_update(u, s, p, extra)
-
-  def step(u: Any, s: Any, p: Any, extra: dict[str, Any]) -> Any:
-    closed, constants = jax.closure_convert(
-      lambda u, s, p, extra: _fused_update(chain, u, s, p, extra, fused, flat_channel_axes),
-      u,
-      s,
-      p,
-      extra,
-    )
-    position = {id(c): i for i, c in enumerate(constants)}
-    differentiable = jax.custom_jvp(lambda constants, *args: closed(*args, *constants))
-
-    @differentiable.defjvp
-    def rule(primals: tuple[Any, ...], tangents: tuple[Any, ...]) -> Any:
-      generic_closed, generic_constants = jax.closure_convert(generic_step, *primals[1:])
-      if any(id(c) not in position for c in generic_constants):
-        raise NotImplementedError(
-          "decoupled_optax: the generic chain closes over values the fused CPU step does "
-          "not; differentiate with cpu_kernel=False."
-        )
-      index = [position[id(c)] for c in generic_constants]
-      return jax.jvp(
-        generic_closed,
-        (*primals[1:], *(primals[0][i] for i in index)),
-        (*tangents[1:], *(tangents[0][i] for i in index)),
-      )
-
-    return differentiable(tuple(constants), u, s, p, extra)
-
-  return step
-
-
 def _dispatch(
   chain: _FusedChain, updates: Any, state: Any, params: Any, extra_args: dict[str, Any]
 ) -> tuple[Any, Any]:
@@ -519,7 +508,10 @@ def _dispatch(
   fused, flat_channel_axes = _fused_leaves(chain, updates, state, params)
   if not any(fused):
     return chain.generic_update(updates, state, params, extra_args)
-  fused_step = _with_generic_derivatives(chain, fused, flat_channel_axes)
+
+  def fused_step(u: Any, s: Any, p: Any, extra: dict[str, Any]) -> tuple[Any, Any]:
+    return _fused_update(chain, u, s, p, extra, fused, flat_channel_axes)
+
   if _default_backend_is_cpu():
     # A process whose default backend is the CPU has no other platform to
     # lower for: trace the fused step alone (platform_dependent traces both).
