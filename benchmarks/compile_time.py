@@ -5,7 +5,9 @@ For the ResNet-50 and GPT-2 trees of ``update_step.py`` and for deep MLPs of
 ``.compile()`` separately (median of ``--reps`` fresh optimizers) for
 ``optax.adamw``, ``adamw``, ``adamp`` (the default path: the fused CPU kernel
 on one CPU device) and ``adamp(cpu_kernel=False)``, and fits seconds per leaf
-on the MLPs. Writes ``compile_time_<backend>.md``/``.json`` to ``--out``
+on the MLPs. ``resnet18_step`` times a whole train step instead (forward,
+backward and update of a Flax ResNet-18 with GroupNorm on a batch of eight
+32x32 images; needs flax). Writes ``compile_time_<backend>.md``/``.json`` to ``--out``
 (default ``outputs/``; the committed run used ``--out benchmarks/results``).
 
   python benchmarks/compile_time.py --out benchmarks/results
@@ -51,12 +53,64 @@ def mlp_tree(leaves: int) -> dict[str, Any]:
   }
 
 
-def time_phases(factory: Callable[[], Any], params: Any, grads: Any, reps: int) -> dict[str, float]:
+def resnet18_step() -> tuple[Any, Any, Callable[[Any, Any], Any]]:
+  """A Flax ResNet-18 (GroupNorm, CIFAR stem): ``(params, batch, loss(params, batch))``."""
+  import flax.linen as nn
+
+  class Block(nn.Module):
+    features: int
+    stride: int
+
+    @nn.compact
+    def __call__(self, x: Any) -> Any:
+      y = nn.Conv(self.features, (3, 3), self.stride, use_bias=False)(x)
+      y = nn.relu(nn.GroupNorm(num_groups=32)(y))
+      y = nn.Conv(self.features, (3, 3), use_bias=False)(y)
+      y = nn.GroupNorm(num_groups=32)(y)
+      if self.stride != 1 or x.shape[-1] != self.features:
+        x = nn.Conv(self.features, (1, 1), self.stride, use_bias=False)(x)
+        x = nn.GroupNorm(num_groups=32)(x)
+      return nn.relu(x + y)
+
+  class ResNet18(nn.Module):
+    @nn.compact
+    def __call__(self, x: Any) -> Any:
+      x = nn.relu(nn.GroupNorm(num_groups=32)(nn.Conv(64, (3, 3), use_bias=False)(x)))
+      for features, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+        x = Block(features, stride)(x)
+        x = Block(features, 1)(x)
+      return nn.Dense(10)(x.mean(axis=(1, 2)))
+
+  model = ResNet18()
+  images = np.random.default_rng(0).standard_normal((8, 32, 32, 3)).astype(np.float32)
+  batch = (images, np.arange(8) % 10)
+  params = model.init(jax.random.key(0), images)["params"]
+
+  def loss(params: Any, batch: Any) -> Any:
+    logits = model.apply({"params": params}, batch[0])
+    return optax.softmax_cross_entropy_with_integer_labels(logits, batch[1]).mean()
+
+  return params, batch, loss
+
+
+def time_phases(
+  factory: Callable[[], Any],
+  params: Any,
+  grads: Any,
+  reps: int,
+  loss: Callable[[Any, Any], Any] | None = None,
+) -> dict[str, float]:
+  """Trace, lower and compile times of one update, or of a whole train step given ``loss``.
+
+  With ``loss``, ``grads`` is the batch and the step takes the gradient itself.
+  """
   phases: dict[str, list[float]] = {"trace": [], "lower": [], "compile": []}
   for _ in range(reps):
     tx = factory()
 
     def update(params: Any, state: Any, grads: Any, tx: Any = tx) -> Any:
+      if loss is not None:
+        grads = jax.grad(loss)(params, grads)
       updates, state = tx.update(grads, state, params)
       return optax.apply_updates(params, updates), state
 
@@ -88,17 +142,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     trees = {"tiny": U.tiny_tree(), "mlp_20": mlp_tree(20), "mlp_40": mlp_tree(40)}
     reps = 1
   else:
-    trees = {"resnet50": U.resnet50_tree(), "gpt2": U.gpt2_tree()}
+    trees: dict[str, Any] = {"resnet50": U.resnet50_tree(), "gpt2": U.gpt2_tree()}
     trees |= {f"mlp_{n}": mlp_tree(n) for n in (100, 300, 1000)}
     reps = args.reps
+    trees["resnet18_step"] = None
   if args.trees:
     trees = {name: trees[name] for name in args.trees.split(",")}
   rows = []
   for tree_name, specs in trees.items():
-    params, grads = U.make_arrays(specs)
+    loss = None
+    if specs is None:
+      params, grads, loss = resnet18_step()
+    else:
+      params, grads = U.make_arrays(specs)
     leaves = len(jax.tree.leaves(params))
     for name, factory in CANDIDATES.items():
-      phases = time_phases(factory, params, grads, reps)
+      phases = time_phases(factory, params, grads, reps, loss)
       rows.append(dict(tree=tree_name, leaves=leaves, candidate=name, **phases))
       print(
         f"{tree_name:9s} {leaves:5d} leaves  {name:20s} trace {phases['trace']:.2f}  "

@@ -157,3 +157,31 @@ def test_repro_warm_restarts_smoke(tmp_path):
   for curve in report["test_error_per_epoch"].values():
     assert len(curve[0][0]) == 7  # one test error per epoch
   assert (tmp_path / "repro_warm_restarts.png").stat().st_size > 0
+
+
+def test_compile_time_smoke(tmp_path):
+  _load_benchmark("compile_time").main(["--smoke", "--out", str(tmp_path)])
+  report = json.loads((tmp_path / "compile_time_cpu.json").read_text())
+  assert {row["tree"] for row in report["rows"]} == {"tiny", "mlp_20", "mlp_40"}
+  for row in report["rows"]:
+    assert 0 < row["trace"] <= row["total"] and row["compile"] > 0
+  assert set(report["seconds_per_leaf"]) == {
+    "optax.adamw",
+    "ours adamw",
+    "ours adamp",
+    "ours adamp generic",
+  }
+
+
+def test_train_step_smoke(tmp_path):
+  _load_benchmark("train_step").main(["--smoke", "--out", str(tmp_path)])
+  report = json.loads((tmp_path / "train_step_cpu.json").read_text())
+  assert report["steps"] == 3
+  assert set(report["median_seconds"]) == {
+    "optax.adamw",
+    "ours adamp",
+    "ours adamp + diagnostics every 10",
+    "ours adamp + diagnostics every 1",
+  }
+  assert all(seconds > 0 for seconds in report["median_seconds"].values())
+  assert (tmp_path / "train_step_cpu.md").read_text().startswith("# A whole ResNet-18")
