@@ -51,6 +51,7 @@ from decoupled_optax.sharding import (
 )
 from decoupled_optax.weight_decay import (
   AddDecoupledWeightDecayState,
+  CautiousWeightDecayState,
   add_decoupled_weight_decay,
   normalized_weight_decay,
 )
@@ -60,6 +61,7 @@ __version__ = "0.1.0"
 __all__ = [
   "AdamDirection",
   "AddDecoupledWeightDecayState",
+  "CautiousWeightDecayState",
   "CPUKernelWarning",
   "DiagnosticsState",
   "StepScalarsState",

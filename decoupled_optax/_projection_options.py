@@ -20,7 +20,7 @@ ProjectionMask = Any
 """None (weights, not biases or norm parameters), a bool, a tree of bools, or a function."""
 
 
-def _is_axes(x: Any) -> bool:
+def is_axes(x: Any) -> bool:
   """A per-leaf channel-axis value: an int, a tuple of ints, or None (inferred)."""
   if x is None or (isinstance(x, (int, np.integer)) and not isinstance(x, bool)):
     return True
@@ -29,7 +29,7 @@ def _is_axes(x: Any) -> bool:
   )
 
 
-def _is_mask_value(x: Any) -> bool:
+def is_mask_value(x: Any) -> bool:
   return isinstance(x, (bool, np.bool_))
 
 
@@ -46,7 +46,7 @@ def check_axis_name(axis_name: Any) -> None:
 
 def _check_channel_axis(channel_axis: Any) -> None:
   if not callable(channel_axis) and not all(
-    _is_axes(x) for x in jax.tree.leaves(channel_axis, is_leaf=_is_axes)
+    is_axes(x) for x in jax.tree.leaves(channel_axis, is_leaf=is_axes)
   ):
     raise TypeError(
       "channel_axis must be None (read from the model), a Python int or tuple of ints, a tree "
@@ -57,7 +57,7 @@ def _check_channel_axis(channel_axis: Any) -> None:
 
 
 def _check_projection_mask(mask: Any) -> None:
-  if not callable(mask) and not all(_is_mask_value(x) for x in jax.tree.leaves(mask)):
+  if not callable(mask) and not all(is_mask_value(x) for x in jax.tree.leaves(mask)):
     raise TypeError(
       "projection_mask must be None (weights, never biases or normalization parameters), a "
       "Python bool, a tree of Python bools per leaf, or a function of the params that returns "

@@ -26,6 +26,13 @@ class StepScalarsState(NamedTuple):
     learning_rate: the learning rate it applied, alpha_t * eta_t.
     weight_decay: the fraction of each decayed weight it removed (before
       AdamP's ``wd_ratio``).
+    corrected_weight_decay: with the corrected decay on some leaves only
+      (``corrected_decay_leaves``), the fraction removed from those; the
+      others lose ``weight_decay``. None otherwise.
+    angular_equilibrium_factor: ``c`` in the predicted angular update at
+      rotational equilibrium, ``sqrt(2 d c)`` for a per-step decay ``d``
+      (Kosson et al. 2024), from the chain's direction; None where the
+      direction has no prediction.
 
   Example:
     >>> import jax.numpy as jnp
@@ -42,17 +49,20 @@ class StepScalarsState(NamedTuple):
   schedule: jax.Array
   learning_rate: jax.Array
   weight_decay: jax.Array
+  corrected_weight_decay: jax.Array | None = None
+  angular_equilibrium_factor: jax.Array | None = None
 
 
-StepScalars = Callable[[jax.Array], tuple[Any, Any, Any]]
+StepScalars = Callable[[jax.Array], tuple[Any, ...]]
 
 
 def keep_step_scalars(step_scalars: StepScalars) -> optax.GradientTransformation:
   """Passes the updates through and keeps ``step_scalars(count)`` in its state.
 
   Args:
-    step_scalars: from the number of updates before this one, ``(eta_t,
-      learning rate as applied, weight decay as applied)``.
+    step_scalars: from the number of updates before this one, the values of
+      :class:`StepScalarsState`'s fields after ``count``, in order; None for
+      a field the chain does not have (the same at every step).
 
   Returns:
     An :class:`optax.GradientTransformation` whose state is a :class:`StepScalarsState`.
@@ -60,14 +70,16 @@ def keep_step_scalars(step_scalars: StepScalars) -> optax.GradientTransformation
 
   def init_fn(params: optax.Params) -> StepScalarsState:
     del params
-    zero = jnp.zeros([], jnp.float32)
-    return StepScalarsState(jnp.zeros([], jnp.int32), zero, zero, zero)
+    count = jnp.zeros([], jnp.int32)
+    zeros = [None if x is None else jnp.zeros([], jnp.float32) for x in step_scalars(count)]
+    return StepScalarsState(count, *zeros)  # pyright: ignore[reportArgumentType]
 
   def update_fn(
     updates: optax.Updates, state: StepScalarsState, params: optax.Params | None = None
   ) -> tuple[optax.Updates, StepScalarsState]:
     del params
-    values = (jnp.asarray(x, jnp.float32) for x in step_scalars(state.count))
-    return updates, StepScalarsState(jnp.asarray(optax.safe_increment(state.count)), *values)
+    values = [None if x is None else jnp.asarray(x, jnp.float32) for x in step_scalars(state.count)]
+    count = jnp.asarray(optax.safe_increment(state.count))
+    return updates, StepScalarsState(count, *values)  # pyright: ignore[reportArgumentType]
 
   return optax.GradientTransformation(init_fn, update_fn)  # pyright: ignore[reportArgumentType]

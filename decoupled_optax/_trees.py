@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import jax
 import jax.numpy as jnp
+import optax
 
 # optax's own text (optax.adamw raises ValueError with it); optax keeps it in a
 # private module, so it is spelled out here.
@@ -212,3 +213,45 @@ def check_real_params(params: Any, *, allow_complex: bool, transform: str) -> No
         "into real and imaginary parts, or exclude it from the projection)."
       )
     )
+
+
+def is_leaf_placeholder(x: Any) -> bool:
+  """A leaf position without an array: a None param, or one that ``optax.masked`` masked out."""
+  return x is None or isinstance(x, optax.MaskedNode)
+
+
+def leaf_positions(params: Any) -> tuple[list[Any], Any]:
+  """``(flat params, treedef)``, one entry per leaf position, None where there is no array.
+
+  The per-leaf tuples that states keep (AdamP's decisions, cautious decay's
+  fractions) have one entry per position, so that
+  :func:`decoupled_optax.with_diagnostics` can name them from the params.
+  """
+  flat_params, treedef = jax.tree.flatten(params, is_leaf=is_leaf_placeholder)
+  return [None if is_leaf_placeholder(p) else p for p in flat_params], treedef
+
+
+def _full_mask(mask: Any, tree: Any) -> Any:
+  """``mask`` (a tree, a prefix of ``tree``'s, or a callable returning one) with one bool per leaf."""
+  result = checked_mask(mask)(tree)
+  return jax.tree.map(
+    lambda value, subtree: jax.tree.map(lambda _: bool(value), subtree, is_leaf=_is_none),
+    result,
+    tree,
+    is_leaf=_is_none,
+  )
+
+
+def intersected_masks(*masks: tuple[Any, bool]) -> Callable[[Any], Any]:
+  """A mask function: per leaf, the AND of ``(mask, negate)`` pairs' values (None decays every leaf)."""
+
+  def mask_fn(tree: Any) -> Any:
+    full = [
+      _full_mask(True if mask is None else mask, tree)
+      if not negate
+      else jax.tree.map(lambda m: not m, _full_mask(mask, tree), is_leaf=_is_none)
+      for mask, negate in masks
+    ]
+    return jax.tree.map(lambda *values: all(values), *full, is_leaf=_is_none)
+
+  return mask_fn

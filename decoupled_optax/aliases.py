@@ -48,12 +48,18 @@ from decoupled_optax._projection_options import (
 )
 from decoupled_optax._public_factories import public_factory
 from decoupled_optax._required_convention import (
+  Convention,
   WeightDecayConvention,
   projected_decay,
   require_convention,
 )
 from decoupled_optax._step_scalars import keep_step_scalars
-from decoupled_optax._trees import check_real_params, check_same_structure, require_params
+from decoupled_optax._trees import (
+  check_real_params,
+  check_same_structure,
+  intersected_masks,
+  require_params,
+)
 from decoupled_optax._validation import (
   check_bool,
   check_dtype,
@@ -61,6 +67,7 @@ from decoupled_optax._validation import (
   check_number,
   check_transform,
   check_unit_interval,
+  describe,
 )
 from decoupled_optax.directions import (
   AdamDirection,
@@ -110,6 +117,102 @@ def _value_at(value: Any, count: jax.Array) -> Any:
   return value(count) if callable(value) else value
 
 
+def _chain(
+  direction: optax.GradientTransformation | Direction,
+  *,
+  learning_rate: optax.ScalarOrSchedule,
+  weight_decay: optax.ScalarOrSchedule,
+  schedule: optax.ScalarOrSchedule | None = None,
+  mask: MaskOrFn = None,
+  weight_decay_convention: WeightDecayConvention | None = None,
+  weight_decay_factor: Any = 1.0,
+  radial_projection: RadialProjection | None = None,
+  cautious_weight_decay: bool = False,
+  corrected_decay_leaves: Any = None,
+  angular_equilibrium_factor: Any = None,
+) -> optax.GradientTransformationExtraArgs:
+  """:func:`decoupled_chain`'s body; the aliases give the direction's equilibrium factor."""
+  fusable = isinstance(direction, Direction)
+  if not fusable:
+    check_transform("direction", direction)
+  convention = require_convention(
+    "decoupled_chain",
+    weight_decay_convention,
+    weight_decay,
+    learning_rate,
+    decay_factor=weight_decay_factor,
+  )
+  if callable(learning_rate) and not convention.decay_times_learning_rate:
+    raise ValueError(
+      f"learning_rate must be a scalar in the {convention.name!r} convention; pass the schedule "
+      "as schedule=... (the multiplier eta_t), or use weight_decay_convention='torch'."
+    )
+  check_non_negative("learning_rate", learning_rate, schedule=convention.decay_times_learning_rate)
+  check_number("schedule", schedule, low=0.0, schedule=True, optional=True)
+  check_mask_argument(mask)
+  check_non_negative("weight_decay_factor", weight_decay_factor)
+  if radial_projection is not None:
+    radial_projection = check_projection(radial_projection, "radial_projection")
+
+  check_bool("cautious_weight_decay", cautious_weight_decay)
+  per_leaf_correction = _check_corrected_leaves(
+    corrected_decay_leaves, convention, radial_projection
+  )
+
+  eta = lambda count: 1.0 if schedule is None else _value_at(schedule, count)  # noqa: E731
+
+  def paper_decay(count: Any) -> Any:
+    """The paper's lambda_t (times the factor), before the multiplier eta_t."""
+    return weight_decay_factor * _value_at(weight_decay, count)
+
+  def corrected_decay(count: Any) -> Any:
+    """The convention's decay coefficient before the multiplier eta_t."""
+    return convention.decay_coefficient(paper_decay(count), eta(count))
+
+  uncorrected = paper_decay if per_leaf_correction else corrected_decay
+  corrected_varies = callable(weight_decay) or (
+    convention.decay_follows_schedule and callable(schedule)
+  )
+  decay = _decay_transforms(
+    _as_schedule(
+      uncorrected, callable(weight_decay) or (corrected_varies and not per_leaf_correction)
+    ),
+    _as_schedule(corrected_decay, corrected_varies),
+    mask,
+    cautious_weight_decay,
+    corrected_decay_leaves if per_leaf_correction else None,
+  )
+  steps = convention.steps(decay, learning_rate, schedule)
+
+  def step_scalars(count: jax.Array) -> tuple[Any, ...]:
+    rate = _value_at(learning_rate, count)
+    applied = lambda decay: convention.applied_decay(decay(count), eta(count), rate)  # noqa: E731
+    corrected = applied(corrected_decay) if per_leaf_correction else None
+    return (
+      eta(count),
+      rate * eta(count),
+      applied(uncorrected),
+      corrected,
+      angular_equilibrium_factor,
+    )
+
+  steps.append(keep_step_scalars(step_scalars))
+
+  transform = direction.transform() if fusable else direction
+  if radial_projection is None:
+    chain = _checked_inputs(optax.chain(transform, *steps))
+  else:
+    # One state structure for both paths: (direction, (projection, decay, ...)).
+    tail = optax.chain(project_out_radial(), *steps)
+    if fusable:
+      chain = fused_scale_invariance(direction, tail, radial_projection)
+    else:
+      chain = detect_scale_invariance(optax.chain(transform, tail), radial_projection)
+
+  # Under jit, the state follows the params' sharding (see decoupled_optax.sharding).
+  return keep_param_sharding(chain)
+
+
 def _decoupled_chain(
   direction: optax.GradientTransformation | Direction,
   *,
@@ -120,6 +223,8 @@ def _decoupled_chain(
   weight_decay_convention: WeightDecayConvention | None = None,
   weight_decay_factor: Any = 1.0,
   radial_projection: RadialProjection | None = None,
+  cautious_weight_decay: bool = False,
+  corrected_decay_leaves: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Direction, optional radial projection, and decoupled decay, in any of the three conventions.
 
@@ -163,13 +268,25 @@ def _decoupled_chain(
       :func:`decoupled_optax.detect_scale_invariance` (any other direction),
       which wraps the chain, and :func:`decoupled_optax.project_out_radial`
       follows the direction.
+    cautious_weight_decay: decay only the coordinates where the update
+      (after the projection, if any) and the parameter agree in sign (Chen et
+      al. 2025; see :func:`decoupled_optax.add_decoupled_weight_decay`).
+    corrected_decay_leaves: with ``weight_decay_convention="corrected"``,
+      which decayed leaves get the corrected ``lambda eta_t^2``; the others
+      get the paper's ``lambda eta_t`` (Defazio 2025's per-layer rule:
+      corrected on normalized layers). None: every decayed leaf, as timm and
+      Levanter do. ``"scale_invariant"``: the leaves AdamP's test finds scale
+      invariant at each step (needs ``radial_projection``). A mask (a tree of
+      bools or a function of the params, as ``mask``): those leaves. Any
+      other convention raises if this is not None.
 
   Returns:
     The chain, an :class:`optax.GradientTransformationExtraArgs`. Under
     :func:`decoupled_optax.with_diagnostics` it reports ``schedule``,
     ``learning_rate`` (alpha_t eta_t) and ``weight_decay`` as applied per step
     (lambda eta_t, alpha_t eta_t lambda or lambda eta_t^2, times
-    ``weight_decay_factor``).
+    ``weight_decay_factor``; with ``corrected_decay_leaves``, lambda eta_t and
+    ``corrected_weight_decay`` lambda eta_t^2).
 
   Example:
     >>> import optax, decoupled_optax as dopt
@@ -177,69 +294,77 @@ def _decoupled_chain(
     ...     optax.scale_by_lion(), learning_rate=1e-4, weight_decay=1e-5,
     ...     weight_decay_convention="paper")
   """
-  fusable = isinstance(direction, Direction)
-  if not fusable:
-    check_transform("direction", direction)
-  convention = require_convention(
-    "decoupled_chain",
-    weight_decay_convention,
-    weight_decay,
-    learning_rate,
-    decay_factor=weight_decay_factor,
+  return _chain(
+    direction,
+    learning_rate=learning_rate,
+    weight_decay=weight_decay,
+    schedule=schedule,
+    mask=mask,
+    weight_decay_convention=weight_decay_convention,
+    weight_decay_factor=weight_decay_factor,
+    radial_projection=radial_projection,
+    cautious_weight_decay=cautious_weight_decay,
+    corrected_decay_leaves=corrected_decay_leaves,
+    angular_equilibrium_factor=(
+      direction.angular_equilibrium_factor() if isinstance(direction, Direction) else None
+    ),
   )
-  if callable(learning_rate) and not convention.decay_times_learning_rate:
-    raise ValueError(
-      f"learning_rate must be a scalar in the {convention.name!r} convention; pass the schedule "
-      "as schedule=... (the multiplier eta_t), or use weight_decay_convention='torch'."
-    )
-  check_non_negative("learning_rate", learning_rate, schedule=convention.decay_times_learning_rate)
-  check_number("schedule", schedule, low=0.0, schedule=True, optional=True)
-  check_mask_argument(mask)
-  check_non_negative("weight_decay_factor", weight_decay_factor)
-  if radial_projection is not None:
-    radial_projection = check_projection(radial_projection, "radial_projection")
-
-  eta = lambda count: 1.0 if schedule is None else _value_at(schedule, count)  # noqa: E731
-
-  def decay_coefficient(count: Any) -> Any:
-    """The decay coefficient of the parameters before the multiplier eta_t."""
-    decay = weight_decay_factor * _value_at(weight_decay, count)
-    return convention.decay_coefficient(decay, eta(count))
-
-  scheduled_decay = callable(weight_decay) or (
-    convention.decay_follows_schedule and callable(schedule)
-  )
-  decay = add_decoupled_weight_decay(
-    decay_coefficient if scheduled_decay else decay_coefficient(jnp.zeros([], jnp.int32)), mask
-  )
-  steps = convention.steps(decay, learning_rate, schedule)
-
-  def step_scalars(count: jax.Array) -> tuple[Any, Any, Any]:
-    rate = _value_at(learning_rate, count)
-    return (
-      eta(count),
-      rate * eta(count),
-      convention.applied_decay(decay_coefficient(count), eta(count), rate),
-    )
-
-  steps.append(keep_step_scalars(step_scalars))
-
-  transform = direction.transform() if fusable else direction
-  if radial_projection is None:
-    chain = _checked_inputs(optax.chain(transform, *steps))
-  else:
-    # One state structure for both paths: (direction, (projection, decay, ...)).
-    tail = optax.chain(project_out_radial(), *steps)
-    if fusable:
-      chain = fused_scale_invariance(direction, tail, radial_projection)
-    else:
-      chain = detect_scale_invariance(optax.chain(transform, tail), radial_projection)
-
-  # Under jit, the state follows the params' sharding (see decoupled_optax.sharding).
-  return keep_param_sharding(chain)
 
 
 decoupled_chain = public_factory(_decoupled_chain, "decoupled_chain")
+
+
+def _as_schedule(decay: Any, varies: bool) -> Any:
+  """``decay`` as a schedule where it varies with the step, else its value."""
+  return decay if varies else decay(jnp.zeros([], jnp.int32))
+
+
+def _check_corrected_leaves(
+  corrected_decay_leaves: Any, convention: Convention, radial_projection: Any
+) -> bool:
+  """Whether the corrected decay applies to some leaves only; raises where it cannot."""
+  if corrected_decay_leaves is None:
+    return False
+  if not convention.decay_follows_schedule:
+    raise ValueError(
+      "corrected_decay_leaves must be None unless weight_decay_convention='corrected', got "
+      f"{describe(corrected_decay_leaves)} in the {convention.name!r} convention."
+    )
+  if isinstance(corrected_decay_leaves, str) and corrected_decay_leaves == "scale_invariant":
+    if radial_projection is None:
+      raise ValueError(
+        "corrected_decay_leaves='scale_invariant' needs AdamP's test, so it must come with a "
+        "radial projection (adamp, sgdp, or decoupled_chain(radial_projection=...)); got none. "
+        "Pass a mask of the normalized layers instead."
+      )
+    return True
+  if isinstance(corrected_decay_leaves, str):
+    raise ValueError(
+      "corrected_decay_leaves must be None, 'scale_invariant', a tree of bools or a function "
+      f"of the params, got {describe(corrected_decay_leaves)}."
+    )
+  check_mask_argument(corrected_decay_leaves)
+  return True
+
+
+def _decay_transforms(
+  uncorrected: Any, corrected: Any, mask: MaskOrFn, cautious: bool, corrected_leaves: Any
+) -> optax.GradientTransformation:
+  """The decay: one transform, or, where the corrected rule covers some leaves only, its split."""
+  if corrected_leaves is None:
+    return add_decoupled_weight_decay(uncorrected, mask, cautious=cautious)
+  if isinstance(corrected_leaves, str):  # "scale_invariant"
+    return add_decoupled_weight_decay(
+      uncorrected, mask, cautious=cautious, projected_weight_decay=corrected
+    )
+  return optax.chain(
+    add_decoupled_weight_decay(
+      corrected, intersected_masks((mask, False), (corrected_leaves, False)), cautious=cautious
+    ),
+    add_decoupled_weight_decay(
+      uncorrected, intersected_masks((mask, False), (corrected_leaves, True)), cautious=cautious
+    ),
+  )
 
 
 @public_factory
@@ -257,6 +382,8 @@ def adamw(
   mask: MaskOrFn = None,
   nesterov: bool = False,
   weight_decay_convention: WeightDecayConvention | None = None,
+  cautious_weight_decay: bool = False,
+  corrected_decay_leaves: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""AdamW with the paper's decoupled weight decay (Algorithm 2).
 
@@ -292,6 +419,10 @@ def adamw(
     weight_decay_convention: ``"paper"``, ``"torch"`` or ``"corrected"``; see
       :func:`decoupled_chain` for the math. Required unless ``weight_decay``
       is 0: without it a nonzero decay raises a ``ValueError``.
+    cautious_weight_decay: decay only where the update and the parameter
+      agree in sign (Chen et al. 2025); see :func:`decoupled_chain`.
+    corrected_decay_leaves: with the corrected convention, which leaves get
+      ``lambda eta_t^2`` (Defazio 2025's per-layer rule); see :func:`decoupled_chain`.
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs`.
@@ -311,14 +442,22 @@ def adamw(
   """
   require_convention("adamw", weight_decay_convention, weight_decay, learning_rate)
   # _scale_by_adam checks its arguments.
-  return _decoupled_chain(
+  return _chain(
     _scale_by_adam(b1, b2, eps, eps_root, mu_dtype, nu_dtype, nesterov=nesterov),
     learning_rate=learning_rate,
     weight_decay=weight_decay,
     schedule=schedule,
     mask=mask,
     weight_decay_convention=weight_decay_convention,
+    cautious_weight_decay=cautious_weight_decay,
+    corrected_decay_leaves=corrected_decay_leaves,
+    angular_equilibrium_factor=(1 - b1) / (1 + b1),
   )
+
+
+def _equilibrium_factor(direction: Any) -> Any:
+  """The direction's angular equilibrium factor; 1 for plain SGD (no momentum)."""
+  return direction.angular_equilibrium_factor() if isinstance(direction, Direction) else 1.0
 
 
 def _momentum_direction(
@@ -341,6 +480,8 @@ def sgdw(
   schedule: optax.ScalarOrSchedule | None = None,
   mask: MaskOrFn = None,
   weight_decay_convention: WeightDecayConvention | None = None,
+  cautious_weight_decay: bool = False,
+  corrected_decay_leaves: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""SGD with momentum and decoupled weight decay (SGDW, Algorithm 1).
 
@@ -367,6 +508,10 @@ def sgdw(
     weight_decay_convention: ``"paper"``, ``"torch"`` or ``"corrected"``; see
       :func:`decoupled_chain` for the math. Required unless ``weight_decay``
       is 0: without it a nonzero decay raises a ``ValueError``.
+    cautious_weight_decay: decay only where the update and the parameter
+      agree in sign (Chen et al. 2025); see :func:`decoupled_chain`.
+    corrected_decay_leaves: with the corrected convention, which leaves get
+      ``lambda eta_t^2`` (Defazio 2025's per-layer rule); see :func:`decoupled_chain`.
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs`.
@@ -387,13 +532,17 @@ def sgdw(
   check_unit_interval("momentum", momentum)
   check_bool("nesterov", nesterov)
   check_dtype("accumulator_dtype", accumulator_dtype)
-  return _decoupled_chain(
-    _momentum_direction(momentum, nesterov, accumulator_dtype),
+  direction = _momentum_direction(momentum, nesterov, accumulator_dtype)
+  return _chain(
+    direction,
     learning_rate=learning_rate,
     weight_decay=weight_decay,
     schedule=schedule,
     mask=mask,
     weight_decay_convention=weight_decay_convention,
+    cautious_weight_decay=cautious_weight_decay,
+    corrected_decay_leaves=corrected_decay_leaves,
+    angular_equilibrium_factor=_equilibrium_factor(direction),
   )
 
 
@@ -417,6 +566,8 @@ def adamp(
   schedule: optax.ScalarOrSchedule | None = None,
   mask: MaskOrFn = None,
   weight_decay_convention: WeightDecayConvention | None = None,
+  cautious_weight_decay: bool = False,
+  corrected_decay_leaves: Any = None,
   cpu_kernel: bool | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""AdamP: Adam without the radial update component on scale-invariant weights.
@@ -472,6 +623,10 @@ def adamp(
     weight_decay_convention: ``"paper"``, ``"torch"`` or ``"corrected"``; see
       :func:`decoupled_chain` for the math. Required unless ``weight_decay``
       is 0: without it a nonzero decay raises a ``ValueError``.
+    cautious_weight_decay: decay only where the update and the parameter
+      agree in sign (Chen et al. 2025); see :func:`decoupled_chain`.
+    corrected_decay_leaves: with the corrected convention, which leaves get
+      ``lambda eta_t^2`` (Defazio 2025's per-layer rule); see :func:`decoupled_chain`.
     cpu_kernel: on the CPU, run Adam's moments and the projection's
       statistics in one fused pass where the kernel was built; None (default)
       when the process has a single CPU device, True always, False never. See
@@ -498,8 +653,9 @@ def adamp(
     learning_rate,
     decay_note=f"adamp multiplies the decay {projected_decay(wd_ratio)}.",
   )
-  return _decoupled_chain(
-    AdamDirection(b1, b2, eps, nesterov, mu_dtype, nu_dtype),
+  direction = AdamDirection(b1, b2, eps, nesterov, mu_dtype, nu_dtype)
+  return _chain(
+    direction,
     learning_rate=learning_rate,
     weight_decay=weight_decay,
     schedule=schedule,
@@ -515,6 +671,9 @@ def adamp(
       param_specs=param_specs,
       cpu_kernel=cpu_kernel,
     ),
+    cautious_weight_decay=cautious_weight_decay,
+    corrected_decay_leaves=corrected_decay_leaves,
+    angular_equilibrium_factor=_equilibrium_factor(direction),
   )
 
 
@@ -536,6 +695,8 @@ def sgdp(
   schedule: optax.ScalarOrSchedule | None = None,
   mask: MaskOrFn = None,
   weight_decay_convention: WeightDecayConvention | None = None,
+  cautious_weight_decay: bool = False,
+  corrected_decay_leaves: Any = None,
   cpu_kernel: bool | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""SGDP: momentum SGD without the radial update component on scale-invariant weights.
@@ -571,6 +732,10 @@ def sgdp(
     weight_decay_convention: ``"paper"``, ``"torch"`` or ``"corrected"``; see
       :func:`decoupled_chain` for the math. Required unless ``weight_decay``
       is 0: without it a nonzero decay raises a ``ValueError``.
+    cautious_weight_decay: decay only where the update and the parameter
+      agree in sign (Chen et al. 2025); see :func:`decoupled_chain`.
+    corrected_decay_leaves: with the corrected convention, which leaves get
+      ``lambda eta_t^2`` (Defazio 2025's per-layer rule); see :func:`decoupled_chain`.
     cpu_kernel: as in :func:`adamp`, for the momentum buffer. Without
       momentum (``momentum=0``, no Nesterov) there is no buffer to fuse and
       the generic chain runs whatever it says.
@@ -604,7 +769,7 @@ def sgdp(
   direction = _momentum_direction(momentum, nesterov, accumulator_dtype)
   if not isinstance(direction, MomentumDirection):
     cpu_kernel = None  # no buffer, so nothing for the kernel to fuse
-  return _decoupled_chain(
+  return _chain(
     direction,
     learning_rate=learning_rate,
     weight_decay=weight_decay,
@@ -622,4 +787,7 @@ def sgdp(
       param_specs=param_specs,
       cpu_kernel=cpu_kernel,
     ),
+    cautious_weight_decay=cautious_weight_decay,
+    corrected_decay_leaves=corrected_decay_leaves,
+    angular_equilibrium_factor=_equilibrium_factor(direction),
   )

@@ -26,7 +26,7 @@ from jax.sharding import PartitionSpec
 
 from decoupled_optax._projection_options import AxisName, check_axis_name
 from decoupled_optax._step_scalars import StepScalarsState
-from decoupled_optax._trees import path_name, require_params
+from decoupled_optax._trees import leaf_positions, path_name, require_params
 from decoupled_optax._validation import check_transform, describe
 from decoupled_optax.projection import (
   NOT_PROJECTED,
@@ -146,7 +146,7 @@ def _kept_decisions(inner_state: Any, params: Any) -> tuple[Any, Any]:
   found = _states_of_type(inner_state, RadialProjectionState)
   if not found:
     return None, None
-  flat_params, treedef = RadialProjectionState.leaf_positions(params)
+  flat_params, treedef = leaf_positions(params)
   views = [None if p is None else jnp.full([], NOT_PROJECTED, jnp.int8) for p in flat_params]
   multipliers = [None if p is None else jnp.ones([], jnp.float32) for p in flat_params]
   for kept in found:

@@ -273,6 +273,10 @@ class Direction(abc.ABC):
     """The direction from the updated moments: the same float32 formula as the kernel's."""
 
   @abc.abstractmethod
+  def angular_equilibrium_factor(self) -> Any:
+    """``c`` in the angular update at rotational equilibrium, ``sqrt(2 d c)`` (Kosson et al. 2024)."""
+
+  @abc.abstractmethod
   def updated_moments(
     self, scalars: Any, grad: jax.Array, moments: Sequence[jax.Array]
   ) -> tuple[jax.Array, ...]:
@@ -374,6 +378,10 @@ class AdamDirection(Direction):
       jnp.sqrt(nu * scalars.inverse_bias_correction2) + scalars.eps
     )
 
+  def angular_equilibrium_factor(self) -> Any:
+    # AdamW: sqrt(2 d (1 - b1) / (1 + b1)) (Kosson et al. 2024; epfml/rotational-optimizers).
+    return (1 - self.b1) / (1 + self.b1)
+
   def updated_moments(
     self, scalars: AdamKernelScalars, grad: jax.Array, moments: Sequence[jax.Array]
   ) -> tuple[jax.Array, ...]:
@@ -430,6 +438,10 @@ class MomentumDirection(Direction):
   ) -> jax.Array:
     (trace,) = moments
     return grad + scalars.decay * trace if self.nesterov else trace
+
+  def angular_equilibrium_factor(self) -> Any:
+    # SGD with momentum: sqrt(2 d / (1 + b)); the authors' code uses it with Nesterov too.
+    return 1 / (1 + self.decay)
 
   def updated_moments(
     self, scalars: MomentumKernelScalars, grad: jax.Array, moments: Sequence[jax.Array]

@@ -28,6 +28,8 @@ _STATIC_ARGUMENTS = (
   "axis_name",
   "cpu_kernel",
   "weight_decay_convention",
+  "cautious_weight_decay",
+  "corrected_decay_leaves",
 )
 
 

@@ -41,13 +41,14 @@ from decoupled_optax._layout import LeafRole, leaf_roles, normalized_axes
 from decoupled_optax._projection_options import (
   AxisName,
   RadialProjection,
-  _is_axes,
-  _is_mask_value,
   check_projection,
+  is_axes,
+  is_mask_value,
 )
 from decoupled_optax._trees import (
   check_real_params,
   check_same_structure,
+  leaf_positions,
   path_name,
   require_params,
 )
@@ -56,9 +57,7 @@ from decoupled_optax._validation import (
   describe,
 )
 from decoupled_optax.sharding import check_mesh_axes_named, varying_mesh_axes
-from decoupled_optax.weight_decay import WEIGHT_DECAY_MULTIPLIERS
-
-RADIAL_PROJECTORS = "radial_projectors"
+from decoupled_optax.weight_decay import RADIAL_PROJECTORS, WEIGHT_DECAY_MULTIPLIERS
 
 # AdamP's decision per leaf, as RadialProjectionState keeps it.
 NOT_PROJECTED, CHANNEL_VIEW, WHOLE_VIEW = 0, 1, 2
@@ -499,17 +498,17 @@ def projected_channel_axes(
   if treedef.num_leaves != len(with_none):  # a treedef without the params' None leaves
     roles = [r for r, (_, leaf) in zip(roles, with_none, strict=True) if leaf is not None]
     with_none = [(path, leaf) for path, leaf in with_none if leaf is not None]
-  flat_axes = _per_leaf(channel_axis, params, treedef, _is_axes, "channel_axis")
+  flat_axes = _per_leaf(channel_axis, params, treedef, is_axes, "channel_axis")
   if projection_mask is None:
     flat_mask = [_projected_by_default(role) for role in roles]
   else:
-    flat_mask = _per_leaf(projection_mask, params, treedef, _is_mask_value, "projection_mask")
+    flat_mask = _per_leaf(projection_mask, params, treedef, is_mask_value, "projection_mask")
   paths = [path for path, _ in with_none]
   result: list[tuple[int, ...] | None] = []
   for path, leaf, role, axes, selected in zip(
     paths, flat_params, roles, flat_axes, flat_mask, strict=True
   ):
-    if not _is_mask_value(selected):
+    if not is_mask_value(selected):
       raise TypeError(
         f"projection_mask must give one Python bool per leaf, got {describe(selected)} at "
         f"'{path_name(path)}'."
@@ -517,7 +516,7 @@ def projected_channel_axes(
     if leaf is None or not bool(selected) or not is_projected(leaf):
       result.append(None)
       continue
-    if not _is_axes(axes):
+    if not is_axes(axes):
       raise TypeError(
         f"channel_axis must give an int or a tuple of ints per leaf, got {describe(axes)} at "
         f"'{path_name(path)}'."
@@ -679,22 +678,11 @@ class RadialProjectionState(NamedTuple):
 
   decisions: Any
 
-  @staticmethod
-  def leaf_positions(params: Any) -> tuple[list[Any], Any]:
-    """``(flat params, treedef)`` with one entry per position of ``decisions``; None where it is None."""
-    flat_params, treedef = jax.tree.flatten(params, is_leaf=_is_placeholder)
-    return [None if _is_placeholder(p) else p for p in flat_params], treedef
-
 
 def _replicated(x: jax.Array, reduce: Any) -> jax.Array:
   """``x`` reduced over the mesh axes it varies over (per-shard statistics), else itself."""
   axes = tuple(sorted(varying_mesh_axes(x)))
   return reduce(x, axes) if axes else x
-
-
-def _is_placeholder(x: Any) -> bool:
-  """A leaf position without an array: a None param, or one that ``optax.masked`` masked out."""
-  return x is None or isinstance(x, optax.MaskedNode)
 
 
 def _leaf_decision(param: Any, projector: Any, multiplier: Any) -> LeafDecision | None:
@@ -707,7 +695,7 @@ def _leaf_decision(param: Any, projector: Any, multiplier: Any) -> LeafDecision 
 
 def _decisions(params: Any, projectors: Any, multipliers: Any) -> RadialProjectionState:
   """The state that keeps one update's decisions, one entry per leaf of ``params``."""
-  flat_params, treedef = RadialProjectionState.leaf_positions(params)
+  flat_params, treedef = leaf_positions(params)
   return RadialProjectionState(
     tuple(
       map(
@@ -899,7 +887,7 @@ def project_out_radial() -> optax.GradientTransformationExtraArgs:
   """
 
   def init_fn(params: optax.Params) -> RadialProjectionState:
-    flat_params, _ = RadialProjectionState.leaf_positions(params)
+    flat_params, _ = leaf_positions(params)
     return RadialProjectionState(tuple(_leaf_decision(p, None, None) for p in flat_params))
 
   def update_fn(

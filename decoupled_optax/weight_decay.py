@@ -20,13 +20,18 @@ from decoupled_optax._trees import (
   check_not_nnx_graph,
   check_same_structure,
   checked_mask,
+  is_leaf_placeholder,
+  leaf_positions,
   require_params,
 )
-from decoupled_optax._validation import check_non_negative, check_number
+from decoupled_optax._validation import check_bool, check_non_negative, check_number
+from decoupled_optax.sharding import varying_mesh_axes
 
 # Name of the extra argument through which a wrapper such as
 # :func:`decoupled_optax.detect_scale_invariance` scales the decay per leaf.
 WEIGHT_DECAY_MULTIPLIERS = "weight_decay_multipliers"
+# Name of the extra argument through which detect_scale_invariance passes its projectors.
+RADIAL_PROJECTORS = "radial_projectors"
 
 MaskOrFn = Any | Callable[[optax.Params], Any] | None
 
@@ -58,18 +63,111 @@ class AddDecoupledWeightDecayState(NamedTuple):
   count: jax.Array  # pyright: ignore[reportIncompatibleMethodOverride]  (optax's name)
 
 
+class CautiousWeightDecayState(NamedTuple):
+  """State of :func:`add_decoupled_weight_decay` with ``cautious=True``.
+
+  Attributes:
+    count: the number of updates so far (the schedule's step).
+    decayed_fractions: per param leaf position (as
+      :class:`decoupled_optax.RadialProjectionState` counts them), the
+      fraction of the leaf's coordinates the last update decayed (float32),
+      or None where the param is None or masked out; 0 before the first update.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import decoupled_optax as dopt
+    >>> tx = dopt.add_decoupled_weight_decay(0.1, cautious=True)
+    >>> params = {"w": jnp.array([1.0, -1.0, 2.0, -2.0])}
+    >>> updates = {"w": jnp.array([1.0, 1.0, -1.0, -1.0])}  # same sign as w on 1 and 4
+    >>> decayed, state = tx.update(updates, tx.init(params), params)
+    >>> decayed["w"].tolist(), float(state.decayed_fractions[0])
+    ([1.100000023841858, 1.0, -1.0, -1.2000000476837158], 0.5)
+  """
+
+  count: jax.Array  # pyright: ignore[reportIncompatibleMethodOverride]  (optax's name)
+  decayed_fractions: Any
+
+
+def _decay_leaf(
+  update: Any, param: Any, coefficient: Any, cautious: bool
+) -> tuple[Any, jax.Array | None]:
+  """``(update + coefficient * param, fraction decayed)``; only where ``u * param >= 0`` if cautious."""
+  if update is None or param is None:
+    return update, None
+  decayed = coefficient * param
+  fraction = None
+  if cautious:
+    # Chen et al. 2025: decay where the update and the parameter agree in sign (zero counts).
+    agrees = update * param >= 0
+    decayed = jnp.where(agrees, decayed, jnp.zeros_like(decayed))
+    fraction = jnp.sum(agrees, dtype=jnp.float32) / max(agrees.size, 1)
+    fraction = _replicated_mean(fraction)
+  return (update + decayed).astype(update.dtype), fraction
+
+
+def _replicated_mean(x: jax.Array) -> jax.Array:
+  """``x`` averaged over the mesh axes it varies over (a per-shard fraction), else itself."""
+  axes = tuple(sorted(varying_mesh_axes(x)))
+  return jax.lax.pmean(x, axes) if axes else x
+
+
+def _value_at(value: Any, count: jax.Array) -> Any:
+  return value(count) if callable(value) else value
+
+
+def _leaf_coefficients(
+  decay: Any, projected_decay: Any, treedef: Any, extra_args: dict[str, Any]
+) -> list[Any]:
+  """Per leaf position, the decay times the multiplier a wrapper passed (AdamP's ``wd_ratio``)."""
+  multipliers = extra_args.get(WEIGHT_DECAY_MULTIPLIERS)
+  flat_multipliers = (
+    [None] * treedef.num_leaves if multipliers is None else treedef.flatten_up_to(multipliers)
+  )
+  flat_decays: list[Any] = [decay] * treedef.num_leaves
+  if projected_decay is not None:
+    if RADIAL_PROJECTORS not in extra_args:
+      raise ValueError(
+        "add_decoupled_weight_decay: projected_weight_decay needs AdamP's decisions, which "
+        "reach it only inside decoupled_optax.detect_scale_invariance (or adamp/sgdp); "
+        "pass projected_weight_decay=None elsewhere."
+      )
+    projectors = treedef.flatten_up_to(extra_args[RADIAL_PROJECTORS])
+    flat_decays = [
+      decay if getattr(p, "view", None) is None else jnp.where(p.view > 0, projected_decay, decay)
+      for p in projectors
+    ]
+  return [
+    d if is_leaf_placeholder(r) else d * r
+    for d, r in zip(flat_decays, flat_multipliers, strict=True)
+  ]
+
+
 def add_decoupled_weight_decay(
   weight_decay: optax.ScalarOrSchedule,
   mask: MaskOrFn = None,
+  *,
+  cautious: bool = False,
+  projected_weight_decay: optax.ScalarOrSchedule | None = None,
 ) -> optax.GradientTransformationExtraArgs:
-  r"""Adds ``weight_decay * params`` to the updates.
+  r"""Adds ``weight_decay * params`` to the updates, optionally only where they agree in sign.
 
   .. math:: u \leftarrow u + \lambda_t \, r \, \theta
+            \qquad \text{or, cautious:} \qquad
+            u \leftarrow u + \lambda_t \, r \, \mathbb{1}[u \odot \theta \ge 0] \odot \theta
 
   where ``r`` is a per-leaf multiplier that a wrapper may pass through the
   ``weight_decay_multipliers`` extra argument (AdamP's ``wd_ratio`` on
   scale-invariant weights, see :func:`decoupled_optax.detect_scale_invariance`),
   and 1 otherwise.
+
+  Cautious weight decay (Chen et al. 2025) decays a coordinate only where the
+  optimizer's update ``u`` (the direction this transform receives, before the
+  descent sign) and the parameter have the same sign, zero included: there the
+  step and the decay both shrink ``|theta|``, elsewhere the decay would fight
+  the step. The gate reads the update as it arrives here, so in AdamP's and
+  SGDP's chains it reads the direction after the radial projection, the step
+  actually taken. The update must arrive with the gradient's sign, as it does
+  before ``optax.scale_by_learning_rate`` (every chain of this library).
 
   Where this sits in a chain decides which convention it implements:
 
@@ -84,6 +182,19 @@ def add_decoupled_weight_decay(
     mask: as in optax, a pytree of bools with the structure of (or a prefix
       of) the params, or a callable that returns one from the params. Leaves
       marked False are not decayed.
+    cautious: decay only the coordinates where the update and the parameter
+      agree in sign (Chen et al. 2025). The state, a
+      :class:`CautiousWeightDecayState`, then keeps the fraction of each
+      leaf's coordinates decayed, which :func:`decoupled_optax.with_diagnostics`
+      reports.
+    projected_weight_decay: where AdamP's test found a leaf scale invariant
+      (the ``radial_projectors`` extra argument of
+      :func:`decoupled_optax.detect_scale_invariance` says so), this decay
+      instead of ``weight_decay``: a scalar or a schedule. None: the same
+      decay everywhere. ``decoupled_chain`` uses it for the corrected decay's
+      per-layer rule (Defazio 2025): ``lambda * eta_t`` on the normalized
+      layers, ``lambda`` on the others. Without the projection's extra
+      arguments it raises a ``ValueError`` at the update.
 
   Returns:
     An :class:`optax.GradientTransformationExtraArgs`.
@@ -98,19 +209,28 @@ def add_decoupled_weight_decay(
     >>> round(float(updates["w"][0]), 9)  # -lr * wd * w
     -1e-05
 
-  Reference: `Loshchilov & Hutter, ICLR 2019 <https://arxiv.org/abs/1711.05101>`_, Algorithms 1 and 2.
+  Reference: `Loshchilov & Hutter, ICLR 2019 <https://arxiv.org/abs/1711.05101>`_, Algorithms 1 and 2;
+  cautious: `Chen et al., 2025 <https://arxiv.org/abs/2510.12402>`_, Algorithm 1.
   """
   check_non_negative("weight_decay", weight_decay, schedule=True)
   check_mask_argument(mask)
+  check_bool("cautious", cautious)
+  if projected_weight_decay is not None:
+    check_non_negative("projected_weight_decay", projected_weight_decay, schedule=True)
 
   # Only a schedule needs a step count; a constant decay keeps no state, so
   # the compiled step is exactly optax.adamw's (no counter kernel).
-  scheduled = callable(weight_decay)
+  scheduled = callable(weight_decay) or callable(projected_weight_decay)
 
   def init_fn(params: optax.Params) -> optax.OptState:
     check_not_nnx_graph(params)
+    count = jnp.zeros([], jnp.int32)
+    if cautious:
+      flat_params, _ = leaf_positions(params)
+      zeros = tuple(None if p is None else jnp.zeros([], jnp.float32) for p in flat_params)
+      return CautiousWeightDecayState(count, zeros)
     if scheduled:
-      return AddDecoupledWeightDecayState(count=jnp.zeros([], jnp.int32))
+      return AddDecoupledWeightDecayState(count=count)
     return optax.EmptyState()
 
   def update_fn(
@@ -121,22 +241,24 @@ def add_decoupled_weight_decay(
   ) -> tuple[optax.Updates, optax.OptState]:
     params = require_params(params)
     check_same_structure("updates", updates, params)
-    decay: Any = weight_decay
-    if isinstance(state, AddDecoupledWeightDecayState) and callable(weight_decay):
-      decay = weight_decay(state.count)
-      state = AddDecoupledWeightDecayState(count=jnp.asarray(optax.safe_increment(state.count)))
-    multipliers = extra_args.get(WEIGHT_DECAY_MULTIPLIERS)
-
-    def decay_leaf(update: jax.Array, param: jax.Array, multiplier: Any = None) -> jax.Array:
-      if update is None:
-        return update
-      coefficient = decay if multiplier is None else decay * multiplier
-      return (update + coefficient * param).astype(update.dtype)
-
-    if multipliers is None:
-      updates = jax.tree.map(decay_leaf, updates, params, is_leaf=lambda x: x is None)
-    else:
-      updates = jax.tree.map(decay_leaf, updates, params, multipliers, is_leaf=lambda x: x is None)
+    count = getattr(state, "count", jnp.zeros([], jnp.int32))
+    if isinstance(state, (AddDecoupledWeightDecayState, CautiousWeightDecayState)):
+      state = state._replace(count=jnp.asarray(optax.safe_increment(state.count)))
+    flat_params, treedef = leaf_positions(params)
+    flat_updates = treedef.flatten_up_to(updates)
+    flat_coefficients = _leaf_coefficients(
+      _value_at(weight_decay, count),
+      None if projected_weight_decay is None else _value_at(projected_weight_decay, count),
+      treedef,
+      extra_args,
+    )
+    decayed = [
+      _decay_leaf(u, p, c, cautious)
+      for u, p, c in zip(flat_updates, flat_params, flat_coefficients, strict=True)
+    ]
+    updates = treedef.unflatten([u for u, _ in decayed])
+    if isinstance(state, CautiousWeightDecayState):
+      state = state._replace(decayed_fractions=tuple(f for _, f in decayed))
     return updates, state
 
   transform = optax.GradientTransformationExtraArgs(init_fn, update_fn)

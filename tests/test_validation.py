@@ -45,6 +45,7 @@ SCHEDULE = [(-1.0, V), (NAN, V), (INF, V), ("1", T), ([1.0], T)]
 CHANNEL_AXIS = [(1.5, T), ("0", T), (jnp.int32(0), T), (True, T), ({"dense": 0.5}, T)]
 AXIS_NAME = [(3, T), (("x", 3), T)]
 PROJECTION_MASK = [("bias", T), (0.5, T), ({"dense": 1}, T)]
+CORRECTED_LEAVES = [("scale", V), ({"w": True}, V)]  # outside the corrected convention
 PROJECTION = [({"delta": 0.1}, T), (3, T)]  # a RadialProjection or None
 TRANSFORM = [(None, T), ("adam", T), (lambda g: g, T)]
 COUNT = [(0, V), (-1, V), (2.5, V), (INF, V), ("8", T), (None, T)]  # integers >= 1
@@ -67,6 +68,8 @@ TABLE = {
       mask=MASK,
       nesterov=BOOL,
       weight_decay_convention=CONVENTION,
+      cautious_weight_decay=BOOL,
+      corrected_decay_leaves=CORRECTED_LEAVES,
     ),
   ),
   "sgdw": (
@@ -80,6 +83,8 @@ TABLE = {
       schedule=SCHEDULE,
       mask=MASK,
       weight_decay_convention=CONVENTION,
+      cautious_weight_decay=BOOL,
+      corrected_decay_leaves=CORRECTED_LEAVES,
     ),
   ),
   "adamp": (
@@ -101,6 +106,8 @@ TABLE = {
       schedule=SCHEDULE,
       mask=MASK,
       weight_decay_convention=CONVENTION,
+      cautious_weight_decay=BOOL,
+      corrected_decay_leaves=CORRECTED_LEAVES,
       cpu_kernel=OPTIONAL_BOOL,
     ),
   ),
@@ -121,6 +128,8 @@ TABLE = {
       schedule=SCHEDULE,
       mask=MASK,
       weight_decay_convention=CONVENTION,
+      cautious_weight_decay=BOOL,
+      corrected_decay_leaves=CORRECTED_LEAVES,
       cpu_kernel=OPTIONAL_BOOL,
     ),
   ),
@@ -138,13 +147,20 @@ TABLE = {
       schedule=SCHEDULE,
       mask=MASK,
       weight_decay_convention=CONVENTION,
+      cautious_weight_decay=BOOL,
+      corrected_decay_leaves=CORRECTED_LEAVES,
       weight_decay_factor=NON_NEGATIVE,
       radial_projection=PROJECTION,
     ),
   ),
   "add_decoupled_weight_decay": (
     dict(weight_decay=1e-4),
-    dict(weight_decay=NON_NEGATIVE_OR_SCHEDULE, mask=MASK),
+    dict(
+      weight_decay=NON_NEGATIVE_OR_SCHEDULE,
+      mask=MASK,
+      cautious=BOOL,
+      projected_weight_decay=[(v, e) for v, e in NON_NEGATIVE_OR_SCHEDULE if v is not None],
+    ),
   ),
   "RadialProjection": (
     dict(),
@@ -292,6 +308,7 @@ NOT_CONSTRUCTORS = {
   "Direction",  # abstract: AdamDirection and MomentumDirection are in the table
   "project_out_radial",  # no arguments
   "AddDecoupledWeightDecayState",  # states and results: NamedTuples
+  "CautiousWeightDecayState",
   "RadialProjector",
   "RestartPosition",
   "DiagnosticsState",
