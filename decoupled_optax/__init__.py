@@ -24,6 +24,7 @@ from decoupled_optax.directions import (
   AdamDirection,
   Direction,
   MomentumDirection,
+  angular_equilibrium_factor,
   scale_by_adamp_nesterov,
 )
 from decoupled_optax.fused import CPUKernelWarning, cpu_kernel_available, fused_scale_invariance
@@ -67,6 +68,7 @@ __all__ = [
   "StepScalarsState",
   "Direction",
   "MomentumDirection",
+  "angular_equilibrium_factor",
   "LeafDecision",
   "RadialProjection",
   "RadialProjectionState",

@@ -74,6 +74,7 @@ from decoupled_optax.directions import (
   Direction,
   MomentumDirection,
   _scale_by_adam,
+  angular_equilibrium_factor,
 )
 from decoupled_optax.fused import fused_scale_invariance
 from decoupled_optax.projection import detect_scale_invariance, project_out_radial
@@ -451,7 +452,7 @@ def adamw(
     weight_decay_convention=weight_decay_convention,
     cautious_weight_decay=cautious_weight_decay,
     corrected_decay_leaves=corrected_decay_leaves,
-    angular_equilibrium_factor=(1 - b1) / (1 + b1),
+    angular_equilibrium_factor=angular_equilibrium_factor(b1, nesterov),
   )
 
 

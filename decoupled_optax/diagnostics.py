@@ -35,6 +35,7 @@ from decoupled_optax.projection import (
   projected_channel_axes,
 )
 from decoupled_optax.sharding import varying_mesh_axes
+from decoupled_optax.weight_decay import CautiousWeightDecayState
 
 
 class DiagnosticsState(NamedTuple):
@@ -55,6 +56,9 @@ class DiagnosticsState(NamedTuple):
       view, 2 whole-tensor view); None if the chain runs no projection.
     weight_decay_multiplier: per leaf, ``wd_ratio`` where projected, else 1;
       None if the chain runs no projection.
+    decayed_fraction: per decayed leaf, the fraction of its coordinates the
+      cautious decay decayed (:func:`decoupled_optax.add_decoupled_weight_decay`
+      with ``cautious=True``); None if the chain has no cautious decay.
     scalars: the step's scalars the chain reports (the aliases:
       ``schedule``, ``learning_rate``, ``weight_decay``), possibly none.
 
@@ -80,6 +84,7 @@ class DiagnosticsState(NamedTuple):
   angular_update: Any
   projection: Any
   weight_decay_multiplier: Any
+  decayed_fraction: Any
   scalars: dict[str, jax.Array]
 
 
@@ -161,14 +166,29 @@ def _kept_decisions(inner_state: Any, params: Any) -> tuple[Any, Any]:
   return treedef.unflatten(views), treedef.unflatten(multipliers)
 
 
+def _kept_fractions(inner_state: Any, params: Any) -> Any:
+  """Cautious decay's fraction of each leaf decayed in the last update; None without it."""
+  found = _states_of_type(inner_state, CautiousWeightDecayState)
+  if not found:
+    return None
+  flat_params, treedef = leaf_positions(params)
+  fractions: list[Any] = [None] * len(flat_params)
+  for kept in found:  # the corrected rule's split keeps two, on disjoint leaves
+    for i, fraction in enumerate(kept.decayed_fractions):
+      if fraction is not None:
+        fractions[i] = fraction
+  return treedef.unflatten(fractions)
+
+
 def _kept_scalars(inner_state: Any) -> dict[str, jax.Array]:
   """The scalars the chains applied in the last update, from their :class:`StepScalarsState`."""
   found = _states_of_type(inner_state, StepScalarsState)
   scalars: dict[str, jax.Array] = {}
   for i, kept in enumerate(found):
     suffix = "" if len(found) == 1 else f"/{i}"
-    for key in ("schedule", "learning_rate", "weight_decay"):
-      scalars[key + suffix] = getattr(kept, key)
+    for key in StepScalarsState._fields[1:]:
+      if getattr(kept, key) is not None:
+        scalars[key + suffix] = getattr(kept, key)
   return scalars
 
 
@@ -243,8 +263,9 @@ def with_diagnostics(
   number of updates before) has ``t % every == 0``, the first included; in
   between the state keeps the last logged values. On a logging step the
   update is computed a second time, inside a ``lax.cond``, for the norms, so
-  that the update the wrapper returns is the unwrapped one bit for bit and the
-  other steps cost what the unwrapped update costs.
+  that the update the wrapper returns is the unwrapped one bit for bit. The
+  other steps still cost more than the unwrapped update on the CPU (XLA copies
+  the buffers the cond reads; see ``docs/performance.md``).
 
   What the chain knows is read, at every update, from the state it returns:
   in chains that run AdamP's projection (:func:`decoupled_optax.adamp`,
@@ -324,6 +345,7 @@ def with_diagnostics(
       **_zero_norms(params)._asdict(),
       projection=projection,
       weight_decay_multiplier=multiplier,
+      decayed_fraction=_kept_fractions(inner_state, params),
       scalars=_kept_scalars(inner_state),
     )
 
@@ -356,6 +378,7 @@ def with_diagnostics(
       **norms._asdict(),
       projection=projection,
       weight_decay_multiplier=multiplier,
+      decayed_fraction=_kept_fractions(inner_state, params),
       scalars=_kept_scalars(inner_state),
     )
     return new_updates, new_state
@@ -394,6 +417,7 @@ def _read_one(state: DiagnosticsState) -> dict[str, jax.Array]:
     "angular_update": state.angular_update,
     "projection": state.projection,
     "weight_decay_multiplier": state.weight_decay_multiplier,
+    "decayed_fraction": state.decayed_fraction,
   }
   for quantity, tree in per_leaf.items():
     if tree is not None:
@@ -413,6 +437,51 @@ def _read_one(state: DiagnosticsState) -> dict[str, jax.Array]:
     out["summary/mean_angular_update"] = jnp.asarray(mean)
     if state.projection is not None:
       out["summary/fraction_projected"] = jnp.asarray(total / len(angles))
+    out.update(_equilibrium(state, angles, weights))
+  return out
+
+
+def _equilibrium(
+  state: DiagnosticsState, angles: dict[str, jax.Array], weights: list[jax.Array]
+) -> dict[str, jax.Array]:
+  r"""The angular updates predicted at rotational equilibrium, and the measured/predicted ratio.
+
+  For a scale-invariant weight decayed by ``d`` per step, Kosson et al. (2024)
+  predict ``sqrt(2 d c)``, with ``c`` from the direction
+  (:func:`decoupled_optax.angular_equilibrium_factor`: ``(1 - b) / (1 + b)``
+  for Adam and heavy-ball momentum, 1 for plain SGD), which the aliases keep
+  in ``angular_equilibrium_factor``; ``c = 1`` on the weights AdamP/SGDP
+  projected, whose norm the projection keeps from growing through momentum's
+  lag. ``d`` is the step's
+  ``weight_decay`` times the leaf's ``weight_decay_multiplier`` (AdamP's
+  ``wd_ratio``), and ``corrected_weight_decay`` on the leaves AdamP projected
+  where the corrected rule covers some leaves only.
+  """
+  scalars = state.scalars
+  if "angular_equilibrium_factor" not in scalars or "weight_decay" not in scalars:
+    return {}
+  multipliers = dict(_flat_with_names(state.weight_decay_multiplier or {}))
+  views = dict(_flat_with_names(state.projection or {}))
+  out: dict[str, jax.Array] = {}
+  ratios, ratio_weights = [], []
+  for (name, angle), weight in zip(angles.items(), weights, strict=True):
+    decay = scalars["weight_decay"]
+    if "corrected_weight_decay" in scalars and name in views:
+      decay = jnp.where(views[name] > 0, scalars["corrected_weight_decay"], decay)
+    decay = decay * multipliers.get(name, 1.0)
+    # The projection removes the radial part that momentum's lag adds, so a projected weight's
+    # norm grows by |update|^2 alone: c = 1 there, whatever the direction.
+    factor = scalars["angular_equilibrium_factor"]
+    if name in views:
+      factor = jnp.where(views[name] > 0, 1.0, factor)
+    predicted = jnp.sqrt(2 * decay * factor)
+    out[f"equilibrium_angular_update/{name}"] = predicted
+    ratios.append(jnp.where(predicted > 0, angle / jnp.where(predicted > 0, predicted, 1), 0.0))
+    ratio_weights.append(weight * (predicted > 0))
+  total = sum(ratio_weights)
+  out["summary/equilibrium_ratio"] = jnp.asarray(
+    sum(w * r for w, r in zip(ratio_weights, ratios, strict=True)) / jnp.maximum(total, 1.0)
+  )
   return out
 
 
@@ -430,7 +499,20 @@ def read_diagnostics(state: Any) -> dict[str, jax.Array]:
     leaves, or over the weights if the chain does not project (0 if there
     are none); ``"summary/fraction_projected"``: the fraction of the weights
     (leaves with ``ndim > 1``, not biases or normalization parameters) that
-    were projected.
+    were projected;
+  * with cautious decay, ``"decayed_fraction/<leaf path>"``;
+  * in the aliases' chains (Adam or momentum directions),
+    ``"equilibrium_angular_update/<weight path>"``: the angular update that
+    rotational equilibrium predicts, ``sqrt(2 d c)`` (Kosson et al. 2024;
+    ``d`` the leaf's decay per step, ``c`` the direction's
+    ``angular_equilibrium_factor``, 1 on the weights AdamP projected), beside the measured
+    ``angular_update``; and ``"summary/equilibrium_ratio"``, the mean of
+    measured / predicted over the projected weights (over the weights if the
+    chain does not project). A weight near 1 has reached equilibrium. The
+    prediction assumes the weight is scale invariant and decayed (a weight the
+    mask leaves undecayed has none to reach) and ignores cautious decay's
+    gating; with a mask for ``corrected_decay_leaves`` it takes the corrected
+    decay on the leaves AdamP projected.
 
   Args:
     state: any state that holds a :func:`with_diagnostics` state: nested in

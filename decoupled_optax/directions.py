@@ -283,6 +283,44 @@ class Direction(abc.ABC):
     """The kernel's moment update in jnp: its derivative rule (the FFI call has none)."""
 
 
+def angular_equilibrium_factor(beta: Any, nesterov: bool) -> Any:
+  r"""``c`` in the angular update at rotational equilibrium, ``sqrt(2 d c)``, for decoupled decay.
+
+  In Kosson et al.'s random-walk model (2024) a gradient ``g_k``, orthogonal
+  to the weight, enters the updates with coefficients ``c_j`` at lags
+  ``j = 0, 1, ...``. Balancing the norm the updates add, ``(sum c_j)^2 |g|^2``
+  per step, against the ``2 d |w|^2`` a decoupled decay ``d`` removes gives
+
+  .. math:: ngle = \sqrt{2 d \, rac{\sum_j c_j^2}{(\sum_j c_j)^2}}
+
+  which is ``(1 - b) / (1 + b)`` for Adam's first moment and for heavy-ball
+  momentum (``c_j`` proportional to ``b^j``: the paper's AdamW formula), and
+  ``(1 - b)^2 ((1 + b)^2 + b^4 / (1 - b^2))`` with Nesterov (``c_0``
+  proportional to ``1 + b``, ``c_j`` to ``b^{j+1}``); 1 for plain SGD. The
+  paper's SGDM formula, ``sqrt(2 eta lambda / (1 + b))``, is for a decay
+  inside the momentum buffer (its code adds ``lambda w`` to the gradient),
+  whose per-step effect is ``eta lambda / (1 - b)``: the same prediction.
+
+  Args:
+    beta: the momentum (Adam's ``b1``), in [0, 1).
+    nesterov: whether the direction takes the Nesterov step.
+
+  Returns:
+    ``c``, a float (or an array for a traced ``beta``).
+
+  Example:
+    >>> import decoupled_optax as dopt
+    >>> round(dopt.angular_equilibrium_factor(0.9, nesterov=False), 6)  # (1 - 0.9) / (1 + 0.9)
+    0.052632
+
+  Reference: `Kosson et al., ICML 2024 <https://arxiv.org/abs/2305.17212>`_, Section 3 and
+  `epfml/rotational-optimizers <https://github.com/epfml/rotational-optimizers>`_.
+  """
+  if nesterov:
+    return (1 - beta) ** 2 * ((1 + beta) ** 2 + beta**4 / (1 - beta**2))
+  return (1 - beta) / (1 + beta)
+
+
 def _float32(x: Any) -> jax.Array:
   return jnp.asarray(x, jnp.float32)
 
@@ -379,8 +417,7 @@ class AdamDirection(Direction):
     )
 
   def angular_equilibrium_factor(self) -> Any:
-    # AdamW: sqrt(2 d (1 - b1) / (1 + b1)) (Kosson et al. 2024; epfml/rotational-optimizers).
-    return (1 - self.b1) / (1 + self.b1)
+    return angular_equilibrium_factor(self.b1, self.nesterov)
 
   def updated_moments(
     self, scalars: AdamKernelScalars, grad: jax.Array, moments: Sequence[jax.Array]
@@ -440,8 +477,7 @@ class MomentumDirection(Direction):
     return grad + scalars.decay * trace if self.nesterov else trace
 
   def angular_equilibrium_factor(self) -> Any:
-    # SGD with momentum: sqrt(2 d / (1 + b)); the authors' code uses it with Nesterov too.
-    return 1 / (1 + self.decay)
+    return angular_equilibrium_factor(self.decay, self.nesterov)
 
   def updated_moments(
     self, scalars: MomentumKernelScalars, grad: jax.Array, moments: Sequence[jax.Array]

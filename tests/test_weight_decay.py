@@ -133,3 +133,145 @@ def test_normalized_weight_decay_schedule_follows_restarts(period_mult):
     for step in (start, start + period // 2, start + period - 1):
       assert float(sched(step)) == pytest.approx(expected, rel=1e-6)
     start, period = start + period, period * period_mult
+
+
+# --- Cautious weight decay (Chen et al. 2025, arXiv 2510.12402, Algorithm 1):
+# theta_{t+1} = theta_t - eta_t (u_t + lambda 1[u_t * theta_t >= 0] * theta_t), zero included.
+
+
+def _numpy_decoupled(
+  direction: str, convention: str, cautious: bool, steps: int, *, alpha: float, lam: float
+) -> tuple[list[dict[str, np.ndarray]], list[dict[str, float]]]:
+  """A float64 transcription of AdamW / SGDW (momentum 0.9) with the paper's or cautious decay.
+
+  eta_t follows a cosine, so the conventions differ. Returns the trajectory and, per step, the
+  fraction of each leaf's coordinates the cautious decay decayed.
+  """
+  from _reference import NAMES, grad_jax, init_params, make_targets
+
+  params = {k: v.astype(np.float64) for k, v in init_params().items()}
+  targets = make_targets(steps)
+  m = {k: np.zeros_like(v) for k, v in params.items()}
+  v = {k: np.zeros_like(x) for k, x in params.items()}
+  trajectory, fractions = [params], []
+  for t in range(steps):
+    eta = 0.55 + 0.45 * math.cos(math.pi * t / steps)
+    grads = grad_jax({k: x.astype(np.float32) for k, x in params.items()}, targets[t])
+    new, fraction = {}, {}
+    for name in NAMES:
+      g, w = np.asarray(grads[name], np.float64), params[name]
+      if direction == "adam":
+        m[name] = 0.9 * m[name] + 0.1 * g
+        v[name] = 0.999 * v[name] + 0.001 * g * g
+        u = (m[name] / (1 - 0.9 ** (t + 1))) / (np.sqrt(v[name] / (1 - 0.999 ** (t + 1))) + 1e-8)
+      else:  # PyTorch's buffer: g at the first step, then 0.9 buf + g
+        m[name] = g if t == 0 else 0.9 * m[name] + g
+        u = m[name]
+      gate = (u * w >= 0) if cautious else np.ones_like(w, bool)
+      fraction[name] = float(gate.mean())
+      decay = lam * np.where(gate, w, 0.0)
+      if convention == "torch":
+        new[name] = w - alpha * eta * (u + decay)
+      elif convention == "paper":
+        new[name] = w - eta * (alpha * u + decay)
+      else:  # corrected
+        new[name] = w - eta * (alpha * u + eta * decay)
+    params = new
+    trajectory.append(params)
+    fractions.append(fraction)
+  return trajectory, fractions
+
+
+@pytest.mark.parametrize("convention", ["paper", "torch", "corrected"])
+@pytest.mark.parametrize("direction", ["adam", "momentum"])
+def test_cautious_decay_matches_a_numpy_transcription_of_the_paper(direction, convention):
+  from _reference import assert_trajectories_match, max_relative_error, run_ours
+
+  steps, alpha = 40, (1e-2 if direction == "adam" else 0.05)
+  lam = 0.5 if convention == "torch" else 0.5 * alpha
+  schedule = lambda t: 0.55 + 0.45 * jnp.cos(jnp.pi * t / steps)  # noqa: E731
+  factory = dopt.adamw if direction == "adam" else lambda a, w, **k: dopt.sgdw(a, 0.9, w, **k)
+  options = dict(weight_decay_convention=convention, cautious_weight_decay=True)
+  tx = factory(alpha, lam, schedule=schedule, **options)
+  ours, states = run_ours(tx, steps, with_states=True)
+  reference, fractions = _numpy_decoupled(direction, convention, True, steps, alpha=alpha, lam=lam)
+  assert_trajectories_match(ours, reference)
+  # The gate is active: plain decay gives another trajectory...
+  plain, _ = _numpy_decoupled(direction, convention, False, steps, alpha=alpha, lam=lam)
+  assert max_relative_error(ours, plain)[0] > 1e-4
+  # ...and the state keeps the fraction decayed per leaf, in the params' flattening order.
+  kept = [
+    s
+    for s in jax.tree.leaves(
+      states[-1], is_leaf=lambda x: isinstance(x, dopt.CautiousWeightDecayState)
+    )
+    if isinstance(s, dopt.CautiousWeightDecayState)
+  ]
+  (kept,) = kept
+  names = sorted(fractions[-1])  # dict keys flatten sorted
+  np.testing.assert_allclose(
+    [float(f) for f in kept.decayed_fractions], [fractions[-1][n] for n in names], atol=1e-6
+  )
+  assert any(0 < f < 1 for f in fractions[-1].values())  # the gate splits some leaves
+
+
+def test_cautious_decay_reads_the_projected_direction_under_adamp():
+  # One AdamP step (torch convention) in NumPy: u = g / (|g| + eps) at t = 1, projected per
+  # output channel (columns, Flax layout) since g is orthogonal to each column, then gated.
+  # Each column of g is orthogonal to w's, but sign(g) leans on w's large entry: projecting
+  # flips the sign of the update there, so the gate differs before and after the projection.
+  w = np.array([[4.0, -2.0], [1.0, -0.5], [1.0, -0.5], [1.0, -0.5]])
+  g = np.array([[0.5, 1.0], [1.0, -1.0], [1.0, -1.0], [-4.0, -2.0]])
+  np.testing.assert_allclose((g * w).sum(axis=0), 0.0)
+  lr, wd, wd_ratio, eps = 0.1, 0.5, 0.1, 1e-8
+  u = g / (np.abs(g) + eps)
+  w_hat = w / (np.linalg.norm(w, axis=0) + eps)
+  projected = u - w_hat * (w_hat * u).sum(axis=0)
+  gate = projected * w >= 0
+  expected = w - lr * (projected + wd * wd_ratio * np.where(gate, w, 0.0))
+  assert 0 < gate.mean() < 1  # the gate decides on some coordinates: the test can fail
+  before_projection = w - lr * (projected + wd * wd_ratio * np.where(u * w >= 0, w, 0.0))
+  assert not np.allclose(expected, before_projection)
+  for cpu_kernel in (False, True):
+    tx = dopt.adamp(
+      lr,
+      wd,
+      wd_ratio=wd_ratio,
+      weight_decay_convention="torch",
+      cautious_weight_decay=True,
+      cpu_kernel=cpu_kernel if dopt.cpu_kernel_available() else False,
+    )
+    params, grads = {"w": jnp.asarray(w, jnp.float32)}, {"w": jnp.asarray(g, jnp.float32)}
+    updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+    np.testing.assert_allclose(
+      np.asarray(params["w"] + updates["w"]), expected, rtol=1e-5, atol=1e-6
+    )
+
+
+def test_projected_weight_decay_needs_the_projection():
+  tx = dopt.add_decoupled_weight_decay(0.1, projected_weight_decay=0.01)
+  params = {"w": jnp.ones((2, 2))}
+  with pytest.raises(ValueError, match="projected_weight_decay needs AdamP's decisions"):
+    tx.update(params, tx.init(params), params)
+
+
+def test_cautious_decay_keeps_dtypes_and_survives_empty_zero_and_none_leaves():
+  tx = dopt.add_decoupled_weight_decay(0.1, cautious=True)
+  params = {
+    "empty": jnp.zeros((0, 3)),
+    "scalar": jnp.zeros([]),
+    "half": jnp.ones(3, jnp.bfloat16),
+    "none": None,
+  }
+  updates = {
+    "empty": jnp.zeros((0, 3)),
+    "scalar": jnp.ones([]),
+    "half": -jnp.ones(3, jnp.bfloat16),
+    "none": None,
+  }
+  out, state = tx.update(updates, tx.init(params), params)
+  assert out["half"].dtype == jnp.bfloat16 and out["none"] is None
+  fractions = dict(zip(sorted(params), state.decayed_fractions, strict=True))
+  assert fractions["none"] is None and float(fractions["empty"]) == 0.0
+  assert float(fractions["scalar"]) == 1.0 and float(fractions["half"]) == 0.0
+  assert all(np.isfinite(float(f)) for f in state.decayed_fractions if f is not None)
