@@ -316,6 +316,8 @@ def angular_equilibrium_factor(beta: Any, nesterov: bool) -> Any:
   Reference: `Kosson et al., ICML 2024 <https://arxiv.org/abs/2305.17212>`_, Section 3 and
   `epfml/rotational-optimizers <https://github.com/epfml/rotational-optimizers>`_.
   """
+  check_unit_interval("beta", beta)
+  check_bool("nesterov", nesterov)
   if nesterov:
     return (1 - beta) ** 2 * ((1 + beta) ** 2 + beta**4 / (1 - beta**2))
   return (1 - beta) / (1 + beta)

@@ -697,3 +697,95 @@ def test_inject_hyperparams_keeps_the_dtype_arguments_static():
       if isinstance(x, optax.TraceState)
     ]
     assert {x.dtype for x in jax.tree.leaves(trace.trace)} == {jnp.dtype(BF16)}
+
+
+# --- The corrected decay's per-layer rule (Defazio 2025): lambda eta_t^2 on the normalized
+# layers, lambda eta_t on the others.
+
+
+def _numpy_adamw_per_layer(steps: int, lam: float, corrected: tuple[str, ...]):
+  """A float64 AdamW (paper convention) whose leaves in ``corrected`` decay by lambda eta_t^2."""
+  params = {k: v.astype(np.float64) for k, v in init_params().items()}
+  targets = make_targets(steps)
+  m = {k: np.zeros_like(v) for k, v in params.items()}
+  v = {k: np.zeros_like(x) for k, x in params.items()}
+  trajectory = [params]
+  for t in range(steps):
+    grads = grad_jax({k: x.astype(np.float32) for k, x in params.items()}, targets[t])
+    new = {}
+    for name in NAMES:
+      g, w = np.asarray(grads[name], np.float64), params[name]
+      m[name] = 0.9 * m[name] + 0.1 * g
+      v[name] = 0.999 * v[name] + 0.001 * g * g
+      u = (m[name] / (1 - 0.9 ** (t + 1))) / (np.sqrt(v[name] / (1 - 0.999 ** (t + 1))) + 1e-8)
+      decay = lam * ETA[t] if name in corrected else lam
+      new[name] = w - ETA[t] * (ADAM_LR * u + (decay * w if name in DECAYED else 0.0))
+    params = new
+    trajectory.append(params)
+  return trajectory
+
+
+@pytest.mark.parametrize("as_function", [False, True])
+def test_corrected_decay_on_a_mask_matches_a_numpy_transcription(as_function):
+  lam = ADAM_LR * TORCH_WD
+  corrected = {name: name in ("conv", "dense") for name in NAMES}
+  ours = run_ours(
+    dopt.adamw(
+      ADAM_LR,
+      lam,
+      schedule=table_schedule(ETA),
+      mask=MASK,
+      weight_decay_convention="corrected",
+      corrected_decay_leaves=(lambda p: corrected) if as_function else corrected,
+    ),
+    STEPS,
+  )
+  reference = _numpy_adamw_per_layer(STEPS, lam, ("conv", "dense"))
+  assert_trajectories_match(ours, reference)
+  # Both rules are at work: correcting every leaf, or none, gives another trajectory.
+  for everywhere in (DECAYED, ()):
+    assert max_relative_error(ours, _numpy_adamw_per_layer(STEPS, lam, everywhere))[0] > 1e-4
+
+
+@PATHS
+def test_corrected_decay_on_scale_invariant_leaves_follows_adamps_test(cpu_kernel):
+  # AdamP decides per leaf, so each leaf of the per-layer run is the leaf of a run in one
+  # convention: "corrected" where the test found it scale invariant (conv, dense), "paper" on
+  # the kernel, whose gradient is never orthogonal to it.
+  lam = ADAM_LR * TORCH_WD
+  common = dict(schedule=table_schedule(ETA), mask=MASK, cpu_kernel=cpu_kernel)
+  per_layer, states = run_ours(
+    dopt.adamp(
+      ADAM_LR,
+      lam,
+      weight_decay_convention="corrected",
+      corrected_decay_leaves="scale_invariant",
+      **common,
+    ),
+    STEPS,
+    with_states=True,
+  )
+  corrected = run_ours(
+    dopt.adamp(ADAM_LR, lam, weight_decay_convention="corrected", **common), STEPS
+  )
+  paper = run_ours(dopt.adamp(ADAM_LR, lam, weight_decay_convention="paper", **common), STEPS)
+  for name, same_as in [("conv", corrected), ("dense", corrected), ("kernel", paper)]:
+    for ours, theirs in zip(per_layer, same_as, strict=True):
+      np.testing.assert_allclose(ours[name], theirs[name], rtol=2e-5, atol=1e-7)
+  assert max_relative_error(corrected, paper)[0] > 1e-3  # the rules differ on these leaves
+  is_scalars = lambda x: type(x).__name__ == "StepScalarsState"  # noqa: E731
+  (kept,) = [x for x in jax.tree.leaves(states[-1], is_leaf=is_scalars) if is_scalars(x)]
+  eta = ETA[STEPS - 1]
+  np.testing.assert_allclose(float(kept.weight_decay), lam * eta, rtol=1e-5)
+  np.testing.assert_allclose(float(kept.corrected_weight_decay), lam * eta**2, rtol=1e-5)
+
+
+def test_corrected_decay_leaves_is_refused_where_it_cannot_apply():
+  with pytest.raises(ValueError, match="unless weight_decay_convention='corrected'"):
+    dopt.adamw(1e-3, 1e-4, weight_decay_convention="paper", corrected_decay_leaves={"w": True})
+  with pytest.raises(ValueError, match="needs AdamP's test"):
+    dopt.adamw(
+      1e-3, 1e-4, weight_decay_convention="corrected", corrected_decay_leaves="scale_invariant"
+    )
+  with pytest.raises(ValueError, match="'scale_invariant', a tree of bools"):
+    dopt.adamp(1e-3, 1e-4, weight_decay_convention="corrected", corrected_decay_leaves="normalized")

@@ -412,3 +412,95 @@ def test_the_gradient_norm_is_that_of_the_raw_gradient(cpu_kernel):
   for name in SHAPES:
     g = np.asarray(grads[name], np.float64)
     np.testing.assert_allclose(d[f"gradient_norm/{name}"], np.linalg.norm(g), rtol=1e-6)
+
+
+# --- Rotational equilibrium (Kosson et al. 2024): a scale-invariant weight decayed by d per step
+# settles at an angular update of sqrt(2 d c).
+
+
+def _random_walk_ratio(tx, steps: int = 4000, seed: int = 0) -> float:
+  """Measured / predicted angular update, averaged over the last quarter of a random walk.
+
+  The paper's model: each column of a (64, 16) kernel is scale invariant (as behind
+  BatchNorm), and the gradients are Gaussian noise projected orthogonal to each column.
+  """
+  params = {"w": jax.random.normal(jax.random.key(seed), (64, 16))}
+
+  def step(carry, key):
+    params, state = carry
+    noise = jax.random.normal(key, (64, 16))
+    w = params["w"]
+    grads = {"w": noise - w * jnp.sum(w * noise, axis=0) / jnp.sum(w * w, axis=0)}
+    updates, state = tx.update(grads, state, params)
+    read = dopt.read_diagnostics(state)
+    measured = read["angular_update/w"]
+    return (optax.apply_updates(params, updates), state), (
+      measured,
+      read["equilibrium_angular_update/w"],
+    )
+
+  keys = jax.random.split(jax.random.key(seed + 1), steps)
+  _, (measured, predicted) = jax.jit(lambda p: jax.lax.scan(step, (p, tx.init(p)), keys))(params)
+  return float(np.mean(np.asarray(measured)[-steps // 4 :]) / np.asarray(predicted)[-1])
+
+
+EQUILIBRIUM_CASES = {
+  "adamw paper": lambda: dopt.adamw(1e-2, 1e-3, weight_decay_convention="paper"),
+  "adamw torch": lambda: dopt.adamw(1e-2, 0.1, weight_decay_convention="torch"),
+  "sgdw paper": lambda: dopt.sgdw(0.1, 0.9, 1e-3, weight_decay_convention="paper"),
+  "sgdw torch": lambda: dopt.sgdw(0.1, 0.9, 1e-2, weight_decay_convention="torch"),
+  "sgdw nesterov": lambda: dopt.sgdw(
+    0.1, 0.9, 1e-3, nesterov=True, weight_decay_convention="paper"
+  ),
+  "sgd": lambda: dopt.sgdw(0.1, 0.0, 1e-3, weight_decay_convention="paper"),
+  "adamp": lambda: dopt.adamp(1e-2, 1.0, weight_decay_convention="torch"),  # d: wd_ratio 0.1
+  "sgdp": lambda: dopt.sgdp(0.1, 0.9, 1e-3, weight_decay_convention="paper", wd_ratio=1.0),
+}
+
+
+@pytest.mark.parametrize("name", list(EQUILIBRIUM_CASES))
+def test_a_scale_invariant_random_walk_reaches_the_predicted_equilibrium(name):
+  steps = 8000 if name == "adamp" else 4000  # adamp decays by wd_ratio: a longer approach
+  ratio = _random_walk_ratio(dopt.with_diagnostics(EQUILIBRIUM_CASES[name]()), steps)
+  assert abs(ratio - 1) < 0.1, ratio
+
+
+def test_the_equilibrium_prediction_is_the_formula():
+  params = {"w": jnp.ones((4, 3)), "b": jnp.zeros(3)}
+  grads = {"w": jnp.ones((4, 3)), "b": jnp.ones(3)}
+  b1, momentum, lr = 0.8, 0.9, 1e-2
+  cases = [
+    # adamw, torch: d = lr * lambda; c = (1 - b1) / (1 + b1).
+    (dopt.adamw(lr, 0.5, b1=b1, weight_decay_convention="torch"), lr * 0.5 * (1 - b1) / (1 + b1)),
+    # sgdp, paper: d = lambda / (1 - momentum) (the official factor); w is not projected here.
+    (
+      dopt.sgdp(lr, momentum, 1e-3, weight_decay_convention="paper"),
+      1e-3 / (1 - momentum) * (1 - momentum) / (1 + momentum),
+    ),
+  ]
+  for tx, d_times_c in cases:
+    tx = dopt.with_diagnostics(tx)
+    _, state = tx.update(grads, tx.init(params), params)
+    read = dopt.read_diagnostics(state)
+    np.testing.assert_allclose(
+      float(read["equilibrium_angular_update/w"]), math.sqrt(2 * d_times_c), rtol=1e-5
+    )
+    assert "equilibrium_angular_update/b" not in read  # biases have no angle
+  # A direction the library does not know (optax's Lion) has no prediction.
+  tx = dopt.with_diagnostics(
+    dopt.decoupled_chain(
+      optax.scale_by_lion(), learning_rate=lr, weight_decay=1e-3, weight_decay_convention="paper"
+    )
+  )
+  _, state = tx.update(grads, tx.init(params), params)
+  assert not any(k.startswith("equilibrium") for k in dopt.read_diagnostics(state))
+
+
+def test_cautious_decay_reports_the_fraction_decayed():
+  tx = dopt.with_diagnostics(
+    dopt.adamw(1e-2, 1e-3, weight_decay_convention="paper", cautious_weight_decay=True)
+  )
+  params = {"w": jnp.array([[1.0, -1.0], [2.0, -2.0]])}
+  grads = {"w": jnp.array([[1.0, 1.0], [1.0, 1.0]])}  # Adam's first direction: sign(g)
+  _, state = tx.update(grads, tx.init(params), params)
+  assert float(dopt.read_diagnostics(state)["decayed_fraction/w"]) == 0.5

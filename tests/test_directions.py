@@ -134,3 +134,19 @@ def test_the_dtype_arguments_are_checked_and_canonical():
   # float64 without jax_enable_x64 is stored as float32, as optax does with mu_dtype.
   state = dopt.AdamDirection(nu_dtype="float64", mu_dtype="float64").transform().init(_params())
   assert _dtypes(state[1:]) == {"float32"}
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.5, 0.9, 0.99])
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_angular_equilibrium_factor_is_the_ratio_of_the_coefficient_sums(beta, nesterov):
+  # A gradient enters the updates with coefficients c_j at lag j: b^j for heavy-ball momentum
+  # (Adam's first moment: (1 - b) b^j, the same ratio); Nesterov: 1 + b, then b^(j+1).
+  lags = np.arange(20_000)
+  c = beta**lags if not nesterov else np.where(lags == 0, 1 + beta, beta ** (lags + 1))
+  expected = np.sum(c**2) / np.sum(c) ** 2
+  np.testing.assert_allclose(dopt.angular_equilibrium_factor(beta, nesterov), expected, rtol=1e-9)
+  for direction in (
+    dopt.AdamDirection(b1=beta, nesterov=nesterov),
+    dopt.MomentumDirection(beta, nesterov),
+  ):
+    np.testing.assert_allclose(direction.angular_equilibrium_factor(), expected, rtol=1e-9)

@@ -208,6 +208,7 @@ TABLE = {
     dict(state=dopt.with_diagnostics(optax.sgd(0.1)).init(PARAMS)),
     dict(state=[(optax.sgd(0.1).init(PARAMS), V), (None, V)]),
   ),
+  "angular_equilibrium_factor": (dict(beta=0.9, nesterov=False), dict(beta=UNIT, nesterov=BOOL)),
   "AdamDirection": (
     dict(),
     dict(b1=UNIT, b2=UNIT, eps=NON_NEGATIVE, nesterov=BOOL, mu_dtype=DTYPE, nu_dtype=DTYPE),
