@@ -313,6 +313,7 @@ def cosine_warm_restart_schedule(
   restart_decay: float = 1.0,
   warmup_steps: int = 0,
   warmup_init_value: float = 0.0,
+  cycle_limit: int | None = None,
 ) -> optax.Schedule:
   r"""SGDR: cosine annealing with warm restarts (Loshchilov & Hutter, 2017).
 
@@ -344,6 +345,10 @@ def cosine_warm_restart_schedule(
   and the restart cycles start at step ``W``, with :math:`T_{cur}` counted
   from there. (optax's ``sgdr_schedule`` warms up in every cycle instead.)
 
+  With ``cycle_limit = k`` the schedule stops restarting: from the end of
+  the k-th period on it stays at ``min_value`` (timm's ``cycle_limit``). The
+  period index is the same exact integer as the restarts'.
+
   Counts follow :func:`restart_position`: negative counts are clipped to 0,
   so they give ``warmup_init_value`` with warmup and ``init_value``
   without; a float count is a fractional step (a fractional :math:`T_{cur}`
@@ -359,6 +364,8 @@ def cosine_warm_restart_schedule(
     warmup_steps: number of linear warmup steps before the first period, an
       integer >= 0.
     warmup_init_value: value at step 0 when ``warmup_steps > 0``, finite and >= 0.
+    cycle_limit: None (default, the paper's): restart forever. An integer >=
+      1: the number of periods, after which the value stays at ``min_value``.
 
   Returns:
     An optax schedule, ``count -> value`` in float32, jittable and vmappable
@@ -377,6 +384,9 @@ def cosine_warm_restart_schedule(
     [1.0, 0.775, 0.325, 1.0]
     >>> round(float(sched(1.5)), 6)  # a fractional step: T_cur = 1.5 of T_0 = 3
     0.55
+    >>> once = dopt.cosine_warm_restart_schedule(1.0, first_period=3, min_value=0.1, cycle_limit=1)
+    >>> [round(float(once(t)), 6) for t in range(5)]  # one period, then the floor
+    [1.0, 0.775, 0.325, 0.1, 0.1]
   """
   _check_restart_args(first_period, period_mult, warmup_steps)
   check_non_negative("init_value", init_value)
@@ -390,6 +400,7 @@ def cosine_warm_restart_schedule(
     "restart_decay", restart_decay, low=0.0, high=1.0, low_inclusive=False, high_inclusive=True
   )
   check_non_negative("warmup_init_value", warmup_init_value)
+  check_number("cycle_limit", cycle_limit, low=1, integer=True, optional=True)
   first_period = int(first_period)
   warmup_steps = int(warmup_steps)
 
@@ -400,6 +411,8 @@ def cosine_warm_restart_schedule(
     peak = init_value * jnp.power(jnp.float32(restart_decay), position.cycle)
     cosine = 0.5 * (1.0 + jnp.cos(jnp.pi * position.t_cur.astype(jnp.float32) / position.period))
     value = min_value + (peak - min_value) * cosine
+    if cycle_limit is not None:
+      value = jnp.where(position.cycle < cycle_limit, value, jnp.float32(min_value))
     if warmup_steps == 0:
       return value
     warmup = warmup_init_value + (init_value - warmup_init_value) * fraction

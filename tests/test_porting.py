@@ -396,6 +396,46 @@ def test_timm_cosine_lr_cycle_decay_is_restart_decay(warmup):
   np.testing.assert_allclose(np.asarray(ours(jnp.asarray(steps))), theirs, rtol=2e-6, atol=1e-9)
 
 
+@pytest.mark.parametrize("cycle_mul", [1, 2])
+@pytest.mark.parametrize("warmup", [0, 4])
+def test_timm_cycle_limit_is_cycle_limit(cycle_mul, warmup):
+  """timm ``CosineLRScheduler(..., cycle_limit=3)``: three periods, then ``lr_min`` for good."""
+  base, lr_min = 0.1, 0.002
+  ours = dopt.cosine_warm_restart_schedule(
+    base, first_period=5, period_mult=cycle_mul, min_value=lr_min, restart_decay=0.5,
+    warmup_steps=warmup, warmup_init_value=0.001, cycle_limit=3,
+  )  # fmt: skip
+  steps = np.arange(60 if cycle_mul == 2 else 30)
+  theirs = [
+    timm_cosine_lr(
+      int(t),
+      base=base,
+      t_initial=5,
+      lr_min=lr_min,
+      cycle_mul=float(cycle_mul),
+      cycle_decay=0.5,
+      cycle_limit=3,
+      warmup_t=warmup,
+      warmup_lr_init=0.001,
+      warmup_prefix=True,
+    )  # fmt: skip
+    for t in steps
+  ]
+  np.testing.assert_allclose(np.asarray(ours(jnp.asarray(steps))), theirs, rtol=2e-6, atol=1e-9)
+  end = warmup + (15 if cycle_mul == 1 else 35)  # the third period ends here
+  assert float(ours(end - 1)) > lr_min and float(ours(end)) == np.float32(lr_min)
+
+
+def test_cycle_limit_ends_on_the_exact_step_where_timms_float_log_does_not():
+  # t_initial=1, cycle_mul=3: periods end at 1, 4, 13, 40, 121. timm's float log puts t=121 in
+  # the fourth period (lr 0 there, REFERENCE.md); with cycle_limit=5 the schedule must hold its
+  # last period's cosine until 120 and reach the floor exactly at 121.
+  ours = dopt.cosine_warm_restart_schedule(1.0, first_period=1, period_mult=3, min_value=0.25,
+                                           cycle_limit=5)  # fmt: skip
+  assert float(ours(120)) > 0.25 and float(ours(121)) == 0.25
+  assert float(ours(2**31 - 1)) == 0.25
+
+
 def test_keras_m_mul_is_restart_decay_only_without_alpha():
   """Keras ``CosineDecayRestarts(init, first_decay_steps, t_mul, m_mul, alpha)``."""
   init, steps = 0.1, np.arange(1, 75)

@@ -228,6 +228,7 @@ TABLE = {
       restart_decay=[(0.0, V), (1.5, V), (NAN, V), (None, T)],
       warmup_steps=[(-1, V), (1.5, V), (INF, V), (None, T), ("5", T)],
       warmup_init_value=[(NAN, V), (-1.0, V), (INF, V), (None, T)],
+      cycle_limit=[(0, V), (1.5, V), (True, T), ("2", T)],
     ),
   ),
   "restart_position": (
