@@ -55,6 +55,7 @@ from decoupled_optax.weight_decay import (
   CautiousWeightDecayState,
   add_decoupled_weight_decay,
   normalized_weight_decay,
+  weight_decay_for_timescale,
 )
 
 __version__ = "0.1.0"
@@ -90,6 +91,7 @@ __all__ = [
   "keep_param_sharding",
   "make_weight_decay_mask",
   "normalized_weight_decay",
+  "weight_decay_for_timescale",
   "normalized_weight_decay_schedule",
   "project_out_radial",
   "read_diagnostics",

@@ -328,3 +328,87 @@ def normalized_weight_decay(
   check_number("num_train_points", num_train_points, low=1, integer=True)
   check_number("num_epochs", num_epochs, low=0, low_inclusive=False)
   return lambda_norm * math.sqrt(batch_size / (num_train_points * num_epochs))
+
+
+def weight_decay_for_timescale(
+  *,
+  weight_decay_convention: str,
+  tau_iterations: float | None = None,
+  tau_epochs: float | None = None,
+  batch_size: int | None = None,
+  num_train_points: int | None = None,
+  learning_rate: float | None = None,
+) -> float:
+  r"""The decay whose EMA timescale is ``tau`` (Wang & Aitchison, ICML 2025), in a stated convention.
+
+  Decoupled decay makes the weights an exponential moving average of the
+  updates with timescale :math:`\tau_{iter} = 1 / d` steps, ``d`` the fraction
+  of each weight removed per step; :math:`\tau_{epoch} = \tau_{iter} B / N`
+  for batch size ``B`` and ``N`` training points. The paper finds the best
+  :math:`\tau_{epoch}` roughly constant as model and dataset sizes change, so
+  it is the quantity to transfer. At the schedule's peak (eta_t = 1):
+
+  .. math:: \lambda_{paper} = \lambda_{corrected} = \frac{1}{\tau_{iter}}, \qquad
+            \lambda_{torch} = \frac{1}{\alpha \, \tau_{iter}}
+
+  The paper's normalized weight decay (:func:`normalized_weight_decay`,
+  :math:`\lambda = \lambda_{norm}\sqrt{b / (B T)}`) is the timescale
+  :math:`\tau_{iter} = \sqrt{B T / b} / \lambda_{norm}` steps: it grows with
+  the square root of the run's length, where a fixed :math:`\tau_{epoch}`
+  keeps it a fixed number of epochs.
+
+  Args:
+    weight_decay_convention: ``"paper"``, ``"torch"`` or ``"corrected"``: the
+      convention of the returned lambda (required: the values differ by 1 / alpha).
+    tau_iterations: the timescale in steps, > 0. Give this or ``tau_epochs``.
+    tau_epochs: the timescale in epochs, > 0; needs ``batch_size`` and ``num_train_points``.
+    batch_size: B, an integer >= 1 (with ``tau_epochs``).
+    num_train_points: N, an integer >= 1 (with ``tau_epochs``).
+    learning_rate: alpha > 0, in the ``"torch"`` convention only, whose decay
+      it multiplies; the paper's lambda does not depend on it.
+
+  Returns:
+    lambda, a float, to pass with the same ``weight_decay_convention``.
+
+  Example:
+    >>> import decoupled_optax as dopt
+    >>> lam = dopt.weight_decay_for_timescale(
+    ...     weight_decay_convention="torch", tau_epochs=2.0, batch_size=256,
+    ...     num_train_points=50_000, learning_rate=1e-3)
+    >>> round(lam, 4)  # 1 / (alpha * tau_epochs * N / B)
+    2.56
+    >>> tx = dopt.adamw(1e-3, lam, weight_decay_convention="torch")
+
+  Reference: `Wang & Aitchison, ICML 2025 <https://arxiv.org/abs/2405.13698>`_, Section 3.
+  """
+  if weight_decay_convention not in ("paper", "torch", "corrected"):
+    raise ValueError(
+      "weight_decay_convention must be 'paper', 'torch' or 'corrected' (the lambda returned "
+      f"is in it), got {weight_decay_convention!r}."
+    )
+  check_number("batch_size", batch_size, low=1, integer=True, optional=True)
+  check_number("num_train_points", num_train_points, low=1, integer=True, optional=True)
+  if (tau_iterations is None) == (tau_epochs is None):
+    raise ValueError(
+      "weight_decay_for_timescale: must get exactly one of tau_iterations (steps) and tau_epochs "
+      f"(epochs, with batch_size and num_train_points), got tau_iterations={tau_iterations!r} "
+      f"and tau_epochs={tau_epochs!r}."
+    )
+  if tau_epochs is not None:
+    check_number("tau_epochs", tau_epochs, low=0.0, low_inclusive=False)
+    check_number("batch_size", batch_size, low=1, integer=True)
+    check_number("num_train_points", num_train_points, low=1, integer=True)
+    steps = float(tau_epochs) * float(num_train_points) / float(batch_size)  # pyright: ignore[reportArgumentType]
+  else:
+    check_number("tau_iterations", tau_iterations, low=0.0, low_inclusive=False)
+    steps = float(tau_iterations)  # pyright: ignore[reportArgumentType]
+  if weight_decay_convention != "torch":
+    if learning_rate is not None:
+      raise ValueError(
+        f"learning_rate must be None in the {weight_decay_convention!r} convention, whose lambda "
+        f"does not multiply it, got {learning_rate!r}; pass weight_decay_convention='torch' "
+        "for a lambda that does."
+      )
+    return 1.0 / steps
+  check_number("learning_rate", learning_rate, low=0.0, low_inclusive=False)
+  return 1.0 / (float(learning_rate) * steps)  # pyright: ignore[reportArgumentType]

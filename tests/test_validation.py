@@ -208,6 +208,17 @@ TABLE = {
     dict(state=dopt.with_diagnostics(optax.sgd(0.1)).init(PARAMS)),
     dict(state=[(optax.sgd(0.1).init(PARAMS), V), (None, V)]),
   ),
+  "weight_decay_for_timescale": (
+    dict(weight_decay_convention="paper", tau_iterations=1000.0),
+    dict(
+      weight_decay_convention=[("pytorch", V), (None, V)],
+      tau_iterations=[(0.0, V), (-1.0, V), (NAN, V), ("10", T)],
+      learning_rate=[(1e-3, V)],  # not in the paper's convention
+      tau_epochs=[(1.0, V)],  # besides tau_iterations
+      batch_size=[(0, V), (1.5, V), ("8", T)],
+      num_train_points=[(0, V), (1.5, V), ("8", T)],
+    ),
+  ),
   "angular_equilibrium_factor": (dict(beta=0.9, nesterov=False), dict(beta=UNIT, nesterov=BOOL)),
   "AdamDirection": (
     dict(),

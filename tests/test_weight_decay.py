@@ -275,3 +275,49 @@ def test_cautious_decay_keeps_dtypes_and_survives_empty_zero_and_none_leaves():
   assert fractions["none"] is None and float(fractions["empty"]) == 0.0
   assert float(fractions["scalar"]) == 1.0 and float(fractions["half"]) == 0.0
   assert all(np.isfinite(float(f)) for f in state.decayed_fractions if f is not None)
+
+
+# --- The decay's timescale (Wang & Aitchison, ICML 2025): tau_iter = 1 / (decay per step).
+
+
+@pytest.mark.parametrize("convention", ["paper", "torch", "corrected"])
+def test_weight_decay_for_timescale_removes_one_over_tau_per_step(convention):
+  tau_epochs, batch, points, alpha = 30.0, 128, 6_400, 2e-3
+  tau_steps = tau_epochs * points / batch  # 1,500 steps
+  lam = dopt.weight_decay_for_timescale(
+    weight_decay_convention=convention,
+    tau_epochs=tau_epochs,
+    batch_size=batch,
+    num_train_points=points,
+    learning_rate=alpha if convention == "torch" else None,
+  )
+  assert lam == pytest.approx(1 / tau_steps / (alpha if convention == "torch" else 1.0), rel=1e-12)
+  same = dopt.weight_decay_for_timescale(
+    weight_decay_convention=convention,
+    tau_iterations=tau_steps,
+    learning_rate=alpha if convention == "torch" else None,
+  )
+  assert same == pytest.approx(lam, rel=1e-12)
+  # The chain built with it removes 1 / tau of a weight whose direction is zero, per step.
+  tx = dopt.adamw(alpha, lam, weight_decay_convention=convention)
+  params = {"w": jnp.ones(3)}
+  updates, _ = tx.update({"w": jnp.zeros(3)}, tx.init(params), params)
+  np.testing.assert_allclose(np.asarray(-updates["w"]), 1 / tau_steps, rtol=1e-6)
+
+
+def test_normalized_weight_decay_is_a_timescale_growing_with_the_run():
+  # lambda = lambda_norm sqrt(b / (B T)) is tau_iter = sqrt(B T / b) / lambda_norm steps.
+  lam = dopt.normalized_weight_decay(0.05, batch_size=128, num_train_points=50_000, num_epochs=100)
+  tau = math.sqrt(50_000 * 100 / 128) / 0.05
+  assert dopt.weight_decay_for_timescale(
+    weight_decay_convention="paper", tau_iterations=tau
+  ) == pytest.approx(lam, rel=1e-12)
+
+
+def test_weight_decay_for_timescale_asks_for_what_it_needs():
+  with pytest.raises(ValueError, match="exactly one of tau_iterations"):
+    dopt.weight_decay_for_timescale(weight_decay_convention="paper")
+  with pytest.raises(TypeError, match="batch_size"):
+    dopt.weight_decay_for_timescale(weight_decay_convention="paper", tau_epochs=1.0)
+  with pytest.raises(TypeError, match="learning_rate"):
+    dopt.weight_decay_for_timescale(weight_decay_convention="torch", tau_iterations=10.0)
