@@ -231,8 +231,8 @@ def plot_training(histories: dict[str, dict[str, Any]], path: Path, title: str) 
   """Six panels from each run's diagnostics, loss and accuracy.
 
   The learning rate and the weight decay as applied per step (``read_diagnostics``'
-  ``learning_rate`` and ``weight_decay``), the angular update and the norm of
-  each kernel, the training loss and the test accuracy. Each history holds
+  ``learning_rate`` and ``weight_decay``), the angular update of each kernel
+  beside the one rotational equilibrium predicts for it, the norm of each kernel, the training loss and the test accuracy. Each history holds
   ``diagnostics`` (per key, one value per step), ``loss`` (per step),
   ``eval_step`` and ``test_accuracy``.
   """
@@ -253,6 +253,9 @@ def plot_training(histories: dict[str, dict[str, Any]], path: Path, title: str) 
     for style, key in zip(styles, _kernel_keys(d, "angular_update"), strict=False):
       layer = key.split("/", 1)[1]
       ax_angle.plot(steps, d[key], style, color=color, lw=1, label=f"{name} {layer}")
+      predicted = d.get(f"equilibrium_angular_update/{layer}")
+      if predicted is not None and np.any(predicted > 0):  # rotational equilibrium's prediction
+        ax_angle.plot(steps, predicted, style, color=color, lw=2.5, alpha=0.3)
     for style, key in zip(styles, _kernel_keys(d, "weight_norm"), strict=False):
       layer = key.split("/", 1)[1]
       ax_norm.plot(steps, d[key], style, color=color, lw=1, label=f"{name} {layer}")
@@ -268,7 +271,7 @@ def plot_training(histories: dict[str, dict[str, Any]], path: Path, title: str) 
     ylabel="fraction of the weight removed",
   )
   ax_angle.set(
-    title="angular update of each kernel (effective step size)",
+    title="angular update of each kernel; thick: its rotational equilibrium",
     xlabel="step",
     ylabel="radians",
     yscale="log",
