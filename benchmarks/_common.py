@@ -104,6 +104,17 @@ def _jsonable(x: Any) -> Any:
   return x
 
 
+def mean_interval(values: np.ndarray) -> tuple[float, float, float]:
+  """Mean over the last axis (seeds: values, or paired differences) and its 95 % t-interval."""
+  from scipy import stats
+
+  values = np.asarray(values, np.float64)
+  n = values.shape[-1]
+  mean = values.mean(-1)
+  half = stats.t.ppf(0.975, n - 1) * values.std(-1, ddof=1) / np.sqrt(n) if n > 1 else np.nan
+  return float(mean), float(mean - half), float(mean + half)
+
+
 def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
   """A Markdown table; floats are written with 4 significant digits."""
 

@@ -85,16 +85,6 @@ def optimizer(family: str, eta: optax.Schedule, unit_lambda: optax.Schedule) -> 
   return dopt.inject_hyperparams(make)
 
 
-def paired_interval(diff: np.ndarray) -> tuple[float, float, float]:
-  """Mean of the paired differences (last axis: seeds) and its 95 % t-interval."""
-  from scipy import stats
-
-  n = diff.shape[-1]
-  mean = diff.mean(-1)
-  half = stats.t.ppf(0.975, n - 1) * diff.std(-1, ddof=1) / np.sqrt(n) if n > 1 else np.nan
-  return float(mean), float(mean - half), float(mean + half)
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
   """Runs the reproduction; returns the test error after every epoch per optimizer."""
 
@@ -164,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for i, v in enumerate(lambda_norms):
       for e in period_ends:
         wr, cos = curves[wr_name][i, :, e - 1], curves[cos_name][i, :, e - 1]
-        d, lo, hi = paired_interval(wr - cos)
+        d, lo, hi = C.mean_interval(wr - cos)
         comparisons.append(
           {
             "pair": f"{wr_name} - {cos_name}",
