@@ -133,8 +133,14 @@ def _self_test(direction: Direction) -> bool:
       transform = direction.transform()
       state = transform.init(param)
       expected, new_state = transform.update(grad, state, param)
-      moments, _, statistics = _kernel_call(
-        direction, direction.kernel_scalars(new_state), grad, param, direction.moments(state), (1,)
+      # The FFI call alone: a custom_jvp would bind to an enclosing vmap's trace.
+      moments, statistics = _ffi_first_pass(
+        direction,
+        _layout(param.shape, (1,)),
+        jnp.asarray(grad),
+        jnp.asarray(param),
+        tuple(direction.moments(state)),
+        jnp.stack(direction.kernel_scalars(new_state)),
       )
       ok = all(
         np.allclose(np.asarray(a), np.asarray(b), rtol=1e-5)
@@ -235,6 +241,26 @@ def _reference_first_pass(
   return tuple(new_moments), jnp.stack(statistics)
 
 
+def _ffi_first_pass(
+  direction: Direction,
+  layout: _Layout,
+  grad: jax.Array,
+  param: jax.Array,
+  moments: tuple[jax.Array, ...],
+  stacked_scalars: jax.Array,
+) -> tuple[tuple[jax.Array, ...], jax.Array]:
+  """The FFI call itself: ``(new moments, statistics (4, channels))``; no derivatives."""
+  moment_shapes = [jax.ShapeDtypeStruct(param.shape, jnp.float32) for _ in moments]
+  *new_moments, statistics = jax.ffi.ffi_call(
+    _TARGET_PREFIX + direction.kind,
+    (*moment_shapes, jax.ShapeDtypeStruct((4, layout.channels), jnp.float32)),
+    # The moments are updated in place: operand 2 + k (after grad and param) is result k.
+    input_output_aliases={2 + k: k for k in range(len(moments))},
+    vmap_method="sequential",
+  )(grad, param, *moments, stacked_scalars, nesterov=direction.nesterov, **layout._asdict())
+  return tuple(new_moments), statistics
+
+
 def _kernel_call(
   direction: Direction,
   scalars: Any,
@@ -253,22 +279,8 @@ def _kernel_call(
   """
   grad, param = jnp.asarray(grad), jnp.asarray(param)
   layout = _layout(param.shape, channel_axes)
-  moment_shapes = [jax.ShapeDtypeStruct(param.shape, jnp.float32) for _ in moments]
   rebuild = type(scalars)
-
-  @jax.custom_jvp
-  def first_pass(
-    grad: jax.Array, param: jax.Array, moments: tuple[jax.Array, ...], stacked: jax.Array
-  ) -> tuple[tuple[jax.Array, ...], jax.Array]:
-    *new_moments, statistics = jax.ffi.ffi_call(
-      _TARGET_PREFIX + direction.kind,
-      (*moment_shapes, jax.ShapeDtypeStruct((4, layout.channels), jnp.float32)),
-      # The moments are updated in place: operand 2 + k (after grad and param)
-      # is result k.
-      input_output_aliases={2 + k: k for k in range(len(moments))},
-      vmap_method="sequential",
-    )(grad, param, *moments, stacked, nesterov=direction.nesterov, **layout._asdict())
-    return tuple(new_moments), statistics
+  first_pass = jax.custom_jvp(functools.partial(_ffi_first_pass, direction, layout))
 
   @first_pass.defjvp
   def first_pass_jvp(primals: tuple[Any, ...], tangents: tuple[Any, ...]) -> Any:

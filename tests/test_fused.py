@@ -8,6 +8,8 @@ chain on every layout it handles, and against float64 NumPy directly.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import warnings
 
 import jax
@@ -426,3 +428,24 @@ def test_one_wide_leaf_does_not_pad_the_statistics_of_all_others():
   # Padded to the widest, the 40 narrow leaves' (4, channels) statistics alone would
   # take 40 * 4 * 2^16 * 4 bytes = 40 wide leaves.
   assert temporaries(True) <= temporaries(False) + 8 * leaf_bytes
+
+
+@pytest.mark.skipif(not dopt.cpu_kernel_available(), reason="the kernel was not built here")
+def test_the_kernel_self_test_passes_when_the_first_optimizer_is_built_under_vmap():
+  # inject_hyperparams builds the alias inside the update: under vmap (a grid of runs) the
+  # self-test, run once per process on first use, must not take the vmap's tracers.
+  script = """
+import warnings, jax, jax.numpy as jnp
+warnings.simplefilter("error")
+import decoupled_optax as dopt
+make = dopt.inject_hyperparams(
+  lambda learning_rate: dopt.adamp(learning_rate, 1e-2, weight_decay_convention="torch"))
+params = {"w": jnp.ones((4, 3))}
+def step(lr):
+  tx = make(learning_rate=lr)
+  return tx.update(params, tx.init(params), params)[0]
+jax.jit(jax.vmap(step))(jnp.array([1e-3, 1e-2]))
+assert dopt.cpu_kernel_available()
+"""
+  done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
