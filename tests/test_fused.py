@@ -277,7 +277,7 @@ def test_a_kernel_that_cannot_run_falls_back_with_a_warning(monkeypatch):
     raise RuntimeError("simulated FFI failure")
 
   fused._kernel_status.cache_clear()
-  monkeypatch.setattr(fused, "_kernel_call", broken)
+  monkeypatch.setattr(fused, "_ffi_first_pass", broken)
   try:
     with pytest.warns(RuntimeWarning, match="generic chain"):
       assert not fused.cpu_kernel_available()
