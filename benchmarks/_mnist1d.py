@@ -96,6 +96,20 @@ def load_mnist1d(num_train: int = 10_000, num_test: int = 5_000, seed: int = 0) 
   )
 
 
+# The powered reproductions' harder task: few training examples, so the test error stays far
+# above zero; a validation split to choose hyperparameters on.
+SMALL_SPLITS = (2_000, 1_000, 5_000)  # training, validation, test
+
+
+def small_splits(smoke: bool) -> tuple[Data, Data]:
+  """``(validation data, test data)``: the same 2,000 training examples, two evaluation sets."""
+  num_train, num_validation, num_test = (200, 100, 100) if smoke else SMALL_SPLITS
+  generated = load_mnist1d(num_train + num_validation, num_test, seed=0)
+  x, y = generated.x_train[:num_train], generated.y_train[:num_train]
+  validation = Data(x, y, generated.x_train[num_train:], generated.y_train[num_train:])
+  return validation, Data(x, y, generated.x_test, generated.y_test)
+
+
 def mnist1d_version() -> str:
   """The installed ``mnist1d`` package's version."""
   from importlib.metadata import version
@@ -181,7 +195,8 @@ def train(
     ``test_error`` (%), ``test_loss``, ``train_loss`` (mean over the last
     tenth of the steps), ``train_error`` (%, inference mode, at the end),
     ``angular_update`` per step (mean over the scale-invariant kernels of
-    ||w_{t+1} - w_t|| / ||w_t||) and ``kernel_norm`` per step (their mean norm),
+    ||w_{t+1} - w_t|| / ||w_t||), ``kernel_norm`` per step (their mean norm) and
+    ``gradient_ratio`` per step (the mean of their ||g|| / ||w||),
     and ``test_error_curve`` with ``eval_every``.
   """
   model = CNN1D(tuple(features))
@@ -214,7 +229,15 @@ def train(
     angular = jnp.mean(
       jnp.stack([jnp.linalg.norm(u) / n for u, n in zip(kernels(updates), norms, strict=True)])
     )
-    out = {"loss": loss, "angular_update": angular, "kernel_norm": jnp.mean(jnp.stack(norms))}
+    gradient_ratio = jnp.mean(
+      jnp.stack([jnp.linalg.norm(g) / n for g, n in zip(kernels(grads), norms, strict=True)])
+    )
+    out = {
+      "loss": loss,
+      "angular_update": angular,
+      "kernel_norm": jnp.mean(jnp.stack(norms)),
+      "gradient_ratio": gradient_ratio,
+    }
     if eval_every is not None:
       out["test_error"] = jax.lax.cond(
         (i + 1) % eval_every == 0,
@@ -240,6 +263,7 @@ def train(
     "train_loss": per_step["loss"][-last:].mean(),
     "angular_update": per_step["angular_update"],
     "kernel_norm": per_step["kernel_norm"],
+    "gradient_ratio": per_step["gradient_ratio"],
   }
   if eval_every is not None:
     result["test_error_curve"] = per_step["test_error"][eval_every - 1 :: eval_every]

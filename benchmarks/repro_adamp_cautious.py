@@ -38,12 +38,11 @@ import numpy as np
 
 import decoupled_optax as dopt
 
-NUM_TRAIN, NUM_VALIDATION, NUM_TEST = 2_000, 1_000, 5_000
 FEATURES = (16, 32, 32)
-ADAM_LRS = (3e-4, 1e-3, 3e-3, 1e-2)
-SGD_LRS = (0.01, 0.03, 0.1, 0.3)
+ADAM_LRS = (3e-3, 1e-2, 3e-2, 1e-1)
+SGD_LRS = (0.03, 0.1, 0.3, 1.0)
 CAUTIOUS_LR = 3e-3
-CAUTIOUS_WDS = (0.03, 0.1, 0.3, 1.0)  # PyTorch's convention: lambda * lr removed per step
+CAUTIOUS_WDS = (0.3, 1.0, 3.0, 10.0)  # PyTorch's convention: lambda * lr removed per step
 TORCH = dict(weight_decay_convention="torch")
 
 
@@ -86,18 +85,6 @@ PAIRS = (
 )
 
 
-def splits(smoke: bool) -> tuple[M.Data, M.Data]:
-  """``(validation data, test data)``: the same 2,000 training examples, two evaluation sets."""
-  sizes = (200, 100, 100) if smoke else (NUM_TRAIN, NUM_VALIDATION, NUM_TEST)
-  with_validation = M.load_mnist1d(sizes[0] + sizes[1], sizes[2], seed=0)
-  train_x, train_y = with_validation.x_train[: sizes[0]], with_validation.y_train[: sizes[0]]
-  validation = M.Data(
-    train_x, train_y, with_validation.x_train[sizes[0] :], with_validation.y_train[sizes[0] :]
-  )
-  test = M.Data(train_x, train_y, with_validation.x_test, with_validation.y_test)
-  return validation, test
-
-
 def _grid(make_tx: Any, name: str, values: np.ndarray, seeds: np.ndarray, batches, data, chunk):
   """Test errors (%) of every ``values x seeds`` run, shaped (values, seeds)."""
   index = np.repeat(np.arange(len(values)), len(seeds))
@@ -123,7 +110,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
   args = C.parse_args(__doc__.splitlines()[0], argv, extra)
   outputs = C.Outputs("repro_adamp_cautious", args.out, argv, publish=args.publish)
-  validation, test = splits(args.smoke)
+  validation, test = M.small_splits(args.smoke)
   steps = 4 if args.smoke else args.epochs * (len(test.x_train) // 64)
   num_seeds, select_seeds = (2, 2) if args.smoke else (args.seeds, args.select_seeds)
   seeds = np.arange(num_seeds) + 100 * args.seed
@@ -173,7 +160,7 @@ def _report(
     [
       n,
       r["hparam"],
-      f"{r['chosen']:g}",
+      f"{r['chosen']:g}" + (" (grid edge)" if r["chosen"] in (r["grid"][0], r["grid"][-1]) else ""),
       r["mean"],
       f"[{r['interval'][0]:.3g}, {r['interval'][1]:.3g}]",
     ]
@@ -190,8 +177,8 @@ def _report(
     ],
   )
   setup = (
-    f"MNIST-1D (`mnist1d` {M.mnist1d_version()}, generated): {NUM_TRAIN} training, "
-    f"{NUM_VALIDATION} validation, {NUM_TEST} test examples (smaller with `--smoke`). 1-D CNN "
+    f"MNIST-1D (`mnist1d` {M.mnist1d_version()}, generated): {M.SMALL_SPLITS[0]} training, "
+    f"{M.SMALL_SPLITS[1]} validation, {M.SMALL_SPLITS[2]} test examples (smaller with `--smoke`). 1-D CNN "
     f"{FEATURES} with BatchNorm, batch 64, {steps} steps in one cosine period. Official decays "
     "in PyTorch's convention (AdamW/AdamP 1e-2; SGD/SGDP 1e-5, momentum 0.9, Nesterov). Each "
     f"optimizer's setting chosen on the validation split over {args.select_seeds} seeds; test "

@@ -185,3 +185,38 @@ def test_train_step_smoke(tmp_path):
   }
   assert all(seconds > 0 for seconds in report["median_seconds"].values())
   assert (tmp_path / "train_step_cpu.md").read_text().startswith("# A whole ResNet-18")
+
+
+def test_repro_adamp_cautious_smoke(tmp_path):
+  report = _load_benchmark("repro_adamp_cautious").main(["--smoke", "--out", str(tmp_path)])
+  assert set(report["results"]) == {
+    "AdamW",
+    "AdamP",
+    "SGD",
+    "SGDP",
+    "AdamW, plain decay",
+    "AdamW, cautious decay",
+  }
+  for result in report["results"].values():
+    assert len(result["test_error"]) == 2 and result["chosen"] in result["grid"]
+  pairs = {c["pair"]: c for c in report["comparisons"]}
+  assert set(pairs) == {
+    "AdamP - AdamW",
+    "SGDP - SGD",
+    "AdamW, cautious decay - AdamW, plain decay",
+  }
+  assert all(c["verdict"] for c in pairs.values())
+  payload = json.loads((tmp_path / "repro_adamp_cautious.json").read_text())
+  assert payload["command"].startswith("python benchmarks/repro_adamp_cautious.py --smoke")
+  assert (tmp_path / "repro_adamp_cautious.png").stat().st_size > 0
+
+
+def test_repro_corrected_decay_smoke(tmp_path):
+  report = _load_benchmark("repro_corrected_decay").main(["--smoke", "--out", str(tmp_path)])
+  assert set(report["summary"]) == {"paper", "corrected"}
+  for summary in report["summary"].values():
+    assert len(summary["rise_per_seed"]) == 2 and len(summary["rise"]) == 3
+    assert np.isfinite(summary["equilibrium_ratio_mid"][0])
+  payload = json.loads((tmp_path / "repro_corrected_decay.json").read_text())
+  assert payload["command"].startswith("python benchmarks/repro_corrected_decay.py --smoke")
+  assert (tmp_path / "repro_corrected_decay.png").stat().st_size > 0
