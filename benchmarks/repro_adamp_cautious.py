@@ -42,7 +42,7 @@ FEATURES = (16, 32, 32)
 ADAM_LRS = (3e-3, 1e-2, 3e-2, 1e-1)
 SGD_LRS = (0.03, 0.1, 0.3, 1.0)
 CAUTIOUS_LR = 3e-3
-CAUTIOUS_WDS = (0.3, 1.0, 3.0, 10.0)  # PyTorch's convention: lambda * lr removed per step
+CAUTIOUS_WDS = (1.0, 3.0, 10.0, 30.0)  # PyTorch's convention: lambda * lr removed per step
 TORCH = dict(weight_decay_convention="torch")
 
 

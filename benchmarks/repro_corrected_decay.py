@@ -144,7 +144,7 @@ def _report(outputs: Any, steps: int, seeds: Any, summary: dict, rise: Any, erro
   table = C.markdown_table(
     [
       "convention",
-      "||g||/||w|| at 95 % / at 50 % of the run",
+      "‖g‖/‖w‖ at 95 % / at 50 % of the run",
       "angular update / equilibrium, mid-run",
       "test error %",
     ],
@@ -155,13 +155,13 @@ def _report(outputs: Any, steps: int, seeds: Any, summary: dict, rise: Any, erro
     f"{M.SMALL_SPLITS[2]} test examples; 1-D CNN {FEATURES} with BatchNorm; batch 64; {steps} "
     f"steps of one cosine period; AdamW alpha = {ALPHA}, lambda = {LAMBDA} (the paper's units), "
     f"b1 = {B1}; seeds {', '.join(str(int(s)) for s in seeds)}, paired. Means with 95 % "
-    "t-intervals over seeds; the ratio of ||g||/||w|| is averaged over a window of 2 % of the run "
+    "t-intervals over seeds; ‖g‖/‖w‖ is averaged over a window of 2 % of the run "
     "around each point.\n\n"
   )
   verdicts = (
-    f"\nPaired, paper - corrected, rise of ||g||/||w||: {_interval(rise)} "
+    f"\nPaired, paper - corrected, ‖g‖/‖w‖ at 95 % / at 50 %: {_interval(rise)} "
     f"({_verdict(rise, 'the rise')}).\n\nPaired, corrected - paper, test error (points): "
-    f"{_interval(error)} ({'not resolved at this scale' if error[1] <= 0 <= error[2] else 'resolved'}).\n"
+    f"{_interval(error)} ({_verdict((-error[0], -error[2], -error[1]), 'the test error')}).\n"
   )
   outputs.write(
     "The corrected decay and ||g|| / ||w|| at the end of a cosine schedule (MNIST-1D)",
