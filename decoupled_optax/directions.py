@@ -291,7 +291,7 @@ def angular_equilibrium_factor(beta: Any, nesterov: bool) -> Any:
   ``j = 0, 1, ...``. Balancing the norm the updates add, ``(sum c_j)^2 |g|^2``
   per step, against the ``2 d |w|^2`` a decoupled decay ``d`` removes gives
 
-  .. math:: ngle = \sqrt{2 d \, rac{\sum_j c_j^2}{(\sum_j c_j)^2}}
+  .. math:: \angle = \sqrt{2 d \, \frac{\sum_j c_j^2}{(\sum_j c_j)^2}}
 
   which is ``(1 - b) / (1 + b)`` for Adam's first moment and for heavy-ball
   momentum (``c_j`` proportional to ``b^j``: the paper's AdamW formula), and
