@@ -56,7 +56,7 @@ from decoupled_optax._validation import (
   check_transform,
   describe,
 )
-from decoupled_optax.sharding import check_mesh_axes_named, varying_mesh_axes
+from decoupled_optax.sharding import check_mesh_axes_named, reduced_over_varying_axes
 from decoupled_optax.weight_decay import RADIAL_PROJECTORS, WEIGHT_DECAY_MULTIPLIERS
 
 # AdamP's decision per leaf, as RadialProjectionState keeps it.
@@ -679,18 +679,15 @@ class RadialProjectionState(NamedTuple):
   decisions: Any
 
 
-def _replicated(x: jax.Array, reduce: Any) -> jax.Array:
-  """``x`` reduced over the mesh axes it varies over (per-shard statistics), else itself."""
-  axes = tuple(sorted(varying_mesh_axes(x)))
-  return reduce(x, axes) if axes else x
-
-
 def _leaf_decision(param: Any, projector: Any, multiplier: Any) -> LeafDecision | None:
   if param is None:
     return None
   view = jnp.zeros([], jnp.int8) if projector is None else projector.view
   multiplier = jnp.ones([], jnp.float32) if multiplier is None else multiplier.astype(jnp.float32)
-  return LeafDecision(_replicated(view, jax.lax.pmax), _replicated(multiplier, jax.lax.pmin))
+  return LeafDecision(
+    reduced_over_varying_axes(view, jax.lax.pmax),
+    reduced_over_varying_axes(multiplier, jax.lax.pmin),
+  )
 
 
 def _decisions(params: Any, projectors: Any, multipliers: Any) -> RadialProjectionState:

@@ -307,6 +307,15 @@ def varying_mesh_axes(x: Any) -> frozenset[str]:
   return frozenset(varying)
 
 
+def reduced_over_varying_axes(x: jax.Array, reduce: Any) -> jax.Array:
+  """``x`` reduced (``jax.lax.pmax``, ``pmean``, ...) over the mesh axes it varies over, else itself.
+
+  Keeps per-shard values (statistics taken with ``axis_name=()``) replicated in a state.
+  """
+  axes = tuple(sorted(varying_mesh_axes(x)))
+  return reduce(x, axes) if axes else x
+
+
 def _names(entry: Any) -> tuple[str, ...]:
   if entry is None:
     return ()

@@ -25,7 +25,7 @@ from decoupled_optax._trees import (
   require_params,
 )
 from decoupled_optax._validation import check_bool, check_non_negative, check_number
-from decoupled_optax.sharding import varying_mesh_axes
+from decoupled_optax.sharding import reduced_over_varying_axes
 
 # Name of the extra argument through which a wrapper such as
 # :func:`decoupled_optax.detect_scale_invariance` scales the decay per leaf.
@@ -101,14 +101,8 @@ def _decay_leaf(
     agrees = update * param >= 0
     decayed = jnp.where(agrees, decayed, jnp.zeros_like(decayed))
     fraction = jnp.sum(agrees, dtype=jnp.float32) / max(agrees.size, 1)
-    fraction = _replicated_mean(fraction)
+    fraction = reduced_over_varying_axes(fraction, jax.lax.pmean)
   return (update + decayed).astype(update.dtype), fraction
-
-
-def _replicated_mean(x: jax.Array) -> jax.Array:
-  """``x`` averaged over the mesh axes it varies over (a per-shard fraction), else itself."""
-  axes = tuple(sorted(varying_mesh_axes(x)))
-  return jax.lax.pmean(x, axes) if axes else x
 
 
 def _value_at(value: Any, count: jax.Array) -> Any:
